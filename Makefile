@@ -1,0 +1,32 @@
+# Quick start: `make pipeline` (install + run everything on the embedded data), `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: install pipeline test benchmark catalog ui clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+pipeline: install
+	dvc repro
+	dvc metrics show
+
+test: install
+	$(BIN)/python -m pytest
+
+catalog: install
+	churnlens catalog --output docs/features.md
+
+ui: install
+	churnlens ui
+
+clean:
+	rm -rf data/raw data/truth data/canonical data/quarantine data/features data/scores models/churn_model reports

@@ -1,0 +1,195 @@
+"""``churnlens``: one thin command per pipeline stage, plus the standalone scoring job and the UI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from churnlens.config import ConfigError, Params, load_params
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+log = logging.getLogger("churnlens")
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="parameter file (one section per stage)")]
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+    for noisy in ("alembic", "mlflow", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _params(path: Path) -> Params:
+    try:
+        return load_params(path)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+@app.command()
+def simulate(
+    params: ParamsOption = Path("params.yaml"),
+    raw_dir: Annotated[Path, typer.Option(help="where the raw tables go")] = Path("data/raw"),
+    truth: Annotated[Path, typer.Option(help="ground truth (persona, churn date); evaluation only")] = Path(
+        "data/truth/ground_truth.parquet"),
+) -> None:
+    """Generate the embedded default data set (seeded)."""
+    from churnlens.stages import run_simulate
+
+    counts = run_simulate(_params(params), raw_dir, truth)
+    log.info("simulated %s", counts)
+
+
+@app.command()
+def ingest(
+    params: ParamsOption = Path("params.yaml"),
+    base: Annotated[Path, typer.Option(help="folder the source paths in params are relative to")] = Path("."),
+    canonical_dir: Annotated[Path, typer.Option()] = Path("data/canonical"),
+    quarantine_dir: Annotated[Path, typer.Option()] = Path("data/quarantine"),
+    report: Annotated[Path, typer.Option()] = Path("reports/ingest_report.json"),
+) -> None:
+    """Validate raw tables into canonical Parquet; quarantine bad rows with a reason."""
+    from churnlens.ingest import IngestError
+    from churnlens.stages import run_ingest_stage
+
+    try:
+        result = run_ingest_stage(_params(params), base, canonical_dir, quarantine_dir, report)
+    except IngestError as exc:
+        raise _fail(exc) from None
+    log.info("ingest: read %d, accepted %d, quarantined %d, duplicates removed %d", result["rows_read"],
+             result["accepted"], result["quarantined"], result["duplicates_removed"])
+
+
+@app.command()
+def features(
+    params: ParamsOption = Path("params.yaml"),
+    canonical_dir: Annotated[Path, typer.Option()] = Path("data/canonical"),
+    output: Annotated[Path, typer.Option(help="snapshots keyed by (customer_id, cutoff)")] = Path(
+        "data/features/snapshots.parquet"),
+    report: Annotated[Path, typer.Option()] = Path("reports/features.json"),
+) -> None:
+    """Point-in-time features and churn labels at every cutoff."""
+    from churnlens.stages import run_features
+
+    try:
+        result = run_features(_params(params), canonical_dir, output, report)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
+    log.info("features: %d rows, %d cutoffs (%d fully labelled), %d features; left out: %s", result["rows"],
+             result["cutoffs"], result["complete_cutoffs"], len(result["features"]), result["left_out"] or "none")
+
+
+@app.command()
+def train(
+    params: ParamsOption = Path("params.yaml"),
+    snapshots: Annotated[Path, typer.Option()] = Path("data/features/snapshots.parquet"),
+    features_report: Annotated[Path, typer.Option()] = Path("reports/features.json"),
+    model_dir: Annotated[Path, typer.Option(help="model in MLflow format (DVC output)")] = Path("models/churn_model"),
+    report: Annotated[Path, typer.Option()] = Path("reports/train.json"),
+) -> None:
+    """Train on earlier cutoffs, early-stop on later ones, log to MLflow, register as challenger."""
+    from churnlens.stages import run_train
+
+    try:
+        result = run_train(_params(params), snapshots, features_report, model_dir, report, Path.cwd())
+    except ValueError as exc:
+        raise _fail(exc) from None
+    log.info("trained %s v%s (run %s), %d trees", result["model_name"], result["model_version"], result["run_id"],
+             result["metrics"]["best_iteration"])
+
+
+@app.command()
+def evaluate(
+    params: ParamsOption = Path("params.yaml"),
+    snapshots: Annotated[Path, typer.Option()] = Path("data/features/snapshots.parquet"),
+    model_dir: Annotated[Path, typer.Option()] = Path("models/churn_model"),
+    train_report: Annotated[Path, typer.Option()] = Path("reports/train.json"),
+    metrics: Annotated[Path, typer.Option()] = Path("reports/metrics.json"),
+    plots_dir: Annotated[Path, typer.Option()] = Path("reports/plots"),
+) -> None:
+    """Holdout metrics against baselines, plots, and champion/challenger promotion."""
+    from churnlens.stages import run_evaluate
+
+    result = run_evaluate(_params(params), snapshots, model_dir, train_report, metrics, plots_dir)
+    m = result["model"]
+    log.info("holdout %s: ROC AUC %.3f, PR AUC %.3f, lift@10%% %.2f; promotion: %s", result["holdout_cutoff"],
+             m["roc_auc"], m["pr_auc"], m["top_decile_lift"], result["promotion"]["reason"])
+
+
+@app.command()
+def score(
+    params: ParamsOption = Path("params.yaml"),
+    canonical_dir: Annotated[Path, typer.Option()] = Path("data/canonical"),
+    model: Annotated[str | None, typer.Option(help="models:/<name>@<alias>, models:/<name>/<version> or a "
+                                                   "model folder; default: score.model_uri")] = None,
+    as_of: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="scoring date (its midnight, UTC)")
+                     ] = None,
+    output: Annotated[Path, typer.Option()] = Path("data/scores/scores.parquet"),
+    csv: Annotated[Path | None, typer.Option(help="also write a CSV (e.g. for a CRM)")] = None,
+    report: Annotated[Path, typer.Option()] = Path("reports/segment_report.json"),
+) -> None:
+    """Score every active customer: churn probability, risk tier, segment, action, priority."""
+    import pandas as pd
+
+    from churnlens.stages import run_score
+    from churnlens.tracking import ModelNotFoundError
+
+    loaded_params = _params(params)
+    try:
+        result = run_score(loaded_params, canonical_dir, model or loaded_params.score.model_uri, output, report,
+                           pd.Timestamp(as_of) if as_of else None, csv, Path.cwd())
+    except (ModelNotFoundError, ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
+    log.info("scored %d customers as of %s with %s v%s; campaign: %d customers", result["customers"],
+             result["as_of"], result["model_name"], result["model_version"], result["campaign_customers"])
+
+
+@app.command()
+def catalog(output: Annotated[Path, typer.Option()] = Path("docs/features.md"),
+            params: ParamsOption = Path("params.yaml")) -> None:
+    """Regenerate the feature catalog from the feature definitions."""
+    from churnlens.features import feature_catalog_markdown, feature_definitions
+    from churnlens.io import atomic_path
+
+    text = feature_catalog_markdown(feature_definitions(_params(params).features.windows_days))
+    with atomic_path(output) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    log.info("wrote %s", output)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option()] = 5000,
+    host: Annotated[str, typer.Option(help="bind address; keep 127.0.0.1 unless you know why")] = "127.0.0.1",
+) -> None:
+    """Start the MLflow UI on the project's tracking store (127.0.0.1 by default)."""
+    from churnlens.tracking import DEFAULT_TRACKING_URI
+
+    store = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host", host,
+               "--port", str(port), "--workers", "1"]
+    console.print(f"MLflow UI on http://{host}:{port} (store {store}); Ctrl-C to stop")
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,248 @@
+"""Typed, validated parameters: ``params.yaml`` -> config objects -> function arguments.
+
+Every stage loads the file once through :func:`load_params` and passes the relevant section
+to pure functions. Unknown keys, wrong types and impossible values fail here, with the key
+path and the expected value in the message, instead of deep inside a stage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PERSONAS = ("brand_advocate", "brand_user", "brand_comparer")
+SEGMENTS = (*PERSONAS, "insufficient_history")
+RISK_TIERS = ("low", "medium", "high")
+
+
+class ConfigError(ValueError):
+    """A parameter file is missing, malformed or holds an invalid value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- simulate
+class PersonaShares(_Section):
+    brand_advocate: float = Field(0.25, ge=0, le=1)
+    brand_user: float = Field(0.30, ge=0, le=1)
+    brand_comparer: float = Field(0.45, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> PersonaShares:
+        total = self.brand_advocate + self.brand_user + self.brand_comparer
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"persona shares must sum to 1.0, got {total:.4f}")
+        return self
+
+
+class MonthlyChurnHazard(_Section):
+    """Baseline probability per 30 days that a customer of each persona starts to leave."""
+
+    brand_advocate: float = Field(0.006, ge=0, le=1)
+    brand_user: float = Field(0.004, ge=0, le=1)
+    brand_comparer: float = Field(0.025, ge=0, le=1)
+
+
+class SimulateConfig(_Section):
+    seed: int = Field(42, ge=0)
+    n_customers: int = Field(20_000, ge=10)
+    start_date: dt.date = dt.date(2023, 1, 1)
+    n_days: int = Field(730, ge=120, description="length of the observed period in days")
+    persona_shares: PersonaShares = PersonaShares()
+    monthly_churn_hazard: MonthlyChurnHazard = MonthlyChurnHazard()
+    contract_end_churn_probability: float = Field(
+        0.30, ge=0, le=1, description="chance a brand user leaves at a contract renewal"
+    )
+    price_shocks_per_year: float = Field(3.0, ge=0, description="competitor price moves comparers react to")
+    price_shock_churn_probability: float = Field(0.08, ge=0, le=1)
+    latent_period_days: tuple[int, int] = (30, 120)
+    customers_per_chunk: int = Field(5_000, ge=100, description="memory bound of the generator")
+
+    @field_validator("latent_period_days")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1 <= low <= high:
+            raise ValueError(f"expected [min, max] with 1 <= min <= max, got {list(value)}")
+        return value
+
+
+# --------------------------------------------------------------------------- ingest
+class TableSource(_Section):
+    """Where one raw table lives and how its columns map onto the canonical schema."""
+
+    path: str = Field(description="file, directory or glob of CSV/Parquet files")
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    columns: dict[str, str] = Field(default_factory=dict, description="canonical name -> source column")
+    csv: dict[str, str | int | bool] = Field(
+        default_factory=dict, description="extra DuckDB read_csv options (delim, header, encoding, ...)"
+    )
+    timestamp_formats: tuple[str, ...] = Field(
+        (), description="strptime formats tried in order; empty = ISO 8601 (with or without offset)"
+    )
+    decimal: Literal[".", ","] = "."
+    source_timezone: str = Field("UTC", description="time zone of naive timestamps; output is UTC")
+    return_order_prefix: str | None = Field(None, description="order ids starting with this mark a return")
+    type_map: dict[str, str] = Field(default_factory=dict, description="raw interaction type -> canonical type")
+    type_constant: str | None = Field(None, description="canonical type for every row (single-type sources)")
+
+
+class IngestConfig(_Section):
+    transactions: TableSource
+    interactions: TableSource | None = None
+    customers: TableSource | None = None
+    max_quarantine_share: float = Field(0.2, ge=0, le=1)
+    earliest_plausible_date: dt.date = dt.date(1990, 1, 1)
+    latest_plausible_date: dt.date | None = Field(
+        None, description="later timestamps are quarantined as 'in the future'; null = today (UTC)"
+    )
+    max_abs_amount: float = Field(1_000_000.0, gt=0)
+
+
+# --------------------------------------------------------------------------- features
+class CutoffGrid(_Section):
+    start: dt.date | None = Field(None, description="first cutoff; null = data start + min_history_days")
+    end: dt.date | None = Field(None, description="last cutoff; null = data end")
+    every_days: int = Field(30, ge=1)
+    min_history_days: int = Field(180, ge=0)
+
+
+class FeaturesConfig(_Section):
+    cutoffs: CutoffGrid = CutoffGrid()
+    as_of: dt.date | None = Field(None, description="scoring date; null = the day after the last event")
+    horizon_days: int = Field(90, ge=1, description="label window length after a cutoff")
+    lead_days: int = Field(0, ge=0, description="purge gap between cutoff and label window")
+    active_lookback_days: int = Field(
+        365, ge=1, description="a customer with no purchase in this many days is already lost"
+    )
+    windows_days: tuple[int, ...] = (30, 90, 365)
+
+    @field_validator("windows_days")
+    @classmethod
+    def _sorted_unique(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or list(value) != sorted(set(value)) or value[0] < 1:
+            raise ValueError(f"expected a strictly increasing list of positive day counts, got {list(value)}")
+        return value
+
+
+# --------------------------------------------------------------------------- train / evaluate
+class XGBoostParams(_Section):
+    n_estimators: int = Field(400, ge=1)
+    max_depth: int = Field(5, ge=1, le=16)
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    subsample: float = Field(0.9, gt=0, le=1)
+    colsample_bytree: float = Field(0.9, gt=0, le=1)
+    min_child_weight: float = Field(1.0, ge=0)
+    reg_lambda: float = Field(1.0, ge=0)
+    early_stopping_rounds: int = Field(30, ge=1)
+    n_jobs: int = Field(2, ge=1)
+
+
+class TrainConfig(_Section):
+    seed: int = Field(7, ge=0)
+    experiment_name: str = "churnlens"
+    registered_model_name: str = "churnlens"
+    validation_cutoffs: int = Field(
+        1, ge=1, description="latest training cutoffs held back for early stopping"
+    )
+    xgboost: XGBoostParams = XGBoostParams()
+
+
+class EvaluateConfig(_Section):
+    promotion_metric: Literal["roc_auc", "pr_auc", "neg_log_loss", "neg_brier"] = "roc_auc"
+    min_improvement: float = Field(0.0, ge=0, description="challenger must beat champion by this much")
+    top_fraction: float = Field(0.1, gt=0, le=1, description="share of customers for the lift metric")
+    calibration_bins: int = Field(10, ge=2)
+
+
+# --------------------------------------------------------------------------- score
+class SegmentRules(_Section):
+    """Fixed transforms and thresholds; see docs in segments.py for the indices."""
+
+    min_orders: int = Field(2, ge=1, description="fewer orders than this -> insufficient_history")
+    min_tenure_days: int = Field(60, ge=0)
+    min_margin: float = Field(0.0, ge=0, le=1, description="margin under which the segment is flagged low-confidence")
+
+
+class RetentionAction(_Section):
+    action: str
+    cost: float = Field(ge=0)
+    success_rate: float = Field(ge=0, le=1)
+
+
+class ScoreConfig(_Section):
+    model_uri: str = "models:/churnlens@champion"
+    risk_tiers: dict[Literal["medium", "high"], float] = {"medium": 0.3, "high": 0.6}
+    segments: SegmentRules = SegmentRules()
+    value_horizon_days: int = Field(365, ge=1, description="customer value proxy = spend over this period")
+    campaign_budget: float = Field(5_000.0, ge=0)
+    actions: dict[str, dict[str, RetentionAction]]
+    chunk_rows: int = Field(100_000, ge=1_000)
+
+    @model_validator(mode="after")
+    def _complete_playbook(self) -> ScoreConfig:
+        if not 0 < self.risk_tiers["medium"] < self.risk_tiers["high"] < 1:
+            raise ValueError(
+                f"risk_tiers must satisfy 0 < medium < high < 1, got {dict(self.risk_tiers)}"
+            )
+        missing = [
+            f"{segment}.{tier}"
+            for segment in SEGMENTS
+            for tier in RISK_TIERS
+            if tier not in self.actions.get(segment, {})
+        ]
+        unknown = sorted(set(self.actions) - set(SEGMENTS))
+        if missing or unknown:
+            raise ValueError(
+                f"actions must name one action per segment and risk tier; missing {missing}, "
+                f"unknown segments {unknown}; expected segments {list(SEGMENTS)} x tiers {list(RISK_TIERS)}"
+            )
+        return self
+
+
+class Params(_Section):
+    simulate: SimulateConfig = SimulateConfig()
+    ingest: IngestConfig
+    features: FeaturesConfig = FeaturesConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    score: ScoreConfig
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "<root>"
+    received = error.get("input")
+    shown = repr(received) if not isinstance(received, dict) else "a mapping"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see params.yaml for the accepted keys)"
+    return f"  {key}: {message} (received {shown})"
+
+
+def parse_params(raw: object, source: str = "params") -> Params:
+    """Validate a parsed parameter mapping; raise :class:`ConfigError` listing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with one section per stage, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n".join(_describe(error) for error in exc.errors())
+        raise ConfigError(f"{source}: {exc.error_count()} invalid parameter(s):\n{lines}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml`` once per stage."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameter file not found; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, source=str(path))

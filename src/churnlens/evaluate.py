@@ -1,0 +1,105 @@
+"""Holdout metrics, curves and baselines for churn scores (pure functions, no MLflow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    log_loss,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from churnlens.model import LABEL
+
+RFM_FEATURES = ["days_since_last_purchase", "purchases_365d", "spend_365d"]
+
+
+def top_fraction_lift(y_true: np.ndarray, score: np.ndarray, fraction: float) -> float:
+    """Churn rate among the highest-scored ``fraction`` of customers divided by the overall rate."""
+    n_top = max(1, int(round(len(score) * fraction)))
+    order = np.argsort(-score, kind="stable")
+    base = y_true.mean()
+    return float(y_true[order[:n_top]].mean() / base) if base > 0 else float("nan")
+
+
+def classification_metrics(y_true: np.ndarray, score: np.ndarray, top_fraction: float,
+                           is_probability: bool = True) -> dict[str, float]:
+    """ROC AUC, PR AUC and lift for any score; log loss and Brier only for probabilities."""
+    y_true = np.asarray(y_true, dtype=int)
+    if len(np.unique(y_true)) < 2:
+        raise ValueError(f"evaluate: the holdout has a single class ({np.unique(y_true)}); cannot compute AUC")
+    metrics = {
+        "roc_auc": float(roc_auc_score(y_true, score)),
+        "pr_auc": float(average_precision_score(y_true, score)),
+        "top_decile_lift": top_fraction_lift(y_true, np.asarray(score), top_fraction),
+        "churn_rate": float(y_true.mean()),
+        "n": int(len(y_true)),
+    }
+    if is_probability:
+        clipped = np.clip(score, 1e-7, 1 - 1e-7)
+        metrics["log_loss"] = float(log_loss(y_true, clipped, labels=[0, 1]))
+        metrics["brier"] = float(brier_score_loss(y_true, clipped))
+    return metrics
+
+
+def curves(y_true: np.ndarray, probability: np.ndarray, bins: int) -> dict[str, pd.DataFrame]:
+    """Plot data: ROC, precision-recall, reliability (calibration) and cumulative gains."""
+    y_true = np.asarray(y_true, dtype=int)
+    fpr, tpr, _ = roc_curve(y_true, probability)
+    precision, recall, _ = precision_recall_curve(y_true, probability)
+    edges = np.linspace(0, 1, bins + 1)
+    bucket = np.clip(np.digitize(probability, edges[1:-1]), 0, bins - 1)
+    reliability = (
+        pd.DataFrame({"bucket": bucket, "predicted": probability, "observed": y_true})
+        .groupby("bucket", as_index=False).agg(predicted=("predicted", "mean"), observed=("observed", "mean"),
+                                               customers=("observed", "size"))
+    )
+    order = np.argsort(-probability, kind="stable")
+    captured = np.cumsum(y_true[order]) / max(y_true.sum(), 1)
+    share = np.arange(1, len(order) + 1) / len(order)
+    step = max(1, len(order) // 100)
+    gains = pd.DataFrame({"share_targeted": share[step - 1::step], "share_of_churners": captured[step - 1::step]})
+    return {
+        "roc": _thin(pd.DataFrame({"false_positive_rate": fpr, "true_positive_rate": tpr})),
+        "precision_recall": _thin(pd.DataFrame({"recall": recall, "precision": precision})),
+        "calibration": reliability,
+        "gains": gains,
+    }
+
+
+def _thin(frame: pd.DataFrame, points: int = 200) -> pd.DataFrame:
+    """Keep plot files small: at most ``points`` evenly spaced rows (first and last kept)."""
+    if len(frame) <= points:
+        return frame.reset_index(drop=True)
+    index = np.unique(np.linspace(0, len(frame) - 1, points).round().astype(int))
+    return frame.iloc[index].reset_index(drop=True)
+
+
+def recency_baseline(holdout: pd.DataFrame) -> np.ndarray:
+    """The rule a team would use without a model: the longer since the last purchase, the riskier."""
+    return holdout["days_since_last_purchase"].to_numpy(dtype=float)
+
+
+def rfm_logistic_baseline(train_rows: pd.DataFrame, holdout: pd.DataFrame, seed: int) -> np.ndarray:
+    """Logistic regression on log recency, frequency and monetary value, trained on the same rows."""
+
+    def design(frame: pd.DataFrame) -> np.ndarray:
+        return np.log1p(frame[RFM_FEATURES].clip(lower=0).fillna(0).to_numpy(dtype=float))
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    model.fit(design(train_rows), train_rows[LABEL].astype(int))
+    return model.predict_proba(design(holdout))[:, 1]
+
+
+def promotion_score(metrics: dict[str, float], metric: str) -> float:
+    """Higher is better for every promotion metric (losses are negated)."""
+    if metric.startswith("neg_"):
+        return -metrics[metric.removeprefix("neg_")]
+    return metrics[metric]

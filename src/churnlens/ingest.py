@@ -1,0 +1,383 @@
+"""Turn raw exports into canonical tables, quarantining bad rows with a reason.
+
+Everything runs in DuckDB over the source files, so a large CSV is never loaded into pandas.
+Every source row ends in exactly one place: the canonical table, the quarantine (with its
+original values as text, file, row and reason), or the count of exact duplicates removed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from churnlens.config import IngestConfig, TableSource
+from churnlens.io import atomic_path, write_json
+from churnlens.schemas import INTERACTION_TYPES, TABLES
+
+log = logging.getLogger(__name__)
+
+SOURCE_FILE = "_source_file"
+SOURCE_ROW = "_source_row"
+RAW_LINE = "_raw_line"
+REASON = "reason"
+
+
+class IngestError(ValueError):
+    """The input cannot be ingested as configured; the message says what to change."""
+
+
+@dataclass
+class TableReport:
+    table: str
+    files: list[str]
+    rows_read: int = 0
+    accepted: int = 0
+    duplicates_removed: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def quarantined_total(self) -> int:
+        return sum(self.quarantined.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "files": self.files,
+            "rows_read": self.rows_read,
+            "accepted": self.accepted,
+            "duplicates_removed": self.duplicates_removed,
+            "quarantined": self.quarantined_total,
+            "quarantined_by_reason": dict(sorted(self.quarantined.items())),
+        }
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def resolve_files(table: str, source: TableSource, base: Path) -> list[str]:
+    """A file, a directory (every CSV/Parquet below it) or a glob, relative to ``base``."""
+    pattern = Path(source.path) if Path(source.path).is_absolute() else base / source.path
+    if pattern.is_dir():
+        files = [p for p in sorted(pattern.rglob("*")) if p.is_file() and _format_of(p) is not None]
+    else:
+        files = [Path(p) for p in sorted(glob.glob(str(pattern), recursive=True)) if Path(p).is_file()]
+    if not files:
+        raise IngestError(
+            f"ingest.{table}.path: no CSV or Parquet file matches {str(pattern)!r}; "
+            "give a file, a directory or a glob such as 'exports/*.csv'"
+        )
+    return [str(p) for p in files]
+
+
+def _format_of(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    if ".parquet" in suffixes or ".pq" in suffixes:
+        return "parquet"
+    if any(s in (".csv", ".tsv", ".txt") for s in suffixes):
+        return "csv"
+    return None
+
+
+def _source_format(table: str, source: TableSource, files: list[str]) -> str:
+    if source.format != "auto":
+        return source.format
+    formats = {_format_of(Path(f)) for f in files}
+    if len(formats) != 1 or None in formats:
+        raise IngestError(
+            f"ingest.{table}: cannot tell the format of {files[:3]} from their names; "
+            "set ingest.{table}.format to 'csv' or 'parquet'"
+        )
+    return formats.pop()
+
+
+def _csv_option(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return literal(value)
+
+
+def load_raw(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, files: list[str]) -> list[str]:
+    """Create ``raw`` (every value as text, plus file and row) and ``rejects``; return source columns."""
+    file_list = "[" + ", ".join(literal(f) for f in files) + "]"
+    fmt = _source_format(table, source, files)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE rejects ({SOURCE_FILE} VARCHAR, {SOURCE_ROW} BIGINT, "
+                f"{RAW_LINE} VARCHAR, {REASON} VARCHAR)")
+    try:
+        if fmt == "parquet":
+            columns = [row[0] for row in con.execute(
+                f"DESCRIBE SELECT * FROM read_parquet({file_list}, union_by_name=true)").fetchall()]
+            as_text = ", ".join(f"CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in columns)
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE raw AS SELECT {as_text}, filename AS {SOURCE_FILE}, "
+                f"file_row_number + 1 AS {SOURCE_ROW} FROM read_parquet({file_list}, union_by_name=true, "
+                "filename=true, file_row_number=true)"
+            )
+            return columns
+        options = {"all_varchar": True, "store_rejects": True, "filename": True, "union_by_name": True,
+                   **source.csv}
+        option_sql = ", ".join(f"{key}={_csv_option(value)}" for key, value in options.items())
+        # Data rows are numbered per file in read order (1 = first row after the header).
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE raw AS SELECT * EXCLUDE (filename), filename AS {SOURCE_FILE}, "
+            f"row_number() OVER (PARTITION BY filename) AS {SOURCE_ROW} FROM read_csv({file_list}, {option_sql})"
+        )
+        con.execute(
+            f"INSERT INTO rejects SELECT s.file_path, e.line, e.csv_line, "
+            f"'malformed_csv_line: ' || e.error_message FROM reject_errors e "
+            "JOIN reject_scans s USING (scan_id, file_id)"
+        )
+    except duckdb.Error as exc:
+        raise IngestError(
+            f"ingest.{table}: cannot parse {files if len(files) < 4 else files[:3] + ['...']} as {fmt}: "
+            f"{str(exc).splitlines()[0]}. Check ingest.{table}.format and ingest.{table}.csv "
+            "(delim, quote, encoding, header)"
+        ) from None
+    return [c for c in con.execute("DESCRIBE raw").fetchdf()["column_name"] if c not in (SOURCE_FILE, SOURCE_ROW)]
+
+
+def check_mapping(table: str, source: TableSource, found: list[str]) -> dict[str, str]:
+    """canonical -> source column, defaulting to same-named columns; raise on a missing required one."""
+    known = {c.name for c in TABLES[table]}
+    unknown = sorted(set(source.columns) - known)
+    if unknown:
+        raise IngestError(
+            f"ingest.{table}.columns: unknown canonical column(s) {unknown}; expected some of {sorted(known)}"
+        )
+    mapping = {c.name: c.name for c in TABLES[table] if c.name in found}
+    mapping.update(source.columns)
+    absent = {canonical: column for canonical, column in mapping.items() if column not in found}
+    derivable = {"amount"} if {"quantity", "unit_price"} <= (set(mapping) - set(absent)) else set()
+    if table == "interactions" and source.type_constant:
+        derivable.add("type")
+    missing_required = [
+        c.name for c in TABLES[table] if c.required and (c.name not in mapping or c.name in absent)
+        and c.name not in derivable
+    ]
+    problems = [f"{canonical} -> {column!r} is not in the file" for canonical, column in absent.items()]
+    problems += [f"required column {name!r} is not mapped" for name in missing_required]
+    if absent or missing_required:
+        raise IngestError(
+            f"ingest.{table}: {'; '.join(problems)}. Columns found: {found}. "
+            f"Fix it with ingest.{table}.columns.<canonical name>: <column in your file>"
+        )
+    return mapping
+
+
+def _number(expr: str, decimal: str) -> str:
+    text = f"trim(CAST({expr} AS VARCHAR))"
+    if decimal == ",":
+        text = f"replace(replace({text}, '.', ''), ',', '.')"
+    return f"TRY_CAST({text} AS DOUBLE)"
+
+
+def _timestamp(expr: str, source: TableSource) -> str:
+    text = f"nullif(trim(CAST({expr} AS VARCHAR)), '')"
+    if source.timestamp_formats:
+        formats = "[" + ", ".join(literal(f) for f in source.timestamp_formats) + "]"
+        parsed = f"try_strptime({text}, {formats})"
+    else:
+        parsed = f"TRY_CAST({text} AS TIMESTAMP)"
+    # An explicit offset in the text wins; naive values are read in the source's time zone.
+    with_offset = f"TRY_CAST({text} AS TIMESTAMPTZ)"
+    has_offset = rf"regexp_matches({text}, '([+-]\d\d:?\d\d|Z|UTC)$')"
+    naive_utc = f"timezone('UTC', timezone({literal(source.source_timezone)}, {parsed}))"
+    return f"CASE WHEN {has_offset} THEN timezone('UTC', {with_offset}) ELSE {naive_utc} END"
+
+
+def _bool(expr: str) -> str:
+    text = f"lower(trim(CAST({expr} AS VARCHAR)))"
+    return (f"CASE WHEN {text} IN ('true','t','yes','y','1') THEN true "
+            f"WHEN {text} IN ('false','f','no','n','0') THEN false END")
+
+
+def canonical_expressions(table: str, source: TableSource, mapping: dict[str, str]) -> dict[str, str]:
+    """SQL expression per canonical column, reading the raw text columns."""
+    expressions: dict[str, str] = {}
+    for column in TABLES[table]:
+        if column.name not in mapping:
+            continue
+        raw = quote(mapping[column.name])
+        expressions[column.name] = {
+            "id": f"nullif(trim(CAST({raw} AS VARCHAR)), '')",
+            "text": f"nullif(trim(CAST({raw} AS VARCHAR)), '')",
+            "timestamp": _timestamp(raw, source),
+            "float": _number(raw, source.decimal),
+            "int": f"CAST(round({_number(raw, source.decimal)}) AS BIGINT)",
+            "bool": _bool(raw),
+        }[column.kind]
+    if table == "transactions" and "amount" not in expressions:
+        expressions["amount"] = f"round({expressions['quantity']} * {expressions['unit_price']}, 6)"
+    if table == "interactions":
+        if source.type_constant:
+            expressions["type"] = literal(source.type_constant)
+        elif source.type_map:
+            cases = " ".join(f"WHEN {literal(k)} THEN {literal(v)}" for k, v in source.type_map.items())
+            expressions["type"] = f"CASE {expressions['type']} {cases} ELSE lower({expressions['type']}) END"
+        else:
+            expressions["type"] = f"lower({expressions['type']})"
+    return expressions
+
+
+def _quarantine_rules(table: str, mapping: dict[str, str], config: IngestConfig, today: dt.date) -> list[tuple[str, str]]:
+    """(reason, condition on canonical c_* columns and raw text) in priority order."""
+    earliest = literal(config.earliest_plausible_date.isoformat())
+    latest = literal(((config.latest_plausible_date or today) + dt.timedelta(days=1)).isoformat())
+    rules = [("missing_customer_id", "c_customer_id IS NULL")]
+    for column in TABLES[table]:
+        if column.name not in mapping or column.name == "customer_id":
+            continue
+        raw = f"nullif(trim({quote(mapping[column.name])}), '')"
+        name = f"c_{column.name}"
+        if column.kind == "timestamp":
+            if column.required:
+                rules.append((f"missing_{column.name}", f"{raw} IS NULL"))
+            rules.append((f"unparseable_{column.name}", f"{raw} IS NOT NULL AND {name} IS NULL"))
+            rules.append((f"{column.name}_before_plausible_start",
+                          f"{name} < CAST({earliest} AS TIMESTAMP)"))
+            rules.append((f"{column.name}_in_future", f"{name} >= CAST({latest} AS TIMESTAMP)"))
+        elif column.kind in ("float", "int", "bool"):
+            rules.append((f"non_numeric_{column.name}" if column.kind != "bool" else f"invalid_{column.name}",
+                          f"{raw} IS NOT NULL AND {name} IS NULL"))
+    if table == "transactions":
+        rules.append(("missing_amount", "c_amount IS NULL"))
+        rules.append(("absurd_amount", f"abs(c_amount) > {config.max_abs_amount} OR isinf(c_amount) OR isnan(c_amount)"))
+    if table == "interactions":
+        allowed = ", ".join(literal(t) for t in INTERACTION_TYPES)
+        rules.append(("unknown_interaction_type", f"c_type IS NULL OR c_type NOT IN ({allowed})"))
+    if table == "customers":
+        rules.append(("duplicate_customer_id", "_customer_rank > 1"))
+    return rules
+
+
+def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, config: IngestConfig,
+                 base: Path, today: dt.date | None = None) -> TableReport:
+    """Parse, validate and split one table into DuckDB tables ``accepted_<table>`` and ``quarantine_<table>``."""
+    files = resolve_files(table, source, base)
+    found = load_raw(con, table, source, files)
+    mapping = check_mapping(table, source, found)
+    expressions = canonical_expressions(table, source, mapping)
+    report = TableReport(table=table, files=files)
+
+    source_columns = ", ".join(quote(c) for c in found)
+    canonical = ", ".join(f"{expr} AS {quote('c_' + name)}" for name, expr in expressions.items())
+    customer_rank = (", row_number() OVER (PARTITION BY c_customer_id ORDER BY _source_file, _source_row) "
+                     "AS _customer_rank") if table == "customers" else ""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE parsed AS
+        SELECT *{customer_rank} FROM (
+            SELECT *, {canonical},
+                   row_number() OVER (PARTITION BY {source_columns}
+                                      ORDER BY {SOURCE_FILE}, {SOURCE_ROW}) > 1 AS _duplicate
+            FROM raw)
+    """)
+    if table == "customers":
+        # An exact duplicate of a customer row is a duplicate, not a conflicting record.
+        con.execute("UPDATE parsed SET _customer_rank = 1 WHERE _duplicate")
+    rules = _quarantine_rules(table, mapping, config, today or dt.datetime.now(dt.UTC).date())
+    reason_sql = "CASE " + " ".join(f"WHEN {cond} THEN {literal(reason)}" for reason, cond in rules) + " END"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE judged AS SELECT *, {reason_sql} AS {REASON} "
+                "FROM parsed WHERE NOT _duplicate")
+
+    report.rows_read = con.execute("SELECT count(*) FROM raw").fetchone()[0]
+    report.rows_read += con.execute("SELECT count(*) FROM rejects").fetchone()[0]
+    report.duplicates_removed = con.execute("SELECT count(*) FROM parsed WHERE _duplicate").fetchone()[0]
+
+    output = [c.name for c in TABLES[table] if c.name in expressions]
+    select = ", ".join(f"{quote('c_' + name)} AS {quote(name)}" for name in output)
+    if table == "transactions":
+        prefix = source.return_order_prefix
+        flagged = f" OR starts_with(c_order_id, {literal(prefix)})" if prefix and "order_id" in output else ""
+        quantity = " OR c_quantity < 0" if "quantity" in output else ""
+        select += f", (c_amount < 0{quantity}{flagged}) AS is_return"
+    order = "customer_id, timestamp" if "timestamp" in output else "customer_id"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE accepted_{table} AS SELECT {select} FROM judged "
+                f"WHERE {REASON} IS NULL ORDER BY {order}, {SOURCE_FILE}, {SOURCE_ROW}")
+    report.accepted = con.execute(f"SELECT count(*) FROM accepted_{table}").fetchone()[0]
+
+    originals = ", ".join(f"CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in found)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE quarantine_{table} AS
+        SELECT {SOURCE_FILE}, {SOURCE_ROW}, NULL::VARCHAR AS {RAW_LINE}, {REASON}, {originals}
+        FROM judged WHERE {REASON} IS NOT NULL
+        UNION ALL BY NAME
+        SELECT {SOURCE_FILE}, {SOURCE_ROW}, {RAW_LINE}, {REASON} FROM rejects
+        ORDER BY {SOURCE_FILE}, {SOURCE_ROW}
+    """)
+    by_reason = con.execute(
+        f"SELECT split_part({REASON}, ':', 1) AS r, count(*) FROM quarantine_{table} GROUP BY r").fetchall()
+    report.quarantined = {reason: count for reason, count in by_reason}
+
+    if report.rows_read != report.accepted + report.quarantined_total + report.duplicates_removed:
+        raise AssertionError(f"ingest.{table}: reconciliation failed: {report.as_dict()}")
+    share = report.quarantined_total / report.rows_read if report.rows_read else 0.0
+    if share > config.max_quarantine_share:
+        top = sorted(report.quarantined.items(), key=lambda kv: -kv[1])[:3]
+        raise IngestError(
+            f"ingest.{table}: {report.quarantined_total} of {report.rows_read} rows ({share:.1%}) were "
+            f"quarantined, above ingest.max_quarantine_share={config.max_quarantine_share}; most common "
+            f"reasons {top}. Fix the mapping in params.yaml, or raise the threshold if this is expected"
+        )
+    log.info("ingest %s: %s", table, report.as_dict())
+    return report
+
+
+def cross_table_checks(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dict[str, int]:
+    """Customers present in one table and missing in another: kept, and counted here."""
+    checks: dict[str, int] = {}
+    if "customers" in tables:
+        checks["transaction_customers_without_profile"] = con.execute(
+            "SELECT count(DISTINCT customer_id) FROM accepted_transactions t "
+            "WHERE NOT EXISTS (SELECT 1 FROM accepted_customers c WHERE c.customer_id = t.customer_id)"
+        ).fetchone()[0]
+        checks["profiles_without_transactions"] = con.execute(
+            "SELECT count(*) FROM accepted_customers c "
+            "WHERE NOT EXISTS (SELECT 1 FROM accepted_transactions t WHERE c.customer_id = t.customer_id)"
+        ).fetchone()[0]
+    if "interactions" in tables:
+        checks["interaction_customers_without_transactions"] = con.execute(
+            "SELECT count(DISTINCT customer_id) FROM accepted_interactions i "
+            "WHERE NOT EXISTS (SELECT 1 FROM accepted_transactions t WHERE i.customer_id = t.customer_id)"
+        ).fetchone()[0]
+    return checks
+
+
+def _copy_parquet(con: duckdb.DuckDBPyConnection, relation: str, target: Path) -> None:
+    with atomic_path(target) as temporary:
+        con.execute(f"COPY {relation} TO {literal(str(temporary))} (FORMAT parquet, COMPRESSION zstd)")
+
+
+def run_ingest(config: IngestConfig, base: Path, canonical_dir: Path, quarantine_dir: Path,
+               report_path: Path, today: dt.date | None = None) -> dict:
+    """Ingest every configured table; write canonical and quarantine Parquet and the report."""
+    sources = {name: getattr(config, name) for name in TABLES if getattr(config, name) is not None}
+    report: dict = {"tables": {}}
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        for table, source in sources.items():
+            table_report = ingest_table(con, table, source, config, base, today)
+            report["tables"][table] = table_report.as_dict()
+            _copy_parquet(con, f"accepted_{table}", canonical_dir / f"{table}.parquet")
+            _copy_parquet(con, f"quarantine_{table}", quarantine_dir / f"{table}.parquet")
+        report["cross_table"] = cross_table_checks(con, list(sources))
+    # Stale outputs of a table that is no longer configured must not leak into features.
+    for table in set(TABLES) - set(sources):
+        (canonical_dir / f"{table}.parquet").unlink(missing_ok=True)
+        (quarantine_dir / f"{table}.parquet").unlink(missing_ok=True)
+    totals = report["tables"].values()
+    report["rows_read"] = sum(t["rows_read"] for t in totals)
+    report["accepted"] = sum(t["accepted"] for t in totals)
+    report["quarantined"] = sum(t["quarantined"] for t in totals)
+    report["duplicates_removed"] = sum(t["duplicates_removed"] for t in totals)
+    write_json(report, report_path)
+    return report

@@ -1,0 +1,129 @@
+"""The churn classifier and the temporal split it is trained and judged on (no MLflow here)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OrdinalEncoder
+from xgboost import XGBClassifier
+
+from churnlens.config import FeaturesConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+LABEL = "churned"
+
+
+@dataclass(frozen=True)
+class TemporalSplit:
+    """Which cutoffs train, validate (early stopping) and hold out the model.
+
+    A training cutoff is used only if its whole label window ends at or before the cutoff it is
+    judged on, so no label of a training row was observed after the validation/holdout instant.
+    """
+
+    train: list[pd.Timestamp]
+    validation: list[pd.Timestamp]
+    holdout: pd.Timestamp
+
+    def as_dict(self) -> dict:
+        dates = lambda cs: [c.date().isoformat() for c in cs]  # noqa: E731
+        return {"train": dates(self.train), "validation": dates(self.validation),
+                "holdout": self.holdout.date().isoformat()}
+
+
+def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: TrainConfig) -> TemporalSplit:
+    complete = sorted(snapshots.loc[snapshots["label_complete"], "cutoff"].unique())
+    incomplete = sorted(set(snapshots["cutoff"].unique()) - set(complete))
+    if incomplete:
+        log.info("not used for training or evaluation (label window extends past the data): %s",
+                 [pd.Timestamp(c).date().isoformat() for c in incomplete])
+    if not complete:
+        raise ValueError("train: no cutoff has a complete label window; add data or shorten features.horizon_days")
+    span = pd.Timedelta(days=features.lead_days + features.horizon_days)
+    holdout = pd.Timestamp(complete[-1])
+    labelled_before = lambda instant: [pd.Timestamp(c) for c in complete if pd.Timestamp(c) + span <= instant]  # noqa: E731
+    candidates = labelled_before(holdout)
+    if len(candidates) < train.validation_cutoffs + 1:
+        raise ValueError(
+            f"train: only {len(candidates)} cutoff(s) are fully labelled before the holdout cutoff "
+            f"{holdout.date()}; need at least {train.validation_cutoffs + 1}. Add cutoffs (features.cutoffs."
+            "every_days) or data, or lower train.validation_cutoffs"
+        )
+    validation = candidates[-train.validation_cutoffs:]
+    training = labelled_before(validation[0])
+    if not training:
+        raise ValueError(
+            f"train: no cutoff is fully labelled before the first validation cutoff {validation[0].date()}; "
+            "add cutoffs or data"
+        )
+    return TemporalSplit(train=training, validation=validation, holdout=holdout)
+
+
+def rows_at(snapshots: pd.DataFrame, cutoffs: list[pd.Timestamp]) -> pd.DataFrame:
+    return snapshots[snapshots["cutoff"].isin(cutoffs)]
+
+
+def build_pipeline(numeric: list[str], categorical: list[str], config: TrainConfig, n_estimators: int | None = None
+                   ) -> Pipeline:
+    """An unfitted preprocessing + XGBoost pipeline built from params."""
+    xgb = config.xgboost
+    encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1,
+                             encoded_missing_value=-1, dtype=np.float64)
+    preprocess = ColumnTransformer(
+        [("categorical", encoder, categorical), ("numeric", "passthrough", numeric)],
+        remainder="drop", verbose_feature_names_out=False,
+    )
+    classifier = XGBClassifier(
+        n_estimators=n_estimators or xgb.n_estimators, max_depth=xgb.max_depth, learning_rate=xgb.learning_rate,
+        subsample=xgb.subsample, colsample_bytree=xgb.colsample_bytree, min_child_weight=xgb.min_child_weight,
+        reg_lambda=xgb.reg_lambda, tree_method="hist", n_jobs=xgb.n_jobs, random_state=config.seed,
+        eval_metric="logloss",
+    )
+    return Pipeline([("preprocess", preprocess), ("classifier", classifier)])
+
+
+def model_input(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+    """The exact columns and dtypes the model is trained and scored on."""
+    data = frame[categorical + numeric].copy()
+    for name in categorical:
+        data[name] = data[name].astype(object).where(data[name].notna(), None)
+    data[numeric] = data[numeric].astype("float64")
+    return data
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    pipeline: Pipeline
+    best_iteration: int
+    validation_logloss: float
+
+
+def fit_with_early_stopping(train_rows: pd.DataFrame, validation_rows: pd.DataFrame, numeric: list[str],
+                            categorical: list[str], config: TrainConfig) -> FittedModel:
+    """Find the number of trees on the validation cutoffs, then refit on train + validation."""
+    probe = build_pipeline(numeric, categorical, config)
+    preprocess = probe.named_steps["preprocess"].fit(model_input(train_rows, numeric, categorical))
+    classifier = probe.named_steps["classifier"]
+    classifier.set_params(early_stopping_rounds=config.xgboost.early_stopping_rounds)
+    classifier.fit(
+        preprocess.transform(model_input(train_rows, numeric, categorical)), train_rows[LABEL].astype(int),
+        eval_set=[(preprocess.transform(model_input(validation_rows, numeric, categorical)),
+                   validation_rows[LABEL].astype(int))],
+        verbose=False,
+    )
+    best = int(classifier.best_iteration) + 1
+    logloss = float(classifier.evals_result()["validation_0"]["logloss"][best - 1])
+    # The validation cutoffs are the most recent behaviour: train the final model on them too.
+    final = build_pipeline(numeric, categorical, config, n_estimators=best)
+    everything = pd.concat([train_rows, validation_rows])
+    final.fit(model_input(everything, numeric, categorical), everything[LABEL].astype(int))
+    return FittedModel(final, best, logloss)
+
+
+def churn_probability(pipeline: Pipeline, frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> np.ndarray:
+    return pipeline.predict_proba(model_input(frame, numeric, categorical))[:, 1]

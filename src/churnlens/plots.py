@@ -1,0 +1,67 @@
+"""PNG plots for people (MLflow artifacts, README); DVC reads the CSV plot data instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from churnlens.io import atomic_path  # noqa: E402
+
+
+def _save(figure: plt.Figure, target: Path) -> Path:
+    figure.tight_layout()
+    with atomic_path(target, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=110, format="png")
+    plt.close(figure)
+    return target
+
+
+def evaluation_plots(curves: dict[str, pd.DataFrame], baselines: dict[str, dict[str, pd.DataFrame]],
+                     holdout_label: str, out_dir: Path) -> list[Path]:
+    """ROC, precision-recall, reliability and gains charts of the holdout."""
+    written = []
+    specs = {
+        "roc": ("false_positive_rate", "true_positive_rate", "ROC curve", "False positive rate", "True positive rate"),
+        "precision_recall": ("recall", "precision", "Precision-recall curve", "Recall (share of churners found)",
+                             "Precision (share of flagged who churn)"),
+        "gains": ("share_targeted", "share_of_churners", "Cumulative gains", "Share of customers targeted",
+                  "Share of churners reached"),
+    }
+    for name, (x, y, title, xlabel, ylabel) in specs.items():
+        figure, axis = plt.subplots(figsize=(5.5, 4.5))
+        axis.plot(curves[name][x], curves[name][y], label="churnlens model", linewidth=2)
+        for baseline, baseline_curves in baselines.items():
+            axis.plot(baseline_curves[name][x], baseline_curves[name][y], label=baseline, linestyle="--")
+        if name in ("roc", "gains"):
+            axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="random")
+        axis.set(title=f"{title} (holdout {holdout_label})", xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
+        axis.legend(loc="best", fontsize=8)
+        written.append(_save(figure, out_dir / f"{name}.png"))
+
+    calibration = curves["calibration"]
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="perfect calibration")
+    axis.plot(calibration["predicted"], calibration["observed"], marker="o", label="churnlens model")
+    axis.set(title=f"Reliability (holdout {holdout_label})", xlabel="Mean predicted churn probability",
+             ylabel="Observed churn rate", xlim=(0, 1), ylim=(0, 1))
+    axis.legend(loc="upper left", fontsize=8)
+    written.append(_save(figure, out_dir / "calibration.png"))
+    return written
+
+
+def segment_plot(report: dict, target: Path) -> Path:
+    segments = report["segments"]
+    names = sorted(segments)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.bar(names, [100 * segments[n]["share"] for n in names], color="#4C72B0")
+    left.set(title="Segment mix", ylabel="Share of active customers (%)")
+    right.bar(names, [segments[n]["value_at_risk"] for n in names], color="#C44E52")
+    right.set(title="Value at risk by segment", ylabel="Sum of P(churn) x customer value (currency)")
+    for axis in (left, right):
+        axis.tick_params(axis="x", labelrotation=20)
+    return _save(figure, target)

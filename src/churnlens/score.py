@@ -1,0 +1,94 @@
+"""Turn churn probabilities and segments into a ranked retention plan (pure functions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from churnlens.config import ScoreConfig
+
+SCORE_COLUMNS = [
+    "customer_id", "as_of", "churn_probability", "risk_tier", "segment", "segment_margin", "segment_driver",
+    "customer_value", "action", "action_cost", "action_success_rate", "priority", "in_campaign",
+    "model_name", "model_version",
+]
+
+
+def risk_tiers(probability: pd.Series | np.ndarray, config: ScoreConfig) -> np.ndarray:
+    """low below ``risk_tiers.medium``, high from ``risk_tiers.high``, medium between."""
+    p = np.asarray(probability, dtype=float)
+    return np.where(p >= config.risk_tiers["high"], "high", np.where(p >= config.risk_tiers["medium"], "medium", "low"))
+
+
+def customer_value(features: pd.DataFrame, config: ScoreConfig) -> pd.Series:
+    """Value proxy: spend over the last year, scaled to ``value_horizon_days``; never negative."""
+    yearly = features["spend_365d"].astype("float64").fillna(0.0).clip(lower=0.0)
+    return yearly * config.value_horizon_days / 365.0
+
+
+def retention_plan(scored: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
+    """Add the playbook action, its expected value saved (priority) and the budgeted campaign.
+
+    priority = churn probability x customer value x action success rate - action cost.
+    The campaign takes customers by descending priority while it is positive and the summed
+    action cost stays within ``campaign_budget``.
+    """
+    out = scored.copy()
+    playbook = {(segment, tier): action for segment, tiers in config.actions.items() for tier, action in tiers.items()}
+    chosen = [playbook[(segment, tier)] for segment, tier in zip(out["segment"], out["risk_tier"], strict=True)]
+    out["action"] = [a.action for a in chosen]
+    out["action_cost"] = np.array([a.cost for a in chosen], dtype=float)
+    out["action_success_rate"] = np.array([a.success_rate for a in chosen], dtype=float)
+    out["priority"] = (out["churn_probability"] * out["customer_value"] * out["action_success_rate"]
+                       - out["action_cost"])
+    # Ties broken by customer id so reruns rank identically.
+    out = out.sort_values(["priority", "customer_id"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    worthwhile = (out["priority"] > 0) & (out["action_cost"] <= config.campaign_budget)
+    spent = out["action_cost"].where(worthwhile, 0.0).cumsum()
+    out["in_campaign"] = worthwhile & (spent <= config.campaign_budget)
+    return out
+
+
+def build_scores(features: pd.DataFrame, probability: np.ndarray, segments: pd.DataFrame, config: ScoreConfig,
+                 as_of: pd.Timestamp, model_name: str, model_version: str) -> pd.DataFrame:
+    """One row per active customer, ranked by expected value saved."""
+    if not features["customer_id"].reset_index(drop=True).equals(segments["customer_id"]):
+        raise ValueError("score: segments and features must list the same customers in the same order")
+    scored = pd.DataFrame({
+        "customer_id": features["customer_id"].to_numpy(),
+        "as_of": pd.Timestamp(as_of).as_unit("us"),
+        "churn_probability": np.asarray(probability, dtype=float),
+        "segment": segments["segment"].to_numpy(),
+        "segment_margin": segments["segment_margin"].to_numpy(),
+        "segment_driver": segments["segment_driver"].to_numpy(),
+        "customer_value": customer_value(features, config).to_numpy(),
+    })
+    scored["risk_tier"] = risk_tiers(scored["churn_probability"], config)
+    scored["model_name"] = model_name
+    scored["model_version"] = str(model_version)
+    return retention_plan(scored, config)[SCORE_COLUMNS]
+
+
+def segment_report(scores: pd.DataFrame, previous: pd.DataFrame | None = None) -> dict:
+    """Shares, mean churn probability and value at risk per segment, and stability vs a previous run."""
+    total = len(scores)
+    value_at_risk = scores["churn_probability"] * scores["customer_value"]
+    per_segment = {}
+    for segment, rows in scores.groupby("segment"):
+        per_segment[segment] = {
+            "customers": int(len(rows)),
+            "share": float(len(rows) / total),
+            "mean_churn_probability": float(rows["churn_probability"].mean()),
+            "value_at_risk": float(value_at_risk.loc[rows.index].sum()),
+            "in_campaign": int(rows["in_campaign"].sum()),
+        }
+    report = {"customers": total, "segments": per_segment,
+              "campaign_customers": int(scores["in_campaign"].sum()),
+              "campaign_cost": float(scores.loc[scores["in_campaign"], "action_cost"].sum()),
+              "campaign_expected_value_saved": float(scores.loc[scores["in_campaign"], "priority"].sum())}
+    if previous is not None:
+        both = scores[["customer_id", "segment"]].merge(previous[["customer_id", "segment"]], on="customer_id",
+                                                         suffixes=("", "_previous"))
+        report["stability"] = {"customers_in_both_runs": int(len(both)),
+                               "changed_segment": int((both["segment"] != both["segment_previous"]).sum())}
+    return report

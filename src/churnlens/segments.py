@@ -1,0 +1,92 @@
+"""Loyalty segments from interpretable indices built on the feature families (DOMAIN.md).
+
+Three indices in [0, 1], each the mean of the components the data has (a component whose
+feature is missing for a customer is skipped, not guessed):
+
+* advocacy: NPS, referrals, praise vs complaints, buying at full price;
+* switching cost: contract, autopay, products held, tenure;
+* price sensitivity: discount share, promotion response, spend volatility, paying below the
+  category median.
+
+The segment is the index with the highest value (brand advocate / brand user / brand
+comparer), the margin is its lead over the runner-up, and customers with too little history
+get ``insufficient_history``. All transforms are fixed functions of one customer's features,
+so a segment never depends on who else is in the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from churnlens.config import SegmentRules
+
+INDEX_OF_SEGMENT = {
+    "brand_advocate": "advocacy_index",
+    "brand_user": "switching_cost_index",
+    "brand_comparer": "price_sensitivity_index",
+}
+CONTRACT_LOCK_IN = {"annual": 1.0, "monthly": 0.35}
+
+
+def _clip(series: pd.Series) -> pd.Series:
+    return series.astype("float64").clip(0.0, 1.0)
+
+
+def _get(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name].astype("float64") if name in frame else pd.Series(np.nan, index=frame.index)
+
+
+def index_components(features: pd.DataFrame) -> dict[str, dict[str, pd.Series]]:
+    """Every component, scaled to [0, 1] by a fixed transform; NaN where the feature is unknown."""
+    nps = _get(features, "last_nps").fillna(_get(features, "mean_nps_365d"))
+    contract = (features["contract_type"].map(CONTRACT_LOCK_IN).fillna(0.0).astype("float64")
+                if "contract_type" in features else pd.Series(np.nan, index=features.index))
+    return {
+        "advocacy_index": {
+            "nps": _clip((nps - 5.0) / 5.0),
+            "referrals": _clip(_get(features, "referrals_365d") / 2.0),
+            "praise_vs_complaints": _clip((_get(features, "praise_complaint_balance_365d") + 1.0) / 2.0),
+            "full_price_buying": _clip(1.0 - _get(features, "discount_share_365d") * 2.0),
+        },
+        "switching_cost_index": {
+            "contract": contract,
+            "autopay": _clip(_get(features, "autopay")),
+            "products_held": _clip((_get(features, "products_held") - 1.0) / 4.0),
+            "tenure": _clip(_get(features, "tenure_days") / (3 * 365.0)),
+        },
+        "price_sensitivity_index": {
+            "discount_share": _clip(_get(features, "discount_share_365d") * 1.5),
+            "promotion_response": _clip(_get(features, "campaign_responses_365d") / 6.0),
+            "spend_volatility": _clip(_get(features, "spend_volatility_365d") - 0.5),
+            "below_category_price": _clip((1.0 - _get(features, "price_vs_category_median_365d")) * 3.0),
+        },
+    }
+
+
+def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame:
+    """customer_id, the three indices, segment, margin and the component that decided it."""
+    components = index_components(features)
+    out = pd.DataFrame({"customer_id": features["customer_id"].to_numpy()}, index=features.index)
+    for index_name, parts in components.items():
+        out[index_name] = pd.concat(parts, axis=1).mean(axis=1, skipna=True)
+    scores = out[list(INDEX_OF_SEGMENT.values())].fillna(0.0).to_numpy()
+    order = np.argsort(-scores, axis=1, kind="stable")
+    segment_names = np.array(list(INDEX_OF_SEGMENT))
+    out["segment"] = segment_names[order[:, 0]]
+    rows = np.arange(len(out))
+    out["segment_margin"] = scores[rows, order[:, 0]] - scores[rows, order[:, 1]]
+
+    decisive = []
+    for position, segment in enumerate(out["segment"]):
+        parts = components[INDEX_OF_SEGMENT[segment]]
+        values = {name: series.iloc[position] for name, series in parts.items() if pd.notna(series.iloc[position])}
+        decisive.append(max(values, key=values.get) if values else "")
+    out["segment_driver"] = decisive
+
+    too_little = (_get(features, "purchases_lifetime").fillna(0) < rules.min_orders) | (
+        _get(features, "days_since_first_purchase").fillna(0) < rules.min_tenure_days)
+    out.loc[too_little, "segment"] = "insufficient_history"
+    out.loc[too_little, "segment_driver"] = "too few purchases or too short a history"
+    out["low_confidence"] = (out["segment_margin"] < rules.min_margin) & ~too_little
+    return out.reset_index(drop=True)

@@ -1,0 +1,358 @@
+"""A seeded simulator of a customer base that follows the domain model in DOMAIN.md.
+
+Three personas (brand advocate, brand user, brand comparer) differ in purchase rhythm, spend,
+discount use, interactions, product breadth and switching cost. Churn is a process: a customer
+who will leave first goes through a latent switching period in which purchase gaps lengthen,
+spend drifts down, complaints and discount-chasing rise and NPS answers fall. Brand users leave
+mostly at contract renewals, comparers after competitor price moves, advocates rarely.
+
+The generator works on a (customers x days) grid in chunks of customers, so memory stays
+bounded for tens of millions of transactions. Each chunk has its own child seed, so the output
+depends only on the config (including the chunk size), never on timing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from churnlens.config import PERSONAS, SimulateConfig
+
+CATEGORIES = (
+    "signature", "premium_care", "limited_edition",  # distinctive lines advocates favour
+    "home", "kitchen", "garden", "toys", "stationery", "apparel", "electronics", "party", "gifts",
+)
+CATEGORY_BASE_PRICE = np.array([38.0, 30.0, 55.0, 14.0, 12.0, 16.0, 10.0, 4.0, 22.0, 45.0, 6.0, 9.0])
+PRODUCTS_PER_CATEGORY = 40
+
+
+@dataclass(frozen=True)
+class Persona:
+    """Behavioural profile of one persona; rates are per day."""
+
+    purchase_rate: float
+    order_value: float  # mean list value of a line, relative to category price
+    spend_sigma: float
+    discount_probability: float
+    category_weights: tuple[float, ...]
+    visit_rate: float
+    support_rate: float
+    complaint_rate: float
+    praise_rate: float
+    referral_rate: float
+    campaign_response_rate: float
+    nps_mean: float
+    nps_sd: float
+    annual_contract_share: float
+    monthly_contract_share: float
+    autopay_share: float
+    products_held: tuple[int, int]
+    return_probability: float
+
+
+_DISTINCTIVE = (6.0, 4.0, 3.0)
+PERSONA_PROFILES: dict[str, Persona] = {
+    "brand_advocate": Persona(
+        purchase_rate=1 / 11, order_value=1.15, spend_sigma=0.35, discount_probability=0.06,
+        category_weights=_DISTINCTIVE + (1.0,) * 9, visit_rate=0.05, support_rate=0.004,
+        complaint_rate=0.0006, praise_rate=0.006, referral_rate=0.004, campaign_response_rate=0.002,
+        nps_mean=9.2, nps_sd=0.7, annual_contract_share=0.15, monthly_contract_share=0.25,
+        autopay_share=0.35, products_held=(1, 3), return_probability=0.015,
+    ),
+    "brand_user": Persona(
+        purchase_rate=1 / 14, order_value=1.0, spend_sigma=0.3, discount_probability=0.22,
+        category_weights=(1.5, 1.5, 0.5) + (1.5, 2.0, 1.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5),
+        visit_rate=0.02, support_rate=0.012, complaint_rate=0.0015, praise_rate=0.0008,
+        referral_rate=0.0003, campaign_response_rate=0.006, nps_mean=7.0, nps_sd=1.1,
+        annual_contract_share=0.85, monthly_contract_share=0.1, autopay_share=0.8,
+        products_held=(2, 6), return_probability=0.02,
+    ),
+    "brand_comparer": Persona(
+        purchase_rate=1 / 16, order_value=0.85, spend_sigma=0.6, discount_probability=0.6,
+        category_weights=(0.3, 0.3, 0.2) + (1.0,) * 9, visit_rate=0.04, support_rate=0.006,
+        complaint_rate=0.002, praise_rate=0.0003, referral_rate=0.0001, campaign_response_rate=0.02,
+        nps_mean=5.5, nps_sd=1.8, annual_contract_share=0.03, monthly_contract_share=0.15,
+        autopay_share=0.1, products_held=(1, 2), return_probability=0.05,
+    ),
+}
+
+INTERACTION_TYPES = ("visit", "support_contact", "complaint", "praise", "referral", "survey", "campaign_response")
+SURVEY_RATE = 1 / 90
+HISTORY_BEFORE_START_DAYS = 3 * 365
+
+
+@dataclass(frozen=True)
+class SimulatedData:
+    transactions: pd.DataFrame
+    interactions: pd.DataFrame
+    customers: pd.DataFrame
+    ground_truth: pd.DataFrame
+
+
+def price_shock_days(config: SimulateConfig, rng: np.random.Generator) -> np.ndarray:
+    """Days (from start) on which a competitor moves prices; comparers react to these."""
+    expected = config.price_shocks_per_year * config.n_days / 365
+    count = rng.poisson(expected)
+    return np.sort(rng.integers(0, config.n_days, size=count))
+
+
+def _customer_attributes(config: SimulateConfig, rng: np.random.Generator, first_index: int, size: int,
+                         shocks: np.ndarray) -> pd.DataFrame:
+    """Static attributes, persona and the (possibly never reached) churn day of each customer."""
+    shares = config.persona_shares
+    persona_index = rng.choice(3, size=size, p=[shares.brand_advocate, shares.brand_user, shares.brand_comparer])
+    personas = np.array(PERSONAS)[persona_index]
+    profile = [PERSONA_PROFILES[name] for name in PERSONAS]
+
+    existing = rng.random(size) < 0.6
+    signup_day = np.where(
+        existing,
+        rng.integers(-HISTORY_BEFORE_START_DAYS, 0, size=size),
+        rng.integers(0, max(config.n_days - 60, 1), size=size),
+    )
+    annual_share = np.array([p.annual_contract_share for p in profile])[persona_index]
+    monthly_share = np.array([p.monthly_contract_share for p in profile])[persona_index]
+    draw = rng.random(size)
+    contract_type = np.where(draw < annual_share, "annual",
+                             np.where(draw < annual_share + monthly_share, "monthly", "none"))
+    autopay = rng.random(size) < np.array([p.autopay_share for p in profile])[persona_index]
+    low = np.array([p.products_held[0] for p in profile])[persona_index]
+    high = np.array([p.products_held[1] for p in profile])[persona_index]
+    products_held = rng.integers(low, high + 1)
+    plan_price = np.where(contract_type == "none", np.nan, np.round(rng.uniform(5, 25, size) * products_held, 2))
+
+    # Churn: baseline hazard for everyone, renewals for annual contracts, price shocks for comparers.
+    observed_from = np.maximum(signup_day, 0)
+    hazard = np.array([getattr(config.monthly_churn_hazard, name) for name in PERSONAS])[persona_index] / 30
+    with np.errstate(divide="ignore"):
+        baseline_churn = observed_from + rng.exponential(1 / np.maximum(hazard, 1e-12))
+    churn_day = baseline_churn
+    horizon = config.n_days + 400
+    for renewal_year in range(1, (horizon + HISTORY_BEFORE_START_DAYS) // 365 + 1):
+        renewal_day = signup_day + 365 * renewal_year
+        at_risk = (contract_type == "annual") & (renewal_day > observed_from + 30)
+        leaves = at_risk & (rng.random(size) < config.contract_end_churn_probability)
+        churn_day = np.where(leaves & (renewal_day < churn_day), renewal_day, churn_day)
+    is_comparer = personas == "brand_comparer"
+    for shock in shocks:
+        at_risk = is_comparer & (shock > observed_from + 30)
+        reaction = shock + rng.integers(5, 30, size=size)
+        leaves = at_risk & (rng.random(size) < config.price_shock_churn_probability)
+        churn_day = np.where(leaves & (reaction < churn_day), reaction, churn_day)
+    churn_day = np.floor(churn_day).astype(np.int64)
+    latent_days = rng.integers(config.latent_period_days[0], config.latent_period_days[1] + 1, size=size)
+    # A latent period cannot start before the customer exists.
+    latent_start = np.maximum(churn_day - latent_days, observed_from)
+
+    return pd.DataFrame({
+        "customer_index": np.arange(first_index, first_index + size),
+        "persona": personas,
+        "persona_index": persona_index,
+        "signup_day": signup_day,
+        "observed_from": observed_from,
+        "contract_type": contract_type,
+        "autopay": autopay,
+        "products_held": products_held,
+        "plan_price": plan_price,
+        "churn_day": churn_day,
+        "latent_start": latent_start,
+    })
+
+
+def _latent_progress(attributes: pd.DataFrame, n_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """(alive, progress): alive[c, d] is the customer existing and not yet gone on day d;
+    progress in [0, 1) measures how far into the latent switching period day d is."""
+    days = np.arange(n_days)[None, :]
+    churn = attributes["churn_day"].to_numpy()[:, None]
+    latent = attributes["latent_start"].to_numpy()[:, None]
+    alive = (days >= attributes["observed_from"].to_numpy()[:, None]) & (days < churn)
+    span = np.maximum(churn - latent, 1)
+    progress = np.clip((days - latent) / span, 0.0, 1.0) * alive
+    return alive, progress.astype(np.float32)
+
+
+def _events(rate: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw Poisson counts on the grid; return the (customer row, day) of every event."""
+    counts = rng.poisson(rate)
+    rows, days = np.nonzero(counts)
+    repeats = counts[rows, days]
+    return np.repeat(rows, repeats), np.repeat(days, repeats)
+
+
+def _timestamps(start: dt.date, days: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    seconds = rng.integers(7 * 3600, 22 * 3600, size=days.size)
+    base = np.datetime64(start, "s")
+    return base + days.astype("timedelta64[D]") + seconds.astype("timedelta64[s]")
+
+
+def _profile_array(attributes: pd.DataFrame, field: str) -> np.ndarray:
+    values = np.array([getattr(PERSONA_PROFILES[name], field) for name in PERSONAS])
+    return values[attributes["persona_index"].to_numpy()]
+
+
+def _transactions(config: SimulateConfig, attributes: pd.DataFrame, alive: np.ndarray, progress: np.ndarray,
+                  customer_ids: np.ndarray, rng: np.random.Generator, order_offset: int) -> pd.DataFrame:
+    size = len(attributes)
+    # Individual rhythm: each customer's own rate around the persona's mean.
+    base_rate = _profile_array(attributes, "purchase_rate") * rng.gamma(4.0, 1 / 4.0, size=size)
+    day_of_year = (np.arange(config.n_days) + config.start_date.timetuple().tm_yday) % 365
+    season = 1.0 + 0.35 * np.exp(-(((day_of_year - 340) / 15.0) ** 2))  # pre-Christmas peak
+    rate = base_rate[:, None] * season[None, :] * alive * (1.0 - 0.8 * progress)
+    rows, days = _events(rate.astype(np.float32), rng)
+    n_orders = rows.size
+    order_ids = np.arange(order_offset, order_offset + n_orders)
+    order_ts = _timestamps(config.start_date, days, rng)
+    order_progress = progress[rows, days]
+
+    # Discount chasing rises in the latent period; spend drifts down.
+    discount_p = np.clip(_profile_array(attributes, "discount_probability")[rows] + 0.35 * order_progress, 0, 0.95)
+    discounted_order = rng.random(n_orders) < discount_p
+    lines_per_order = 1 + rng.poisson(0.6, size=n_orders)
+    line_order = np.repeat(np.arange(n_orders), lines_per_order)
+    n_lines = line_order.size
+    line_rows = rows[line_order]
+
+    weights = np.array([PERSONA_PROFILES[name].category_weights for name in PERSONAS])
+    probabilities = weights / weights.sum(axis=1, keepdims=True)
+    cumulative = probabilities.cumsum(axis=1)[attributes["persona_index"].to_numpy()[line_rows]]
+    category_index = (rng.random(n_lines)[:, None] > cumulative).sum(axis=1).clip(0, len(CATEGORIES) - 1)
+    product_number = rng.integers(0, PRODUCTS_PER_CATEGORY, size=n_lines)
+    product_factor = 0.6 + 0.02 * product_number  # products within a category differ in price
+    value_level = _profile_array(attributes, "order_value")[line_rows]
+    sigma = _profile_array(attributes, "spend_sigma")[line_rows]
+    noise = rng.lognormal(-0.5 * sigma**2, sigma)
+    list_price = np.round(CATEGORY_BASE_PRICE[category_index] * product_factor * value_level * noise, 2)
+    list_price = np.maximum(list_price, 0.5)
+    depth = np.where(discounted_order[line_order], rng.uniform(0.1, 0.4, size=n_lines), 0.0)
+    unit_price = np.round(list_price * (1 - depth), 2)
+    quantity = 1 + rng.poisson(0.5 * (1.0 - 0.6 * order_progress[line_order]))
+    channel = np.where(rng.random(n_lines) < 0.7, "online", "store")
+
+    lines = pd.DataFrame({
+        "order_id": order_ids[line_order],
+        "customer_id": customer_ids[line_rows],
+        "timestamp": order_ts[line_order],
+        "product_id": np.char.add(np.array(CATEGORIES)[category_index].astype(str),
+                                  np.char.zfill(product_number.astype(str), 3)),
+        "category": np.array(CATEGORIES)[category_index],
+        "quantity": quantity.astype(np.int64),
+        "unit_price": unit_price,
+        "list_price": list_price,
+        "channel": channel,
+    })
+
+    # Returns: a later negative line for the same order, kept as a return, not a purchase.
+    returned = rng.random(n_lines) < _profile_array(attributes, "return_probability")[line_rows]
+    returns = lines.loc[returned].copy()
+    returns["timestamp"] = returns["timestamp"] + pd.to_timedelta(rng.integers(2, 20, size=len(returns)), unit="D")
+    returns["quantity"] = -returns["quantity"]
+    end = np.datetime64(config.start_date, "s") + np.timedelta64(config.n_days, "D")
+    returns = returns[returns["timestamp"].to_numpy() < end]
+    lines = pd.concat([lines, returns], ignore_index=True)
+    lines["amount"] = np.round(lines["quantity"] * lines["unit_price"], 2)
+    return lines
+
+
+def _interactions(config: SimulateConfig, attributes: pd.DataFrame, alive: np.ndarray, progress: np.ndarray,
+                  customer_ids: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    frames = []
+    # (type, base rate field, multiplier as the latent switching period progresses)
+    effects = {
+        "visit": ("visit_rate", lambda x: 1 - 0.7 * x),
+        "support_contact": ("support_rate", lambda x: 1 + 2.0 * x),
+        "complaint": ("complaint_rate", lambda x: 1 + 8.0 * x),
+        "praise": ("praise_rate", lambda x: 1 - 0.9 * x),
+        "referral": ("referral_rate", lambda x: 1 - 0.9 * x),
+        "campaign_response": ("campaign_response_rate", lambda x: 1 + 1.5 * x),
+    }
+    for kind, (field, effect) in effects.items():
+        rate = _profile_array(attributes, field)[:, None] * alive * effect(progress)
+        rows, days = _events(rate.astype(np.float32), rng)
+        frames.append(pd.DataFrame({"rows": rows, "days": days, "type": kind, "value": np.nan}))
+
+    rows, days = _events((SURVEY_RATE * alive).astype(np.float32), rng)
+    mean = _profile_array(attributes, "nps_mean")[rows] - 4.0 * progress[rows, days]
+    score = np.clip(np.round(rng.normal(mean, _profile_array(attributes, "nps_sd")[rows])), 0, 10)
+    frames.append(pd.DataFrame({"rows": rows, "days": days, "type": "survey", "value": score}))
+
+    events = pd.concat(frames, ignore_index=True)
+    return pd.DataFrame({
+        "customer_id": customer_ids[events["rows"].to_numpy()],
+        "timestamp": _timestamps(config.start_date, events["days"].to_numpy(), rng),
+        "type": events["type"].to_numpy(),
+        "value": events["value"].to_numpy(),
+    })
+
+
+def _customers_table(config: SimulateConfig, attributes: pd.DataFrame, customer_ids: np.ndarray) -> pd.DataFrame:
+    start = np.datetime64(config.start_date, "D")
+    churn_day = attributes["churn_day"].to_numpy()
+    contractual = attributes["contract_type"].to_numpy() != "none"
+    cancelled = contractual & (churn_day < config.n_days)
+    cancellation = np.where(cancelled, start + churn_day.astype("timedelta64[D]"), np.datetime64("NaT"))
+    term = attributes["contract_type"].map({"annual": 12, "monthly": 1}).astype("Int64")
+    return pd.DataFrame({
+        "customer_id": customer_ids,
+        "signup_date": start + attributes["signup_day"].to_numpy().astype("timedelta64[D]"),
+        "contract_type": attributes["contract_type"].to_numpy(),
+        "contract_term_months": term.array,
+        "autopay": attributes["autopay"].to_numpy(),
+        "products_held": attributes["products_held"].to_numpy().astype(np.int64),
+        "plan_price": attributes["plan_price"].to_numpy(),
+        "cancellation_date": cancellation.astype("datetime64[s]"),
+    })
+
+
+def _ground_truth(config: SimulateConfig, attributes: pd.DataFrame, customer_ids: np.ndarray) -> pd.DataFrame:
+    start = np.datetime64(config.start_date, "D")
+    churn_day = attributes["churn_day"].to_numpy()
+    observed = churn_day < config.n_days
+    to_date = lambda day: np.where(observed, start + day.astype("timedelta64[D]"), np.datetime64("NaT"))  # noqa: E731
+    return pd.DataFrame({
+        "customer_id": customer_ids,
+        "persona": attributes["persona"].to_numpy(),
+        "churn_date": to_date(churn_day).astype("datetime64[s]"),
+        "latent_start_date": to_date(attributes["latent_start"].to_numpy()).astype("datetime64[s]"),
+    })
+
+
+def customer_id_for(index: np.ndarray) -> np.ndarray:
+    return np.char.add("C", np.char.zfill(index.astype(str), 8))
+
+
+def simulate(config: SimulateConfig) -> SimulatedData:
+    """Generate transactions, interactions, customers and the hidden ground truth."""
+    root = np.random.SeedSequence(config.seed)
+    shock_seed, *chunk_seeds = root.spawn(1 + -(-config.n_customers // config.customers_per_chunk))
+    shocks = price_shock_days(config, np.random.default_rng(shock_seed))
+    parts: dict[str, list[pd.DataFrame]] = {"transactions": [], "interactions": [], "customers": [], "truth": []}
+    order_offset = 1
+    for chunk, seed in enumerate(chunk_seeds):
+        rng = np.random.default_rng(seed)
+        first = chunk * config.customers_per_chunk
+        size = min(config.customers_per_chunk, config.n_customers - first)
+        attributes = _customer_attributes(config, rng, first, size, shocks)
+        customer_ids = customer_id_for(attributes["customer_index"].to_numpy() + 1)
+        alive, progress = _latent_progress(attributes, config.n_days)
+        transactions = _transactions(config, attributes, alive, progress, customer_ids, rng, order_offset)
+        order_offset = int(transactions["order_id"].max()) + 1 if len(transactions) else order_offset
+        parts["transactions"].append(transactions)
+        parts["interactions"].append(_interactions(config, attributes, alive, progress, customer_ids, rng))
+        parts["customers"].append(_customers_table(config, attributes, customer_ids))
+        parts["truth"].append(_ground_truth(config, attributes, customer_ids))
+
+    def combine(frames: list[pd.DataFrame], order: list[str]) -> pd.DataFrame:
+        return pd.concat(frames, ignore_index=True).sort_values(order, kind="stable").reset_index(drop=True)
+
+    transactions = combine(parts["transactions"], ["customer_id", "timestamp", "order_id"])
+    transactions.insert(0, "transaction_id", np.arange(1, len(transactions) + 1))
+    transactions["order_id"] = np.char.add("O", transactions["order_id"].to_numpy().astype(str))
+    return SimulatedData(
+        transactions=transactions,
+        interactions=combine(parts["interactions"], ["customer_id", "timestamp", "type"]),
+        customers=combine(parts["customers"], ["customer_id"]),
+        ground_truth=combine(parts["truth"], ["customer_id"]),
+    )

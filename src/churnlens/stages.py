@@ -1,0 +1,240 @@
+"""Stage wiring: read inputs, call the pure functions, write outputs atomically, track in MLflow.
+
+Each ``run_*`` function is what one ``churnlens <stage>`` command does; the CLI only parses
+options. Paths come from ``dvc.yaml`` (as CLI options), knobs from ``params.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from churnlens import evaluate as ev
+from churnlens import features as ft
+from churnlens import io, model, plots, score, segments, tracking
+from churnlens.config import Params
+from churnlens.ingest import run_ingest
+from churnlens.simulate import simulate
+
+log = logging.getLogger(__name__)
+CANONICAL_TABLES = ("transactions", "interactions", "customers")
+
+
+def run_simulate(params: Params, raw_dir: Path, truth_path: Path) -> dict[str, int]:
+    data = simulate(params.simulate)
+    counts = {}
+    for name in CANONICAL_TABLES:
+        frame = getattr(data, name)
+        io.write_parquet(frame, raw_dir / f"{name}.parquet")
+        counts[name] = len(frame)
+    io.write_parquet(data.ground_truth, truth_path)
+    return counts
+
+
+def run_ingest_stage(params: Params, base: Path, canonical_dir: Path, quarantine_dir: Path, report: Path) -> dict:
+    return run_ingest(params.ingest, base, canonical_dir, quarantine_dir, report)
+
+
+def canonical_tables(canonical_dir: Path) -> dict[str, str | None]:
+    tables = {name: canonical_dir / f"{name}.parquet" for name in CANONICAL_TABLES}
+    if not tables["transactions"].is_file():
+        raise FileNotFoundError(f"{tables['transactions']}: no canonical transactions; run `churnlens ingest` first")
+    return {name: str(path) if path.is_file() else None for name, path in tables.items()}
+
+
+def run_features(params: Params, canonical_dir: Path, snapshots_path: Path, report_path: Path) -> dict:
+    config = params.features
+    tables = canonical_tables(canonical_dir)
+    data_start, data_end = ft.data_span(tables)
+    cutoffs = ft.cutoff_grid(config, data_start, data_end)
+    snapshots, plan = ft.compute_snapshots(tables, cutoffs, config)
+    complete = ft.label_complete(cutoffs, config, data_end)
+    snapshots["label_complete"] = snapshots["cutoff"].map(complete).astype(bool)
+    for cutoff, ok in complete.items():
+        if not ok:
+            log.info("cutoff %s: label window ends after the data (%s); never used for training",
+                     cutoff.date(), data_end)
+    io.write_parquet(snapshots, snapshots_path)
+    per_cutoff = snapshots.groupby("cutoff").agg(customers=("customer_id", "size"), churn_rate=("churned", "mean"))
+    report = {
+        "data_start": data_start.isoformat(), "data_end": data_end.isoformat(),
+        "rows": int(len(snapshots)), "cutoffs": len(cutoffs),
+        "complete_cutoffs": int(sum(complete.values())),
+        "features": plan.names, "categorical": plan.categorical, "families": plan.families(),
+        "left_out": plan.left_out,
+        "per_cutoff": {c.date().isoformat(): {"customers": int(r.customers), "churn_rate": float(r.churn_rate),
+                                              "label_complete": complete[c]}
+                       for c, r in per_cutoff.iterrows()},
+    }
+    io.write_json(report, report_path)
+    return report
+
+
+@dataclass(frozen=True)
+class FeatureLists:
+    numeric: list[str]
+    categorical: list[str]
+
+    @classmethod
+    def from_report(cls, report: dict) -> FeatureLists:
+        return cls([n for n in report["features"] if n not in report["categorical"]], list(report["categorical"]))
+
+
+def run_train(params: Params, snapshots_path: Path, features_report: Path, model_dir: Path, report_path: Path,
+              project_root: Path) -> dict:
+    started = time.perf_counter()
+    snapshots = pd.read_parquet(snapshots_path)
+    lists = FeatureLists.from_report(io.read_json(features_report))
+    split = model.temporal_split(snapshots, params.features, params.train)
+    train_rows, validation_rows = model.rows_at(snapshots, split.train), model.rows_at(snapshots, split.validation)
+    fitted = model.fit_with_early_stopping(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
+    seconds = time.perf_counter() - started
+
+    metrics = {"best_iteration": fitted.best_iteration, "validation_logloss": fitted.validation_logloss,
+               "train_rows": len(train_rows), "validation_rows": len(validation_rows),
+               "train_churn_rate": float(train_rows[model.LABEL].mean()), "train_seconds": seconds}
+    tags = {**tracking.git_commit(project_root), **tracking.dvc_lock_hashes(project_root, "train"),
+            "data_fingerprint": io.file_fingerprint(snapshots_path), "holdout_cutoff": split.as_dict()["holdout"]}
+    example = model.model_input(train_rows.head(50), lists.numeric, lists.categorical)
+    metadata = {"numeric_features": lists.numeric, "categorical_features": lists.categorical,
+                "holdout_cutoff": split.as_dict()["holdout"]}
+    registered = tracking.log_training_run(
+        experiment=params.train.experiment_name, model_name=params.train.registered_model_name,
+        params={"features": params.features.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
+                "split": split.as_dict()},
+        metrics=metrics, tags=tags, pipeline=fitted.pipeline, example=example, metadata=metadata,
+        artifacts={"features": features_report},
+    )
+    tracking.save_model_dir(fitted.pipeline, example,
+                            {**metadata, "registered_model_name": registered.name,
+                             "registered_version": registered.version, "run_id": registered.run_id},
+                            model_dir)
+    report = {"run_id": registered.run_id, "model_name": registered.name, "model_version": registered.version,
+              "split": split.as_dict(), "metrics": metrics}
+    io.write_json(report, report_path)
+    return report
+
+
+def _score_holdout(pipeline: object, metadata: dict, holdout: pd.DataFrame) -> np.ndarray:
+    numeric, categorical = metadata["numeric_features"], metadata["categorical_features"]
+    missing = [c for c in numeric + categorical if c not in holdout]
+    if missing:
+        raise KeyError(f"features {missing} are not in the snapshots")
+    return model.churn_probability(pipeline, holdout, numeric, categorical)
+
+
+def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_report: Path, metrics_path: Path,
+                 plots_dir: Path) -> dict:
+    config = params.evaluate
+    trained = io.read_json(train_report)
+    snapshots = pd.read_parquet(snapshots_path)
+    holdout_cutoff = pd.Timestamp(trained["split"]["holdout"])
+    holdout = snapshots[snapshots["cutoff"] == holdout_cutoff]
+    training_cutoffs = [pd.Timestamp(c) for c in trained["split"]["train"] + trained["split"]["validation"]]
+    train_rows = model.rows_at(snapshots, training_cutoffs)
+    y = holdout[model.LABEL].to_numpy(dtype=int)
+
+    challenger = tracking.load_model(str(model_dir))
+    probability = _score_holdout(challenger.pipeline, challenger.metadata, holdout)
+    results = {"model": ev.classification_metrics(y, probability, config.top_fraction)}
+    baseline_scores = {
+        "recency_rule": (ev.recency_baseline(holdout), False),
+        "rfm_logistic": (ev.rfm_logistic_baseline(train_rows, holdout, params.train.seed), True),
+    }
+    for name, (values, is_probability) in baseline_scores.items():
+        results[name] = ev.classification_metrics(y, values, config.top_fraction, is_probability)
+
+    metric = config.promotion_metric
+    key = metric.removeprefix("neg_")
+    beats = {name: ev.promotion_score(results["model"], metric) > ev.promotion_score(results[name], metric)
+             for name in baseline_scores if key in results[name]}
+    comparison = {"beats_baselines": beats,
+                  "improvement_over": {name: results["model"][key] - results[name][key]
+                                       for name in baseline_scores if key in results[name]}}
+    promotion = decide_promotion(params, trained, holdout, results["model"], beats)
+
+    curves = ev.curves(y, probability, config.calibration_bins)
+    baseline_curves = {name: ev.curves(y, (values - values.min()) / (np.ptp(values) or 1.0), config.calibration_bins)
+                       for name, (values, _) in baseline_scores.items()}
+    for name, frame in curves.items():
+        io.write_csv(frame, plots_dir / f"{name}.csv")
+    plots.evaluation_plots(curves, baseline_curves, holdout_cutoff.date().isoformat(), plots_dir)
+
+    payload = {"holdout_cutoff": holdout_cutoff.date().isoformat(), **results, **comparison, "promotion": promotion}
+    io.write_json(payload, metrics_path)
+    flat = {f"holdout_{name}_{k}": v for name, values in results.items() for k, v in values.items()}
+    tracking.log_evaluation(trained["run_id"], flat, plots_dir)
+    return payload
+
+
+def decide_promotion(params: Params, trained: dict, holdout: pd.DataFrame, challenger_metrics: dict,
+                     beats_baselines: dict[str, bool]) -> dict:
+    """Champion/challenger on the same holdout; a model that loses to a baseline is never promoted."""
+    name, version = trained["model_name"], trained["model_version"]
+    metric, config = params.evaluate.promotion_metric, params.evaluate
+    challenger_score = ev.promotion_score(challenger_metrics, metric)
+    decision = {"metric": metric, "challenger_version": version, "challenger_score": challenger_score}
+    champion_version = tracking.alias_version(name, tracking.CHAMPION)
+    decision["previous_champion_version"] = champion_version
+    if not all(beats_baselines.values()):
+        losers = [b for b, ok in beats_baselines.items() if not ok]
+        return {**decision, "promoted": False, "reason": f"does not beat baseline(s) {losers} on {metric}"}
+    if champion_version is None or champion_version == version:
+        tracking.set_alias(name, tracking.CHAMPION, version)
+        return {**decision, "promoted": True, "reason": "no champion yet" if champion_version is None else "re-run"}
+    try:
+        champion = tracking.load_model(f"models:/{name}@{tracking.CHAMPION}")
+        champion_probability = _score_holdout(champion.pipeline, champion.metadata, holdout)
+        y = holdout[model.LABEL].to_numpy(dtype=int)
+        champion_score = ev.promotion_score(
+            ev.classification_metrics(y, champion_probability, config.top_fraction), metric)
+    except (KeyError, ValueError) as exc:
+        log.warning("champion version %s cannot score this holdout (%s); the challenger replaces it",
+                    champion_version, exc)
+        champion_score = float("-inf")
+    decision["champion_score"] = champion_score
+    if challenger_score > champion_score + config.min_improvement:
+        tracking.set_alias(name, tracking.CHAMPION, version)
+        return {**decision, "promoted": True, "reason": f"beats champion v{champion_version} on {metric}"}
+    return {**decision, "promoted": False,
+            "reason": f"champion v{champion_version} is as good or better on {metric}"}
+
+
+def run_score(params: Params, canonical_dir: Path, model_uri: str, output: Path, report_path: Path,
+              as_of: pd.Timestamp | None = None, csv_output: Path | None = None, project_root: Path | None = None,
+              previous: pd.DataFrame | None = None) -> dict:
+    started = time.perf_counter()
+    config = params.score
+    tables = canonical_tables(canonical_dir)
+    data_start, data_end = ft.data_span(tables)
+    instant = as_of if as_of is not None else ft.scoring_cutoff(params.features, data_end)
+    if not data_start < instant <= data_end.normalize() + pd.Timedelta(days=1):
+        raise ValueError(
+            f"score: as-of {instant.date()} is outside the data, which spans {data_start.date()} .. "
+            f"{data_end.date()}; pick a date inside it"
+        )
+    loaded = tracking.load_model(model_uri, project_root)
+    snapshot, _ = ft.compute_snapshots(tables, [instant], params.features, with_labels=False)
+    needed = loaded.metadata.get("numeric_features", []) + loaded.metadata.get("categorical_features", [])
+    missing = [c for c in needed if c not in snapshot]
+    if missing:
+        raise ValueError(f"score: model {loaded.name} v{loaded.version} needs features {missing} that the data "
+                         "does not provide; retrain on this data or supply the missing tables")
+    probability = model.churn_probability(loaded.pipeline, snapshot, loaded.metadata["numeric_features"],
+                                          loaded.metadata["categorical_features"])
+    assigned = segments.assign_segments(snapshot, config.segments)
+    scores = score.build_scores(snapshot, probability, assigned, config, instant, loaded.name, loaded.version)
+    io.write_parquet(scores, output)
+    if csv_output is not None:
+        io.write_csv(scores, csv_output)
+    report = score.segment_report(scores, previous)
+    report.update({"as_of": instant.isoformat(), "model_name": loaded.name, "model_version": loaded.version})
+    io.write_json(report, report_path)
+    log.info("scored %d customers in %.1f s", len(scores), time.perf_counter() - started)
+    plots.segment_plot(report, report_path.with_suffix(".png"))
+    return report

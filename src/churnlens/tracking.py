@@ -1,0 +1,232 @@
+"""Everything MLflow and lineage lives here; the core modules never import mlflow.
+
+Tracking store: ``MLFLOW_TRACKING_URI`` when set (a team server), otherwise MLflow 3's own
+default, ``sqlite:///mlflow.db`` in the working directory (the project root under DVC).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+CHAMPION, CHALLENGER = "champion", "challenger"
+# skops refuses unknown types; these are the only module prefixes a churnlens pipeline may hold.
+TRUSTED_MODULE_PREFIXES = ("sklearn.", "xgboost.", "numpy.", "builtins.", "collections.")
+
+
+def configure() -> str:
+    """Point MLflow at the project's store (or the environment's) and return the URI."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return uri
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def git_commit(root: Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"git_commit": commit or "unknown", "git_dirty": str(bool(git("status", "--porcelain"))).lower()}
+
+
+def dvc_lock_hashes(root: Path, stage: str) -> dict[str, str]:
+    """The md5 of each dependency of ``stage`` as recorded in dvc.lock (from the previous repro)."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    return {f"dvc.{stage}.dep.{d['path']}": d.get("md5", "") for d in stages.get(stage, {}).get("deps", [])}
+
+
+def _trusted_types(pipeline: object) -> list[str]:
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
+    unexpected = [t for t in untrusted if not t.startswith(TRUSTED_MODULE_PREFIXES)]
+    if unexpected:
+        raise TypeError(f"refusing to trust unexpected types in the model pipeline: {unexpected}")
+    return untrusted
+
+
+def _requirements() -> list[str]:
+    names = ["scikit-learn", "xgboost", "pandas", "numpy", "skops", "mlflow"]
+    return [f"{name}=={importlib.metadata.version(name)}" for name in names]
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    run_id: str
+    name: str
+    version: str
+    model_uri: str
+
+
+def _model_kwargs(pipeline: object, example: pd.DataFrame, metadata: dict) -> dict:
+    from mlflow.models import infer_signature
+
+    probabilities = pipeline.predict_proba(example)
+    return {
+        "signature": infer_signature(example, probabilities),
+        "input_example": example.head(5),
+        "pyfunc_predict_fn": "predict_proba",  # pyfunc returns [P(stay), P(churn)], not classes
+        "pip_requirements": _requirements(),
+        "skops_trusted_types": _trusted_types(pipeline),
+        "metadata": metadata,
+    }
+
+
+def save_model_dir(pipeline: object, example: pd.DataFrame, metadata: dict, target: Path) -> None:
+    """Write the model in MLflow format to ``target`` atomically (a DVC output)."""
+    import mlflow.sklearn
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            mlflow.sklearn.save_model(pipeline, staging / "model", **_model_kwargs(pipeline, example, metadata))
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging / "model", target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def log_training_run(*, experiment: str, model_name: str, params: dict, metrics: dict[str, float],
+                     tags: dict[str, str], pipeline: object, example: pd.DataFrame, metadata: dict,
+                     artifacts: dict[str, Path]) -> RegisteredModel:
+    """Log params, metrics, lineage tags and the model; register it and point ``challenger`` at it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    configure()
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run() as run:
+        mlflow.log_params(flatten(params))
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(tags)
+        for name, path in artifacts.items():
+            mlflow.log_artifact(str(path), artifact_path=name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            info = mlflow.sklearn.log_model(pipeline, name="model", **_model_kwargs(pipeline, example, metadata))
+    version = mlflow.register_model(info.model_uri, model_name)
+    client = MlflowClient()
+    client.set_registered_model_alias(model_name, CHALLENGER, version.version)
+    client.set_model_version_tag(model_name, version.version, "run_id", run.info.run_id)
+    log.info("registered %s version %s as %s", model_name, version.version, CHALLENGER)
+    return RegisteredModel(run.info.run_id, model_name, str(version.version), info.model_uri)
+
+
+def log_evaluation(run_id: str, metrics: dict[str, float], artifact_dir: Path | None = None) -> None:
+    import mlflow
+
+    configure()
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(metrics)
+        if artifact_dir is not None and artifact_dir.exists():
+            mlflow.log_artifacts(str(artifact_dir), artifact_path="evaluation")
+
+
+def alias_version(model_name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when the alias (or the model) does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure()
+    try:
+        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(model_name: str, alias: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    configure()
+    MlflowClient().set_registered_model_alias(model_name, alias, version)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    pipeline: object
+    name: str
+    version: str
+    metadata: dict
+
+
+class ModelNotFoundError(LookupError):
+    """The requested model URI does not resolve in this project's registry or paths."""
+
+
+def load_model(uri: str, project_root: Path | None = None) -> LoadedModel:
+    """Load from ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a local model directory.
+
+    Only the project's own registry and paths are accepted: no http(s), s3 or runs of other stores.
+    """
+    import mlflow.sklearn
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    configure()
+    if uri.startswith("models:/"):
+        reference = uri.removeprefix("models:/")
+        name, _, selector = reference.partition("@") if "@" in reference else reference.partition("/")
+        client = MlflowClient()
+        try:
+            version = (client.get_model_version_by_alias(name, selector) if "@" in reference
+                       else client.get_model_version(name, selector))
+        except MlflowException as exc:
+            raise ModelNotFoundError(
+                f"model {uri!r} not found in the registry at {mlflow.get_tracking_uri()}: "
+                f"{str(exc).splitlines()[0]}. Run `dvc repro` (train + evaluate) first, or pass --model "
+                "models:/churnlens@challenger or a path such as models/churn_model"
+            ) from None
+        pipeline_uri, label = f"models:/{name}/{version.version}", str(version.version)
+    elif "://" in uri:
+        raise ModelNotFoundError(f"model {uri!r}: only models:/ URIs of this project's registry or local paths "
+                                 "are loaded")
+    else:
+        path = Path(uri) if Path(uri).is_absolute() or project_root is None else project_root / uri
+        if not (path / "MLmodel").is_file():
+            raise ModelNotFoundError(f"model path {str(path)!r} holds no MLmodel file; run `dvc repro train`")
+        pipeline_uri, name, label = str(path), path.name, "local"
+    pipeline = mlflow.sklearn.load_model(pipeline_uri)
+    metadata = Model.load(pipeline_uri).metadata or {}
+    if label == "local":
+        name, label = metadata.get("registered_model_name", name), metadata.get("registered_version", "local")
+    return LoadedModel(pipeline, name, label, metadata)
