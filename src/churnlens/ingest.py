@@ -124,7 +124,7 @@ def load_raw(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, fi
                 "filename=true, file_row_number=true)"
             )
             return columns
-        options = {"all_varchar": True, "store_rejects": True, "filename": True, "union_by_name": True,
+        options = {"all_varchar": True, "store_rejects": True, "filename": True,
                    **source.csv}
         option_sql = ", ".join(f"{key}={_csv_option(value)}" for key, value in options.items())
         # Data rows are numbered per file in read order (1 = first row after the header).
