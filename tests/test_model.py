@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnlens.config import FeaturesConfig, TrainConfig
+from churnlens.model import build_pipeline, churn_probability, fit_with_early_stopping, rows_at, temporal_split
+
+
+def grid(n_cutoffs: int, complete_until: int) -> pd.DataFrame:
+    cutoffs = pd.date_range("2024-01-01", periods=n_cutoffs, freq="30D")
+    return pd.DataFrame({"customer_id": "A", "cutoff": cutoffs, "label_complete": np.arange(n_cutoffs) < complete_until})
+
+
+def test_split_purges_label_windows_that_reach_the_judged_cutoff() -> None:
+    snapshots = grid(12, complete_until=9)  # cutoffs 0..8 fully labelled
+    split = temporal_split(snapshots, FeaturesConfig(horizon_days=90), TrainConfig(validation_cutoffs=1))
+    cutoffs = list(snapshots["cutoff"])
+    assert split.holdout == cutoffs[8]
+    assert split.validation == [cutoffs[5]]  # 5 + 90 days = holdout: the last one whose label is known then
+    assert split.train == cutoffs[:3]  # labels known by the validation cutoff
+    for c in split.train + split.validation:
+        assert c + pd.Timedelta(days=90) <= split.holdout
+    for c in split.train:
+        assert c + pd.Timedelta(days=90) <= split.validation[0]
+
+
+def test_holdout_rows_never_reach_training() -> None:
+    snapshots = grid(12, complete_until=9)
+    split = temporal_split(snapshots, FeaturesConfig(), TrainConfig())
+    training = rows_at(snapshots, split.train + split.validation)
+    holdout = rows_at(snapshots, [split.holdout])
+    assert set(training.index).isdisjoint(holdout.index)
+    assert training["cutoff"].max() < holdout["cutoff"].min()
+
+
+def test_split_explains_what_is_missing() -> None:
+    with pytest.raises(ValueError, match=r"no cutoff has a complete label window"):
+        temporal_split(grid(3, 0), FeaturesConfig(), TrainConfig())
+    with pytest.raises(ValueError, match=r"only 1 cutoff\(s\) are fully labelled before the holdout"):
+        temporal_split(grid(5, 4), FeaturesConfig(), TrainConfig())
+    with pytest.raises(ValueError, match=r"no cutoff is fully labelled before the first validation cutoff"):
+        temporal_split(grid(6, 5), FeaturesConfig(), TrainConfig())
+
+
+def test_pipeline_learns_a_signal_and_handles_unseen_categories() -> None:
+    rng = np.random.default_rng(0)
+    n = 3000
+    frame = pd.DataFrame({
+        "days_since_last_purchase": rng.exponential(30, n),
+        "noise": rng.normal(size=n),
+        "contract_type": rng.choice(["annual", "none"], n),
+    })
+    logit = (frame["days_since_last_purchase"] - 30) / 10 + np.where(frame["contract_type"] == "annual", -1, 1)
+    frame["churned"] = rng.random(n) < 1 / (1 + np.exp(-logit))
+    numeric, categorical = ["days_since_last_purchase", "noise"], ["contract_type"]
+    fitted = fit_with_early_stopping(frame.iloc[:2000], frame.iloc[2000:], numeric, categorical,
+                                     TrainConfig(xgboost={"n_estimators": 200, "early_stopping_rounds": 10}))
+    assert 1 <= fitted.best_iteration <= 200
+    test = frame.iloc[2000:].copy()
+    probability = churn_probability(fitted.pipeline, test, numeric, categorical)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(test["churned"], probability) > 0.85
+    test.loc[test.index[:5], "contract_type"] = "brand-new-contract"
+    assert np.isfinite(churn_probability(fitted.pipeline, test, numeric, categorical)).all()
+
+
+def test_same_seed_same_model() -> None:
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=500), "c": rng.choice(["a", "b"], 500)})
+    frame["churned"] = rng.random(500) < 0.3
+    make = lambda: build_pipeline(["x"], ["c"], TrainConfig(seed=3)).fit(frame[["c", "x"]], frame["churned"])  # noqa: E731
+    assert np.array_equal(make().predict_proba(frame[["c", "x"]]), make().predict_proba(frame[["c", "x"]]))

@@ -1,0 +1,148 @@
+"""The stages in-process on a small simulated data set, against a real MLflow sqlite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from churnlens import io, tracking
+from churnlens.config import parse_params
+from churnlens.stages import run_evaluate, run_features, run_ingest_stage, run_score, run_simulate, run_train
+from churnlens.tracking import ModelNotFoundError, load_model
+from conftest import PROJECT_ROOT, small_params_dict
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
+    """One real pipeline run shared by this module's tests (they only read it, or add versions)."""
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        patch.chdir(tmp_path)
+        yield _run_pipeline(tmp_path)
+
+
+def _run_pipeline(tmp_path: Path) -> dict:
+    params = parse_params(small_params_dict())
+    run_simulate(params, tmp_path / "data/raw", tmp_path / "data/truth/ground_truth.parquet")
+    run_ingest_stage(params, tmp_path, tmp_path / "data/canonical", tmp_path / "data/quarantine",
+                     tmp_path / "reports/ingest_report.json")
+    run_features(params, tmp_path / "data/canonical", tmp_path / "data/features/snapshots.parquet",
+                 tmp_path / "reports/features.json")
+    trained = run_train(params, tmp_path / "data/features/snapshots.parquet", tmp_path / "reports/features.json",
+                        tmp_path / "models/churn_model", tmp_path / "reports/train.json", PROJECT_ROOT)
+    evaluated = run_evaluate(params, tmp_path / "data/features/snapshots.parquet", tmp_path / "models/churn_model",
+                             tmp_path / "reports/train.json", tmp_path / "reports/metrics.json",
+                             tmp_path / "reports/plots")
+    return {"params": params, "root": tmp_path, "trained": trained, "evaluated": evaluated}
+
+
+def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
+    client = MlflowClient()
+    trained = pipeline_run["trained"]
+    run = client.get_run(trained["run_id"])
+    assert run.data.params["train.xgboost.max_depth"] == str(pipeline_run["params"].train.xgboost.max_depth)
+    assert "validation_logloss" in run.data.metrics and "holdout_model_roc_auc" in run.data.metrics
+    assert "holdout_rfm_logistic_roc_auc" in run.data.metrics
+    assert len(run.data.tags["git_commit"]) == 40 or run.data.tags["git_commit"] == "unknown"
+    assert len(run.data.tags["data_fingerprint"]) == 64
+    artifacts = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}
+    assert {"evaluation/roc.png", "evaluation/calibration.png", "evaluation/gains.csv"} <= artifacts
+    assert str(client.get_model_version_by_alias("churnlens", "challenger").version) == trained["model_version"]
+    assert str(client.get_model_version_by_alias("churnlens", "champion").version) == trained["model_version"]
+    assert pipeline_run["evaluated"]["promotion"]["reason"] == "no champion yet"
+
+
+def test_pyfunc_returns_probabilities_and_local_copy_matches(pipeline_run) -> None:
+    import mlflow.pyfunc
+
+    snapshots = pd.read_parquet(pipeline_run["root"] / "data/features/snapshots.parquet").head(200)
+    registered = load_model("models:/churnlens@champion")
+    local = load_model(str(pipeline_run["root"] / "models/churn_model"))
+    columns = registered.metadata["categorical_features"] + registered.metadata["numeric_features"]
+    from churnlens.model import model_input
+
+    frame = model_input(snapshots, registered.metadata["numeric_features"], registered.metadata["categorical_features"])
+    pyfunc = np.asarray(mlflow.pyfunc.load_model("models:/churnlens@champion").predict(frame[columns]))
+    assert pyfunc.shape == (200, 2) and np.allclose(pyfunc.sum(axis=1), 1.0)
+    assert ((pyfunc >= 0) & (pyfunc <= 1)).all() and len(np.unique(pyfunc[:, 1])) > 10
+    assert np.allclose(local.pipeline.predict_proba(frame), pyfunc)
+    assert local.version == registered.version
+
+
+def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
+    root, params = pipeline_run["root"], pipeline_run["params"]
+    output = root / "data/scores/scores.parquet"
+    report = run_score(params, root / "data/canonical", "models:/churnlens@champion", output,
+                       root / "reports/segment_report.json", csv_output=root / "scores.csv")
+    scores = pd.read_parquet(output)
+    snapshots = pd.read_parquet(root / "data/features/snapshots.parquet")
+    assert scores["customer_id"].is_unique and len(scores) == report["customers"] > 50
+    assert scores["churn_probability"].between(0, 1).all()
+    assert set(scores["segment"]) <= {"brand_advocate", "brand_user", "brand_comparer", "insufficient_history"}
+    assert set(scores["risk_tier"]) <= {"low", "medium", "high"}
+    assert (scores["model_version"] == pipeline_run["trained"]["model_version"]).all()
+    assert len(pd.read_csv(root / "scores.csv")) == len(scores)
+    # Active = bought within the lookback before the as-of date, like the training population.
+    last = snapshots.groupby("customer_id")["cutoff"].max()
+    assert set(scores["customer_id"]) & set(last.index)
+    again = root / "again.parquet"
+    run_score(params, root / "data/canonical", "models:/churnlens@champion", again, root / "r2.json")
+    pd.testing.assert_frame_equal(scores, pd.read_parquet(again))  # identical reruns
+
+
+def test_segments_match_simulated_personas(pipeline_run) -> None:
+    from sklearn.metrics import f1_score
+
+    root = pipeline_run["root"]
+    run_score(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion",
+              root / "s.parquet", root / "r.json")
+    truth = pd.read_parquet(root / "data/truth/ground_truth.parquet")
+    joined = pd.read_parquet(root / "s.parquet").merge(truth, on="customer_id")
+    decided = joined[joined["segment"] != "insufficient_history"]
+    assert f1_score(decided["persona"], decided["segment"], average="macro") >= 0.85
+
+
+def test_missing_alias_and_foreign_uris_are_clear_errors(pipeline_run) -> None:
+    with pytest.raises(ModelNotFoundError, match=r"models:/churnlens@gold.*not found in the registry"):
+        load_model("models:/churnlens@gold")
+    with pytest.raises(ModelNotFoundError, match=r"only models:/ URIs of this project's registry or local paths"):
+        load_model("https://example.com/model")
+    with pytest.raises(ModelNotFoundError, match=r"holds no MLmodel file"):
+        load_model(str(pipeline_run["root"] / "nowhere"))
+
+
+def test_as_of_outside_the_data_is_a_clear_error(pipeline_run) -> None:
+    root = pipeline_run["root"]
+    with pytest.raises(ValueError, match=r"as-of 2030-01-01 is outside the data"):
+        run_score(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion", root / "x.parquet",
+                  root / "x.json", as_of=pd.Timestamp("2030-01-01"))
+
+
+def test_worse_challenger_is_not_promoted(pipeline_run) -> None:
+    root = pipeline_run["root"]
+    raw = small_params_dict(train={"xgboost": {"n_estimators": 1, "max_depth": 1, "early_stopping_rounds": 1,
+                                               "learning_rate": 0.01}})
+    weak = parse_params(raw)
+    trained = run_train(weak, root / "data/features/snapshots.parquet", root / "reports/features.json",
+                        root / "models/weak", root / "reports/train_weak.json", PROJECT_ROOT)
+    result = run_evaluate(weak, root / "data/features/snapshots.parquet", root / "models/weak",
+                          root / "reports/train_weak.json", root / "reports/metrics_weak.json", root / "reports/weak")
+    assert trained["model_version"] == "2"
+    assert result["promotion"]["promoted"] is False
+    assert tracking.alias_version("churnlens", "champion") == pipeline_run["trained"]["model_version"]
+    assert tracking.alias_version("churnlens", "challenger") == "2"
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.parquet"
+    io.write_parquet(pd.DataFrame({"a": [1]}), target)
+    with pytest.raises(RuntimeError), io.atomic_path(target) as temporary:
+        temporary.write_bytes(b"partial")
+        raise RuntimeError("killed mid-write")
+    assert pd.read_parquet(target)["a"].tolist() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
