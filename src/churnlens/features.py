@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import dataclass, replace
 from typing import Literal
-
-import re
 
 import duckdb
 import numpy as np

@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from churnlens import evaluate as ev
 from churnlens import features as ft
-from churnlens import io, model, plots, score, segments, tracking
+from churnlens import io, score, segments, tracking
 from churnlens.config import Params
 from churnlens.ingest import run_ingest
 from churnlens.simulate import simulate
 
 log = logging.getLogger(__name__)
+# Every stage runs in its own process: scikit-learn, XGBoost and matplotlib are imported only by
+# the stages that use them (together they cost ~8 s of start-up on a 2-core machine).
 CANONICAL_TABLES = ("transactions", "interactions", "customers")
 
 
@@ -87,6 +88,8 @@ class FeatureLists:
 
 def run_train(params: Params, snapshots_path: Path, features_report: Path, model_dir: Path, report_path: Path,
               project_root: Path) -> dict:
+    from churnlens import model
+
     started = time.perf_counter()
     snapshots = pd.read_parquet(snapshots_path)
     lists = FeatureLists.from_report(io.read_json(features_report))
@@ -121,6 +124,8 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
 
 
 def _score_holdout(pipeline: object, metadata: dict, holdout: pd.DataFrame) -> np.ndarray:
+    from churnlens import model
+
     numeric, categorical = metadata["numeric_features"], metadata["categorical_features"]
     missing = [c for c in numeric + categorical if c not in holdout]
     if missing:
@@ -130,6 +135,9 @@ def _score_holdout(pipeline: object, metadata: dict, holdout: pd.DataFrame) -> n
 
 def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_report: Path, metrics_path: Path,
                  plots_dir: Path) -> dict:
+    from churnlens import evaluate as ev
+    from churnlens import model, plots
+
     config = params.evaluate
     trained = io.read_json(train_report)
     snapshots = pd.read_parquet(snapshots_path)
@@ -175,6 +183,9 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
 def decide_promotion(params: Params, trained: dict, holdout: pd.DataFrame, challenger_metrics: dict,
                      beats_baselines: dict[str, bool]) -> dict:
     """Champion/challenger on the same holdout; a model that loses to a baseline is never promoted."""
+    from churnlens import evaluate as ev
+    from churnlens import model
+
     name, version = trained["model_name"], trained["model_version"]
     metric, config = params.evaluate.promotion_metric, params.evaluate
     challenger_score = ev.promotion_score(challenger_metrics, metric)
@@ -208,6 +219,8 @@ def decide_promotion(params: Params, trained: dict, holdout: pd.DataFrame, chall
 def run_score(params: Params, canonical_dir: Path, model_uri: str, output: Path, report_path: Path,
               as_of: pd.Timestamp | None = None, csv_output: Path | None = None, project_root: Path | None = None,
               previous: pd.DataFrame | None = None) -> dict:
+    from churnlens import model, plots
+
     started = time.perf_counter()
     config = params.score
     tables = canonical_tables(canonical_dir)
