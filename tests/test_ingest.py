@@ -212,3 +212,40 @@ def test_type_constant_for_single_type_sources(tmp_path: Path) -> None:
     write(tmp_path, "tickets.csv", "customer_id,timestamp\nA,2024-01-01\n")
     ingest(tmp_path, {"path": "t.csv"}, interactions={"path": "tickets.csv", "type_constant": "support_contact"})
     assert canonical(tmp_path, "interactions")["type"].tolist() == ["support_contact"]
+
+
+# ---------------------------------------------------------------- reconciliation, property-based
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+BAD_ROWS = {
+    "missing_customer_id": lambda i: f",2024-03-01 10:00:00,{i}",
+    "unparseable_timestamp": lambda i: f"Q{i},31/31/2024,{i}",
+    "non_numeric_amount": lambda i: f"Q{i},2024-03-01 10:00:00,ten",
+    "absurd_amount": lambda i: f"Q{i},2024-03-01 10:00:00,1e12",
+    "timestamp_in_future": lambda i: f"Q{i},2099-03-01 10:00:00,{i}",
+}
+good_rows = st.tuples(st.sampled_from(["A", "B", "C", "D"]), st.integers(0, 10_000),
+                      st.decimals(min_value=-500, max_value=5000, places=2, allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(good=st.lists(good_rows, max_size=30), bad=st.lists(st.sampled_from(sorted(BAD_ROWS)), max_size=15),
+       order=st.randoms(use_true_random=False))
+def test_reconciliation_identity_and_no_good_row_lost(tmp_path_factory, good, bad, order) -> None:
+    folder = tmp_path_factory.mktemp("prop")
+    lines = [f"{c},{(pd.Timestamp('2024-01-01') + pd.Timedelta(minutes=m)):%Y-%m-%d %H:%M:%S},{a}" for c, m, a in good]
+    lines += [BAD_ROWS[reason](i) for i, reason in enumerate(bad)]
+    order.shuffle(lines)
+    (folder / "t.csv").write_text("customer_id,timestamp,amount\n" + "\n".join(lines) + "\n")
+    report, _ = ingest(folder, {"path": "t.csv"}, max_quarantine_share=1.0)
+    table = report["tables"]["transactions"]
+    assert table["rows_read"] == len(lines) == table["accepted"] + table["quarantined"] + table["duplicates_removed"]
+    assert table["quarantined_by_reason"] == {r: bad.count(r) for r in set(bad)}
+    expected = {(c, pd.Timestamp("2024-01-01") + pd.Timedelta(minutes=m), float(a)) for c, m, a in good}
+    if (folder / "canonical" / "transactions.parquet").exists():
+        frame = canonical(folder)
+        accepted = list(zip(frame["customer_id"], frame["timestamp"], frame["amount"], strict=True))
+    else:
+        accepted = []
+    assert len(accepted) == len(expected) and set(accepted) == expected

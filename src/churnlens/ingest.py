@@ -17,7 +17,7 @@ import duckdb
 
 from churnlens.config import IngestConfig, TableSource
 from churnlens.io import atomic_path, write_json
-from churnlens.schemas import INTERACTION_TYPES, TABLES
+from churnlens.schemas import INTERACTION_TYPES, TABLES, pandera_schema
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +352,26 @@ def cross_table_checks(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dic
     return checks
 
 
+def validate_accepted(con: duckdb.DuckDBPyConnection, table: str, batch_rows: int = 1_000_000) -> None:
+    """Check the accepted rows against the declared contract, one bounded batch at a time.
+
+    The quarantine rules should already guarantee this; the check makes a broken rule fail here,
+    at the stage boundary, instead of as a wrong feature later.
+    """
+    import pandera.errors
+
+    reader = con.sql(f"SELECT * FROM accepted_{table}").to_arrow_reader(batch_rows)
+    schema = None
+    for batch in reader:
+        frame = batch.to_pandas()
+        schema = schema or pandera_schema(table, present=list(frame.columns))
+        try:
+            schema.validate(frame, lazy=True)
+        except pandera.errors.SchemaErrors as exc:
+            cases = exc.failure_cases[["column", "check", "failure_case"]].head(5).to_dict("records")
+            raise IngestError(f"ingest.{table}: accepted rows break the canonical contract: {cases}") from None
+
+
 def _copy_parquet(con: duckdb.DuckDBPyConnection, relation: str, target: Path) -> None:
     with atomic_path(target) as temporary:
         con.execute(f"COPY {relation} TO {literal(str(temporary))} (FORMAT parquet, COMPRESSION zstd)")
@@ -366,6 +386,7 @@ def run_ingest(config: IngestConfig, base: Path, canonical_dir: Path, quarantine
         con.execute("SET TimeZone = 'UTC'")
         for table, source in sources.items():
             table_report = ingest_table(con, table, source, config, base, today)
+            validate_accepted(con, table)
             report["tables"][table] = table_report.as_dict()
             _copy_parquet(con, f"accepted_{table}", canonical_dir / f"{table}.parquet")
             _copy_parquet(con, f"quarantine_{table}", quarantine_dir / f"{table}.parquet")
