@@ -20,7 +20,9 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pret
 console = Console(stderr=True)
 log = logging.getLogger("churnlens")
 
-ParamsOption = Annotated[Path, typer.Option("--params", help="parameter file (one section per stage)")]
+ParamsOption = Annotated[list[Path], typer.Option(
+    "--params", help="parameter file(s); later files override earlier ones key by key")]
+DEFAULT_PARAMS = [Path("params.yaml")]
 
 
 @app.callback()
@@ -31,9 +33,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug lo
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _params(path: Path) -> Params:
+def _params(paths: list[Path]) -> Params:
     try:
-        return load_params(path)
+        return load_params(*paths)
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -46,7 +48,7 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.command()
 def simulate(
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS,
     raw_dir: Annotated[Path, typer.Option(help="where the raw tables go")] = Path("data/raw"),
     truth: Annotated[Path, typer.Option(help="ground truth (persona, churn date); evaluation only")] = Path(
         "data/truth/ground_truth.parquet"),
@@ -60,7 +62,7 @@ def simulate(
 
 @app.command()
 def ingest(
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS,
     base: Annotated[Path, typer.Option(help="folder the source paths in params are relative to")] = Path("."),
     canonical_dir: Annotated[Path, typer.Option()] = Path("data/canonical"),
     quarantine_dir: Annotated[Path, typer.Option()] = Path("data/quarantine"),
@@ -80,7 +82,7 @@ def ingest(
 
 @app.command()
 def features(
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS,
     canonical_dir: Annotated[Path, typer.Option()] = Path("data/canonical"),
     output: Annotated[Path, typer.Option(help="snapshots keyed by (customer_id, cutoff)")] = Path(
         "data/features/snapshots.parquet"),
@@ -99,7 +101,7 @@ def features(
 
 @app.command()
 def train(
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS,
     snapshots: Annotated[Path, typer.Option()] = Path("data/features/snapshots.parquet"),
     features_report: Annotated[Path, typer.Option()] = Path("reports/features.json"),
     model_dir: Annotated[Path, typer.Option(help="model in MLflow format (DVC output)")] = Path("models/churn_model"),
@@ -118,7 +120,7 @@ def train(
 
 @app.command()
 def evaluate(
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS,
     snapshots: Annotated[Path, typer.Option()] = Path("data/features/snapshots.parquet"),
     model_dir: Annotated[Path, typer.Option()] = Path("models/churn_model"),
     train_report: Annotated[Path, typer.Option()] = Path("reports/train.json"),
@@ -136,7 +138,7 @@ def evaluate(
 
 @app.command()
 def score(
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS,
     canonical_dir: Annotated[Path, typer.Option()] = Path("data/canonical"),
     model: Annotated[str | None, typer.Option(help="models:/<name>@<alias>, models:/<name>/<version> or a "
                                                    "model folder; default: score.model_uri")] = None,
@@ -164,7 +166,7 @@ def score(
 
 @app.command()
 def catalog(output: Annotated[Path, typer.Option()] = Path("docs/features.md"),
-            params: ParamsOption = Path("params.yaml")) -> None:
+            params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Regenerate the feature catalog from the feature definitions."""
     from churnlens.features import feature_catalog_markdown, feature_definitions
     from churnlens.io import atomic_path

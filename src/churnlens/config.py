@@ -91,6 +91,8 @@ class TableSource(_Section):
     return_order_prefix: str | None = Field(None, description="order ids starting with this mark a return")
     type_map: dict[str, str] = Field(default_factory=dict, description="raw interaction type -> canonical type")
     type_constant: str | None = Field(None, description="canonical type for every row (single-type sources)")
+    true_values: tuple[str, ...] = Field(("true", "t", "yes", "y", "1"), description="text read as true (any case)")
+    false_values: tuple[str, ...] = Field(("false", "f", "no", "n", "0"), description="text read as false")
 
 
 class IngestConfig(_Section):
@@ -236,13 +238,35 @@ def parse_params(raw: object, source: str = "params") -> Params:
         raise ConfigError(f"{source}: {exc.error_count()} invalid parameter(s):\n{lines}") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate ``params.yaml`` once per stage."""
-    path = Path(path)
+def _deep_merge(base: dict, overlay: dict) -> dict:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found; run from the project root or pass --params")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(raw, source=str(path))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with one section per stage, got {type(raw).__name__}")
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml", *overlays: str | Path) -> Params:
+    """Read and validate ``params.yaml`` once per stage.
+
+    ``overlays`` are merged on top, key by key (e.g. a data set's ingest mapping over the defaults).
+    """
+    paths = [Path(path), *map(Path, overlays)]
+    raw: dict = {}
+    for file in paths:
+        raw = _deep_merge(raw, _read_yaml(file))
+    return parse_params(raw, source=" + ".join(map(str, paths)))

@@ -195,10 +195,11 @@ def _timestamp(expr: str, source: TableSource) -> str:
     return f"CASE WHEN {has_offset} THEN timezone('UTC', {with_offset}) ELSE {naive_utc} END"
 
 
-def _bool(expr: str) -> str:
+def _bool(expr: str, source: TableSource) -> str:
     text = f"lower(trim(CAST({expr} AS VARCHAR)))"
-    return (f"CASE WHEN {text} IN ('true','t','yes','y','1') THEN true "
-            f"WHEN {text} IN ('false','f','no','n','0') THEN false END")
+    true = ", ".join(literal(v.lower()) for v in source.true_values)
+    false = ", ".join(literal(v.lower()) for v in source.false_values)
+    return f"CASE WHEN {text} IN ({true}) THEN true WHEN {text} IN ({false}) THEN false END"
 
 
 def canonical_expressions(table: str, source: TableSource, mapping: dict[str, str]) -> dict[str, str]:
@@ -214,7 +215,7 @@ def canonical_expressions(table: str, source: TableSource, mapping: dict[str, st
             "timestamp": _timestamp(raw, source),
             "float": _number(raw, source.decimal),
             "int": f"CAST(round({_number(raw, source.decimal)}) AS BIGINT)",
-            "bool": _bool(raw),
+            "bool": _bool(raw, source),
         }[column.kind]
     if table == "transactions" and "amount" not in expressions:
         expressions["amount"] = f"round({expressions['quantity']} * {expressions['unit_price']}, 6)"
