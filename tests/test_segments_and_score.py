@@ -90,3 +90,10 @@ def test_build_scores_rows_and_report(score_config) -> None:
     report = segment_report(scores, previous=scores.assign(segment="brand_user"))
     assert sum(s["customers"] for s in report["segments"].values()) == 4
     assert report["stability"] == {"customers_in_both_runs": 4, "changed_segment": 3}
+
+
+def test_too_few_observable_indices_is_not_a_guess() -> None:
+    bare = HAND_BUILT[["customer_id", "purchases_lifetime", "days_since_first_purchase", "spend_volatility_365d"]]
+    result = assign_segments(bare, SegmentRules())
+    assert set(result["segment"]) == {"insufficient_history"}
+    assert result.loc[0, "segment_driver"] == "fewer than two loyalty indices observable in the data"

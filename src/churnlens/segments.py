@@ -10,7 +10,8 @@ feature is missing for a customer is skipped, not guessed):
 
 The segment is the index with the highest value (brand advocate / brand user / brand
 comparer), the margin is its lead over the runner-up, and customers with too little history
-get ``insufficient_history``. All transforms are fixed functions of one customer's features,
+get ``insufficient_history``, as do customers for whom fewer than two indices can be computed
+(e.g. a bare transaction log without interactions or customer profiles). All transforms are fixed functions of one customer's features,
 so a segment never depends on who else is in the batch.
 """
 
@@ -70,7 +71,9 @@ def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame
     out = pd.DataFrame({"customer_id": features["customer_id"].to_numpy()}, index=features.index)
     for index_name, parts in components.items():
         out[index_name] = pd.concat(parts, axis=1).mean(axis=1, skipna=True)
-    scores = out[list(INDEX_OF_SEGMENT.values())].fillna(0.0).to_numpy()
+    indices = out[list(INDEX_OF_SEGMENT.values())]
+    # An index without a single observed component is unknown, and unknown never wins.
+    scores = indices.fillna(-1.0).to_numpy()
     order = np.argsort(-scores, axis=1, kind="stable")
     segment_names = np.array(list(INDEX_OF_SEGMENT))
     out["segment"] = segment_names[order[:, 0]]
@@ -88,5 +91,10 @@ def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame
         _get(features, "days_since_first_purchase").fillna(0) < rules.min_tenure_days)
     out.loc[too_little, "segment"] = "insufficient_history"
     out.loc[too_little, "segment_driver"] = "too few purchases or too short a history"
+    # Comparing needs at least two indices; with one, any customer would "win" it.
+    too_few_signals = (indices.notna().sum(axis=1) < 2) & ~too_little
+    out.loc[too_few_signals, "segment"] = "insufficient_history"
+    out.loc[too_few_signals, "segment_driver"] = "fewer than two loyalty indices observable in the data"
+    out.loc[too_few_signals, "segment_margin"] = np.nan
     out["low_confidence"] = (out["segment_margin"] < rules.min_margin) & ~too_little
     return out.reset_index(drop=True)
