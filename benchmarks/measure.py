@@ -1,0 +1,36 @@
+"""Run a command in a child process and report its wall time and peak resident memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str
+    seconds: float
+    peak_rss_mb: float
+
+
+def measure(name: str, *args: str) -> Measurement:
+    """``python -c``-free: runs ``sys.executable <args>`` and waits with wait4 for its own rusage."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, *args])
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{name} failed with exit code {os.waitstatus_to_exitcode(status)}")
+    return Measurement(name, seconds, usage.ru_maxrss / 1024)  # ru_maxrss is in KiB on Linux
+
+
+def table(rows: list[Measurement], baseline: str, work: dict[str, float] | None = None, unit: str = "rows") -> str:
+    base = next(r for r in rows if r.name == baseline)
+    lines = [f"| run | seconds | x faster than {baseline} | peak RSS (MB) | {unit}/s |", "|---|---|---|---|---|"]
+    for r in rows:
+        rate = f"{(work or {}).get(r.name, 0) / r.seconds:,.0f}" if work and r.name in work else ""
+        lines.append(f"| {r.name} | {r.seconds:.1f} | {base.seconds / r.seconds:.2f} | {r.peak_rss_mb:,.0f} | {rate} |")
+    return "\n".join(lines)
