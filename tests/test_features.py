@@ -245,3 +245,29 @@ def test_labels_only_look_inside_their_window(data) -> None:
     before, _ = compute_snapshots({"transactions": transactions}, [CUTOFF], CONFIG)
     after, _ = compute_snapshots({"transactions": changed_tx}, [CUTOFF], CONFIG)
     pd.testing.assert_series_equal(before["churned"], after["churned"])
+
+
+def _two_customers() -> dict[str, pd.DataFrame]:
+    transactions = pd.DataFrame([
+        line("K", "2024-01-10", 100, "K1"), line("K", "2024-02-10", 10, "K2"),  # spend collapses, still buys
+        line("L", "2024-01-10", 100, "L1"), line("L", "2024-02-10", 100, "L2"),
+    ])
+    customers = pd.DataFrame({"customer_id": ["K", "L"], "cancellation_date": pd.to_datetime([None, "2024-03-01"])})
+    return {"transactions": transactions, "customers": customers}
+
+
+@pytest.mark.parametrize(("label", "partial", "expected"), [
+    ("no_purchase", None, {"K": False, "L": False}),
+    ("cancellation", None, {"K": False, "L": True}),
+    ("no_purchase_or_cancellation", None, {"K": False, "L": True}),
+    ("no_purchase", 0.3, {"K": True, "L": False}),  # K spent 10 < 0.3 x 100 in the 90 days before
+])
+def test_label_definitions(label, partial, expected) -> None:
+    config = FeaturesConfig(label=label, partial_churn_below=partial)
+    frame, _ = compute_snapshots(_two_customers(), [CUTOFF], config)
+    assert frame.set_index("customer_id")["churned"].to_dict() == expected
+
+
+def test_contractual_label_without_cancellations_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"features\.label='cancellation' needs a customers table"):
+        compute_snapshots({"transactions": _two_customers()["transactions"]}, [CUTOFF], FeaturesConfig(label="cancellation"))

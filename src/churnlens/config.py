@@ -105,6 +105,7 @@ class IngestConfig(_Section):
         None, description="later timestamps are quarantined as 'in the future'; null = today (UTC)"
     )
     max_abs_amount: float = Field(1_000_000.0, gt=0)
+    memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$", description="DuckDB memory cap; spills beyond")
 
 
 # --------------------------------------------------------------------------- features
@@ -120,6 +121,10 @@ class FeaturesConfig(_Section):
     as_of: dt.date | None = Field(None, description="scoring date; null = the day after the last event")
     horizon_days: int = Field(90, ge=1, description="label window length after a cutoff")
     lead_days: int = Field(0, ge=0, description="purge gap between cutoff and label window")
+    label: Literal["no_purchase", "cancellation", "no_purchase_or_cancellation"] = "no_purchase_or_cancellation"
+    partial_churn_below: float | None = Field(
+        None, gt=0, lt=1, description="also churned if window spend < this x spend in the horizon before the cutoff"
+    )
     active_lookback_days: int = Field(
         365, ge=1, description="a customer with no purchase in this many days is already lost"
     )

@@ -454,19 +454,37 @@ def _customers_sql(features: list[Feature]) -> str:
 
 
 def _labels_sql(config: FeaturesConfig, available: dict[str, set[str]]) -> str:
-    lead, horizon = config.lead_days, config.lead_days + config.horizon_days
-    cancellation = ""
-    if "customers" in available and "cancellation_date" in available["customers"]:
-        cancellation = f"""
-            OR EXISTS (SELECT 1 FROM src_customers c WHERE c.customer_id = p.customer_id
-                       AND c.cancellation_date > p.cutoff + INTERVAL {lead} DAY
-                       AND c.cancellation_date <= p.cutoff + INTERVAL {horizon} DAY)"""
+    """churned per (customer, cutoff), looking only at ``(cutoff + lead, cutoff + lead + horizon]``.
+
+    The partial-churn comparison uses spend in the horizon-long period up to the cutoff, which
+    is history, so it leaks nothing.
+    """
+    lead, end, horizon = config.lead_days, config.lead_days + config.horizon_days, config.horizon_days
+    has_cancellations = "customers" in available and "cancellation_date" in available["customers"]
+    if config.label == "cancellation" and not has_cancellations:
+        raise ValueError(
+            f"features.label={config.label!r} needs a customers table with cancellation_date; map it in "
+            "ingest.customers.columns or use label: no_purchase"
+        )
+    cancelled = (f"EXISTS (SELECT 1 FROM src_customers c WHERE c.customer_id = w.customer_id "
+                 f"AND c.cancellation_date > w.cutoff + INTERVAL {lead} DAY "
+                 f"AND c.cancellation_date <= w.cutoff + INTERVAL {end} DAY)") if has_cancellations else "false"
+    rule = {"no_purchase": "w.purchases = 0", "cancellation": cancelled,
+            "no_purchase_or_cancellation": f"w.purchases = 0 OR {cancelled}"}[config.label]
+    if config.partial_churn_below is not None:
+        rule = f"({rule}) OR w.spend < {config.partial_churn_below} * w.spend_before"
     return f"""
-        SELECT p.customer_id, p.cutoff,
-               (NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = p.customer_id
-                            AND o.ts > p.cutoff + INTERVAL {lead} DAY
-                            AND o.ts <= p.cutoff + INTERVAL {horizon} DAY){cancellation}) AS churned
-        FROM population p
+        WITH w AS (
+            SELECT p.customer_id, p.cutoff,
+                   count(*) FILTER (WHERE o.ts > p.cutoff + INTERVAL {lead} DAY) AS purchases,
+                   coalesce(sum(o.value) FILTER (WHERE o.ts > p.cutoff + INTERVAL {lead} DAY), 0) AS spend,
+                   coalesce(sum(o.value) FILTER (WHERE o.ts <= p.cutoff), 0) AS spend_before
+            FROM population p
+            LEFT JOIN orders o ON o.customer_id = p.customer_id
+                 AND o.ts > p.cutoff - INTERVAL {horizon} DAY AND o.ts <= p.cutoff + INTERVAL {end} DAY
+            GROUP BY p.customer_id, p.cutoff
+        )
+        SELECT w.customer_id, w.cutoff, ({rule}) AS churned FROM w
     """
 
 

@@ -8,8 +8,11 @@ original values as text, file, row and reason), or the count of exact duplicates
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import glob
 import logging
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,43 +110,35 @@ def _csv_option(value: str | int | bool) -> str:
     return literal(value)
 
 
-def load_raw(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, files: list[str]) -> list[str]:
-    """Create ``raw`` (every value as text, plus file and row) and ``rejects``; return source columns."""
+def raw_source(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, files: list[str]
+               ) -> tuple[str, list[str]]:
+    """A query over the source files (every value as text, plus file and row) and its columns.
+
+    The query must be read exactly once: for CSV, reading it fills DuckDB's reject tables.
+    """
     file_list = "[" + ", ".join(literal(f) for f in files) + "]"
     fmt = _source_format(table, source, files)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE rejects ({SOURCE_FILE} VARCHAR, {SOURCE_ROW} BIGINT, "
-                f"{RAW_LINE} VARCHAR, {REASON} VARCHAR)")
-    try:
-        if fmt == "parquet":
-            columns = [row[0] for row in con.execute(
-                f"DESCRIBE SELECT * FROM read_parquet({file_list}, union_by_name=true)").fetchall()]
-            as_text = ", ".join(f"CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in columns)
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE raw AS SELECT {as_text}, filename AS {SOURCE_FILE}, "
-                f"file_row_number + 1 AS {SOURCE_ROW} FROM read_parquet({file_list}, union_by_name=true, "
-                "filename=true, file_row_number=true)"
-            )
-            return columns
-        options = {"all_varchar": True, "store_rejects": True, "filename": True,
-                   **source.csv}
-        option_sql = ", ".join(f"{key}={_csv_option(value)}" for key, value in options.items())
-        # Data rows are numbered per file in read order (1 = first row after the header).
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE raw AS SELECT * EXCLUDE (filename), filename AS {SOURCE_FILE}, "
-            f"row_number() OVER (PARTITION BY filename) AS {SOURCE_ROW} FROM read_csv({file_list}, {option_sql})"
-        )
-        con.execute(
-            f"INSERT INTO rejects SELECT s.file_path, e.line, e.csv_line, "
-            f"'malformed_csv_line: ' || e.error_message FROM reject_errors e "
-            "JOIN reject_scans s USING (scan_id, file_id)"
-        )
-    except duckdb.Error as exc:
-        raise IngestError(
-            f"ingest.{table}: cannot parse {files if len(files) < 4 else files[:3] + ['...']} as {fmt}: "
-            f"{str(exc).splitlines()[0]}. Check ingest.{table}.format and ingest.{table}.csv "
-            "(delim, quote, encoding, header)"
-        ) from None
-    return [c for c in con.execute("DESCRIBE raw").fetchdf()["column_name"] if c not in (SOURCE_FILE, SOURCE_ROW)]
+    if fmt == "parquet":
+        reader = f"read_parquet({file_list}, union_by_name=true, filename=true, file_row_number=true)"
+        columns = [c for c in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchdf()["column_name"]
+                   if c not in ("filename", "file_row_number")]
+        as_text = ", ".join(f"CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in columns)
+        return (f"SELECT {as_text}, filename AS {SOURCE_FILE}, file_row_number + 1 AS {SOURCE_ROW} "
+                f"FROM {reader}"), columns
+    options = {"all_varchar": True, "store_rejects": True, "filename": True, **source.csv}
+    reader = f"read_csv({file_list}, {', '.join(f'{k}={_csv_option(v)}' for k, v in options.items())})"
+    columns = [c for c in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchdf()["column_name"] if c != "filename"]
+    # Data rows are numbered per file in read order (1 = first row after the header).
+    return (f"SELECT * EXCLUDE (filename), filename AS {SOURCE_FILE}, "
+            f"row_number() OVER (PARTITION BY filename) AS {SOURCE_ROW} FROM {reader}"), columns
+
+
+def _parse_error(table: str, files: list[str], source: TableSource, exc: Exception) -> IngestError:
+    shown = files if len(files) < 4 else [*files[:3], "..."]
+    return IngestError(
+        f"ingest.{table}: cannot parse {shown} as {source.format}: {str(exc).splitlines()[0]}. "
+        f"Check ingest.{table}.format and ingest.{table}.csv (delim, quote, encoding, header)"
+    )
 
 
 def check_mapping(table: str, source: TableSource, found: list[str]) -> dict[str, str]:
@@ -263,36 +258,49 @@ def _quarantine_rules(table: str, mapping: dict[str, str], config: IngestConfig,
 
 def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, config: IngestConfig,
                  base: Path, today: dt.date | None = None) -> TableReport:
-    """Parse, validate and split one table into DuckDB tables ``accepted_<table>`` and ``quarantine_<table>``."""
+    """Parse, validate and split one table into DuckDB views ``accepted_<table>`` and ``quarantine_<table>``.
+
+    The source is read once into ``parsed_<table>`` (the only materialised copy, spillable to
+    disk); everything after it is a view, written straight to Parquet by the caller.
+    """
     files = resolve_files(table, source, base)
-    found = load_raw(con, table, source, files)
+    parsed, judged, rejects = f"parsed_{table}", f"judged_{table}", f"rejects_{table}"
+    report = TableReport(table=table, files=files)
+    con.execute(f"CREATE OR REPLACE TABLE {rejects} ({SOURCE_FILE} VARCHAR, {SOURCE_ROW} BIGINT, "
+                f"{RAW_LINE} VARCHAR, {REASON} VARCHAR)")
+    try:
+        raw, found = raw_source(con, table, source, files)
+    except duckdb.Error as exc:
+        raise _parse_error(table, files, source, exc) from None
     mapping = check_mapping(table, source, found)
     expressions = canonical_expressions(table, source, mapping)
-    report = TableReport(table=table, files=files)
 
     source_columns = ", ".join(quote(c) for c in found)
     canonical = ", ".join(f"{expr} AS {quote('c_' + name)}" for name, expr in expressions.items())
     customer_rank = (", row_number() OVER (PARTITION BY c_customer_id ORDER BY _source_file, _source_row) "
                      "AS _customer_rank") if table == "customers" else ""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE parsed AS
-        SELECT *{customer_rank} FROM (
-            SELECT *, {canonical},
-                   row_number() OVER (PARTITION BY {source_columns}
-                                      ORDER BY {SOURCE_FILE}, {SOURCE_ROW}) > 1 AS _duplicate
-            FROM raw)
-    """)
+    try:
+        con.execute(f"""
+            CREATE OR REPLACE TABLE {parsed} AS
+            SELECT *{customer_rank} FROM (
+                SELECT *, {canonical},
+                       row_number() OVER (PARTITION BY {source_columns}
+                                          ORDER BY {SOURCE_FILE}, {SOURCE_ROW}) > 1 AS _duplicate
+                FROM ({raw}))
+        """)
+        if _source_format(table, source, files) == "csv":
+            con.execute(f"INSERT INTO {rejects} SELECT s.file_path, e.line, e.csv_line, "
+                        "'malformed_csv_line: ' || e.error_message FROM reject_errors e "
+                        "JOIN reject_scans s USING (scan_id, file_id)")
+    except duckdb.Error as exc:
+        raise _parse_error(table, files, source, exc) from None
     if table == "customers":
         # An exact duplicate of a customer row is a duplicate, not a conflicting record.
-        con.execute("UPDATE parsed SET _customer_rank = 1 WHERE _duplicate")
+        con.execute(f"UPDATE {parsed} SET _customer_rank = 1 WHERE _duplicate")
     rules = _quarantine_rules(table, mapping, config, today or dt.datetime.now(dt.UTC).date())
     reason_sql = "CASE " + " ".join(f"WHEN {cond} THEN {literal(reason)}" for reason, cond in rules) + " END"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE judged AS SELECT *, {reason_sql} AS {REASON} "
-                "FROM parsed WHERE NOT _duplicate")
-
-    report.rows_read = con.execute("SELECT count(*) FROM raw").fetchone()[0]
-    report.rows_read += con.execute("SELECT count(*) FROM rejects").fetchone()[0]
-    report.duplicates_removed = con.execute("SELECT count(*) FROM parsed WHERE _duplicate").fetchone()[0]
+    con.execute(f"CREATE OR REPLACE VIEW {judged} AS SELECT *, {reason_sql} AS {REASON} "
+                f"FROM {parsed} WHERE NOT _duplicate")
 
     output = [c.name for c in TABLES[table] if c.name in expressions]
     select = ", ".join(f"{quote('c_' + name)} AS {quote(name)}" for name in output)
@@ -302,22 +310,25 @@ def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource
         quantity = " OR c_quantity < 0" if "quantity" in output else ""
         select += f", (c_amount < 0{quantity}{flagged}) AS is_return"
     order = "customer_id, timestamp" if "timestamp" in output else "customer_id"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE accepted_{table} AS SELECT {select} FROM judged "
+    con.execute(f"CREATE OR REPLACE VIEW accepted_{table} AS SELECT {select} FROM {judged} "
                 f"WHERE {REASON} IS NULL ORDER BY {order}, {SOURCE_FILE}, {SOURCE_ROW}")
-    report.accepted = con.execute(f"SELECT count(*) FROM accepted_{table}").fetchone()[0]
-
     originals = ", ".join(f"CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in found)
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE quarantine_{table} AS
+        CREATE OR REPLACE VIEW quarantine_{table} AS
         SELECT {SOURCE_FILE}, {SOURCE_ROW}, NULL::VARCHAR AS {RAW_LINE}, {REASON}, {originals}
-        FROM judged WHERE {REASON} IS NOT NULL
+        FROM {judged} WHERE {REASON} IS NOT NULL
         UNION ALL BY NAME
-        SELECT {SOURCE_FILE}, {SOURCE_ROW}, {RAW_LINE}, {REASON} FROM rejects
+        SELECT {SOURCE_FILE}, {SOURCE_ROW}, {RAW_LINE}, {REASON} FROM {rejects}
         ORDER BY {SOURCE_FILE}, {SOURCE_ROW}
     """)
-    by_reason = con.execute(
-        f"SELECT split_part({REASON}, ':', 1) AS r, count(*) FROM quarantine_{table} GROUP BY r").fetchall()
-    report.quarantined = {reason: count for reason, count in by_reason}
+
+    report.rows_read, report.duplicates_removed = con.execute(
+        f"SELECT count(*) + (SELECT count(*) FROM {rejects}), count(*) FILTER (_duplicate) FROM {parsed}").fetchone()
+    counts = con.execute(f"SELECT coalesce(split_part({REASON}, ':', 1), '') AS r, count(*) FROM "
+                         f"(SELECT {REASON} FROM {judged} UNION ALL SELECT {REASON} FROM {rejects}) GROUP BY r"
+                         ).fetchall()
+    report.quarantined = {reason: count for reason, count in counts if reason}
+    report.accepted = sum(count for reason, count in counts if not reason)
 
     if report.rows_read != report.accepted + report.quarantined_total + report.duplicates_removed:
         raise AssertionError(f"ingest.{table}: reconciliation failed: {report.as_dict()}")
@@ -353,17 +364,17 @@ def cross_table_checks(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dic
     return checks
 
 
-def validate_accepted(con: duckdb.DuckDBPyConnection, table: str, batch_rows: int = 1_000_000) -> None:
-    """Check the accepted rows against the declared contract, one bounded batch at a time.
+def validate_accepted(table: str, path: Path, batch_rows: int = 1_000_000) -> None:
+    """Check the written canonical file against the declared contract, one bounded batch at a time.
 
     The quarantine rules should already guarantee this; the check makes a broken rule fail here,
     at the stage boundary, instead of as a wrong feature later.
     """
     import pandera.errors
+    import pyarrow.parquet as pq
 
-    reader = con.sql(f"SELECT * FROM accepted_{table}").to_arrow_reader(batch_rows)
     schema = None
-    for batch in reader:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
         frame = batch.to_pandas()
         schema = schema or pandera_schema(table, present=list(frame.columns))
         try:
@@ -373,9 +384,13 @@ def validate_accepted(con: duckdb.DuckDBPyConnection, table: str, batch_rows: in
             raise IngestError(f"ingest.{table}: accepted rows break the canonical contract: {cases}") from None
 
 
-def _copy_parquet(con: duckdb.DuckDBPyConnection, relation: str, target: Path) -> None:
+def _copy_parquet(con: duckdb.DuckDBPyConnection, relation: str, target: Path,
+                  check: Callable[[Path], None] | None = None) -> None:
+    """Write a relation to Parquet; ``check`` sees the file before it takes the real name."""
     with atomic_path(target) as temporary:
         con.execute(f"COPY {relation} TO {literal(str(temporary))} (FORMAT parquet, COMPRESSION zstd)")
+        if check is not None:
+            check(temporary)
 
 
 def run_ingest(config: IngestConfig, base: Path, canonical_dir: Path, quarantine_dir: Path,
@@ -383,13 +398,18 @@ def run_ingest(config: IngestConfig, base: Path, canonical_dir: Path, quarantine
     """Ingest every configured table; write canonical and quarantine Parquet and the report."""
     sources = {name: getattr(config, name) for name in TABLES if getattr(config, name) is not None}
     report: dict = {"tables": {}}
-    with duckdb.connect() as con:
+    canonical_dir.mkdir(parents=True, exist_ok=True)
+    # A database file (not memory) so DuckDB can spill: a 10M-row export stays within memory_limit.
+    with tempfile.TemporaryDirectory(prefix=".ingest-", dir=canonical_dir) as work, \
+            duckdb.connect(str(Path(work) / "ingest.duckdb")) as con:
         con.execute("SET TimeZone = 'UTC'")
+        con.execute(f"SET memory_limit = {literal(config.memory_limit)}")
+        con.execute(f"SET temp_directory = {literal(str(Path(work) / 'spill'))}")
         for table, source in sources.items():
             table_report = ingest_table(con, table, source, config, base, today)
-            validate_accepted(con, table)
             report["tables"][table] = table_report.as_dict()
-            _copy_parquet(con, f"accepted_{table}", canonical_dir / f"{table}.parquet")
+            _copy_parquet(con, f"accepted_{table}", canonical_dir / f"{table}.parquet",
+                          check=functools.partial(validate_accepted, table))
             _copy_parquet(con, f"quarantine_{table}", quarantine_dir / f"{table}.parquet")
         report["cross_table"] = cross_table_checks(con, list(sources))
     # Stale outputs of a table that is no longer configured must not leak into features.
