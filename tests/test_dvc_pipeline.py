@@ -103,3 +103,11 @@ def test_changing_a_train_param_reruns_only_train_and_after(repo) -> None:
     output = _run(["dvc", "repro"], root, env)
     ran = [stage for stage in STAGES if f"Running stage '{stage}'" in output]
     assert ran == ["train", "evaluate", "score"]
+
+
+@pytest.mark.e2e
+def test_dvc_experiment_with_a_changed_param(repo) -> None:
+    root, env = repo
+    _run(["dvc", "exp", "run", "-n", "shallow", "-S", "train.xgboost.max_depth=2"], root, env)
+    shown = _run(["dvc", "exp", "show", "--json"], root, env)
+    assert "shallow" in shown and "roc_auc" in shown
