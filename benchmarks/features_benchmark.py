@@ -58,11 +58,13 @@ def prepare(customers: int, days: int) -> None:
 
 def run_churnlens(folder: Path, n_cutoffs: int) -> None:
     from churnlens.config import FeaturesConfig
-    from churnlens.features import compute_snapshots
+    from churnlens.features import write_snapshots
 
     tables = {name: str(folder / f"{name}.parquet") for name in ("transactions", "interactions", "customers")}
-    frame, plan = compute_snapshots(tables, cutoffs(folder, n_cutoffs), FeaturesConfig())
-    print(f"churnlens: {len(frame):,} rows x {len(plan.names)} features")
+    target = OUT / f"snapshots_{n_cutoffs}.parquet"
+    plan = write_snapshots(tables, cutoffs(folder, n_cutoffs), FeaturesConfig(), target)
+    rows = pd.read_parquet(target, columns=["cutoff"]).shape[0]
+    print(f"churnlens: {rows:,} rows x {len(plan.names)} features (+ labels), written to Parquet")
 
 
 def run_floor(folder: Path) -> None:

@@ -92,7 +92,7 @@ def test_economic_by_hand(snapshot) -> None:
 def test_differentiation_by_hand(snapshot) -> None:
     a = snapshot.loc["A"]
     assert a["distinct_categories_365d"] == 2 and a["distinct_products_365d"] == 3
-    assert a["category_entropy_365d"] == pytest.approx(-(2 / 3) * math.log2(2 / 3) - (1 / 3) * math.log2(1 / 3))
+    assert snapshot.loc["B", "distinct_categories_365d"] == 1
 
 
 def test_interaction_and_emotional_by_hand(snapshot) -> None:
@@ -147,8 +147,9 @@ def test_absent_tables_leave_families_out_not_zero_filled() -> None:
 def test_missing_columns_leave_their_features_out() -> None:
     transactions = fixture_tables()["transactions"].drop(columns=["list_price", "category"])
     frame, plan = compute_snapshots({"transactions": transactions}, [CUTOFF], CONFIG)
-    assert "discount_share_365d" not in frame and "category_entropy_365d" not in frame
+    assert "discount_share_365d" not in frame and "distinct_categories_365d" not in frame
     assert "list_price" in plan.left_out["discount_share_365d"]
+    assert "category" in plan.left_out["distinct_categories_365d"]
 
 
 def test_many_cutoffs_equal_one_cutoff_at_a_time() -> None:
@@ -271,3 +272,29 @@ def test_label_definitions(label, partial, expected) -> None:
 def test_contractual_label_without_cancellations_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"features\.label='cancellation' needs a customers table"):
         compute_snapshots({"transactions": _two_customers()["transactions"]}, [CUTOFF], FeaturesConfig(label="cancellation"))
+
+
+@pytest.mark.parametrize(("cutoff", "distinct"), [
+    (pd.Timestamp("2023-02-01") + pd.Timedelta(days=365) - pd.Timedelta(seconds=1), 2),  # x still inside
+    (pd.Timestamp("2023-02-01") + pd.Timedelta(days=365), 1),  # x left the (c - 365, c] window
+])
+def test_distinct_counts_expire_exactly_at_the_window_edge(cutoff, distinct) -> None:
+    transactions = pd.DataFrame([line("M", "2023-02-01", 5, "M1", category="x"),
+                                 line("M", "2023-06-01", 5, "M2", category="x"),  # x again: extends to 2024-05-31
+                                 line("M", "2024-01-15", 5, "M3", category="y")])
+    frame, _ = compute_snapshots({"transactions": transactions}, [cutoff], CONFIG, with_labels=False)
+    assert frame["distinct_categories_365d"].iloc[0] == 2  # the June purchase keeps x inside the window
+    transactions = transactions[transactions["order_id"] != "M2"]
+    frame, _ = compute_snapshots({"transactions": transactions}, [cutoff], CONFIG, with_labels=False)
+    assert frame["distinct_categories_365d"].iloc[0] == distinct
+
+
+def test_price_level_uses_the_previous_month_only() -> None:
+    others = [line(f"O{i}", f"2024-01-{10 + i} 12:00", 10, f"P{i}", category="x") for i in range(3)]
+    mine = [line("N", "2024-02-10 12:00", 20, "N1", category="x"), line("N", "2024-02-11 12:00", 10, "N2", category="x")]
+    late = [line(f"Q{i}", "2024-02-20 12:00", 1000, f"Q{i}", category="x") for i in range(5)]  # same month: unused
+    frame, _ = compute_snapshots({"transactions": pd.DataFrame(others + mine + late)}, [CUTOFF + pd.Timedelta(days=30)],
+                                 CONFIG, with_labels=False)
+    n = frame.set_index("customer_id").loc["N"]
+    assert n["price_vs_category_median_365d"] == pytest.approx((2.0 + 1.0) / 2)
+    assert n["premium_share_365d"] == pytest.approx(20 / 30)  # the line at 2x the January median

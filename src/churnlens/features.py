@@ -4,9 +4,20 @@ The point-in-time rule: a cutoff is an instant (a date means its midnight, UTC).
 time ``t`` is history for cutoff ``c`` when ``t <= c``; it can only count towards that cutoff's
 label when ``c + lead < t <= c + lead + horizon``. Nothing later than ``c`` reaches a feature.
 
-Every feature is defined once in :data:`FEATURES` (name, family, source, window, SQL
-expression, description). The SQL that computes them, the feature catalog and the model's
-feature list are all generated from that one list.
+Every feature is defined once in :func:`feature_definitions` (name, family, kind, window, SQL,
+description). The SQL that computes them, the feature catalog and the model's feature list are
+all generated from that one list.
+
+How all cutoffs are computed in one sweep, without joining every event to every cutoff:
+
+* windowed sums use running totals per customer: the sum over ``(c - w, c]`` is the running
+  total as of ``c`` minus the one as of ``c - w``, each found by an ASOF join, so the work
+  grows with the number of events plus (customers x cutoffs), not with their product;
+* "last" features (last NPS, last complaint) are one ASOF join on the filtered events;
+* distinct counts in a window (categories, products) turn each key's purchases into coverage
+  intervals ``[first, last + w)``: +1 where one starts, -1 where it ends; the count at ``c`` is
+  the running total of those edges as of ``c``;
+* ratios, trends and spreads are derived from those sums in SQL.
 """
 
 from __future__ import annotations
@@ -14,11 +25,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import tempfile
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import duckdb
-import numpy as np
 import pandas as pd
 
 from churnlens.config import FeaturesConfig
@@ -26,7 +38,8 @@ from churnlens.config import FeaturesConfig
 log = logging.getLogger(__name__)
 
 Family = Literal["purchase_frequency", "interaction", "emotional", "economic", "differentiation", "switching_cost"]
-Source = Literal["history", "orders", "lines", "interactions", "customers", "derived"]
+Kind = Literal["history", "window", "last", "distinct", "customers", "derived"]
+EventSource = Literal["orders", "lines", "interactions"]
 FAMILIES: tuple[Family, ...] = (
     "purchase_frequency", "interaction", "emotional", "economic", "differentiation", "switching_cost",
 )
@@ -36,25 +49,32 @@ DAY_SECONDS = 86400.0
 
 @dataclass(frozen=True)
 class Feature:
-    """One feature. ``expression`` is SQL evaluated per (customer, cutoff):
+    """One feature, evaluated per (customer, cutoff). What ``expression`` means depends on ``kind``:
 
-    * ``orders`` / ``lines`` / ``interactions``: an aggregate over that table's rows with
-      ``cutoff - window < ts <= cutoff`` (the window filter is added for you; ``{cutoff}``
-      may be used for finer sub-windows inside it);
-    * ``history``: an expression over the customer's running purchase statistics as of the
-      last purchase at or before the cutoff (``n_orders``, ``first_ts``, ``last_ts``, ...);
-    * ``customers``: an expression over the customer's profile row and ``cutoff``;
-    * ``derived``: an expression over other features' names.
+    * ``history``: SQL over the customer's running purchase statistics as of the last purchase at
+      or before the cutoff (``n_orders``, ``first_ts``, ``last_ts``, ``gap_sum``, ``gap_sq_sum``);
+    * ``window``: a per-event measure summed over ``source`` events with
+      ``cutoff - offset - window < ts <= cutoff - offset`` (``1`` counts events);
+    * ``last``: a value of the latest ``source`` event matching ``where`` within ``window`` days;
+    * ``distinct``: a column whose distinct values are counted over the window (purchases only);
+    * ``customers``: SQL over the customer's profile row and ``cutoff``;
+    * ``derived``: SQL over other features' names.
+
+    ``internal`` features are building blocks of derived ones: computed, never given to the model.
     """
 
     name: str
     family: Family
-    source: Source
+    kind: Kind
     expression: str
     description: str
+    source: EventSource | None = None
     window_days: int | None = None
+    offset_days: int = 0
+    where: str = "true"
     requires: tuple[str, ...] = ()  # canonical columns that must be present in the source table
     categorical: bool = False
+    internal: bool = False
 
 
 def _days(a: str, b: str) -> str:
@@ -69,123 +89,142 @@ def _windowed(template: Feature, windows: tuple[int, ...]) -> list[Feature]:
     ]
 
 
+def _count(name: str, family: Family, source: EventSource, condition: str, window: int, description: str = "",
+           offset: int = 0, requires: tuple[str, ...] = (), internal: bool = False) -> Feature:
+    return Feature(name, family, "window", f"CASE WHEN {condition} THEN 1 ELSE 0 END", description, source, window,
+                   offset, requires=requires, internal=internal)
+
+
+def _sum(name: str, family: Family, source: EventSource, measure: str, window: int, description: str = "",
+         offset: int = 0, requires: tuple[str, ...] = (), internal: bool = False) -> Feature:
+    return Feature(name, family, "window", measure, description, source, window, offset, requires=requires,
+                   internal=internal)
+
+
+def _derived(name: str, family: Family, expression: str, description: str) -> Feature:
+    return Feature(name, family, "derived", expression, description)
+
+
+PURCHASED = "NOT is_return"
+DISCOUNTED = "NOT is_return AND list_price > unit_price"
+
+
 def feature_definitions(windows: tuple[int, ...] = (30, 90, 365)) -> list[Feature]:
     """The full catalogue; ``windows`` expands the per-window templates."""
     long = max(windows)
-    recent = f"ts > {{cutoff}} - INTERVAL 90 DAY"
-    previous = f"ts <= {{cutoff}} - INTERVAL 90 DAY"
+    pf, it, em, ec, df_, sc = FAMILIES
     features: list[Feature] = [
         # ---- purchase frequency
-        Feature("days_since_last_purchase", "purchase_frequency", "history", _days("cutoff", "last_ts"),
+        Feature("days_since_last_purchase", pf, "history", _days("cutoff", "last_ts"),
                 "Recency: days from the last purchase to the cutoff."),
-        Feature("days_since_first_purchase", "purchase_frequency", "history", _days("cutoff", "first_ts"),
+        Feature("days_since_first_purchase", pf, "history", _days("cutoff", "first_ts"),
                 "Days from the first observed purchase to the cutoff."),
-        Feature("purchases_lifetime", "purchase_frequency", "history", "n_orders",
+        Feature("purchases_lifetime", pf, "history", "n_orders",
                 "Purchases (orders with at least one non-return line) up to the cutoff."),
-        Feature("mean_purchase_gap_days", "purchase_frequency", "history",
-                "gap_sum / nullif(n_orders - 1, 0)", "Mean days between consecutive purchases."),
-        Feature("purchase_gap_std_days", "purchase_frequency", "history",
+        Feature("mean_purchase_gap_days", pf, "history", "gap_sum / nullif(n_orders - 1, 0)",
+                "Mean days between consecutive purchases."),
+        Feature("purchase_gap_std_days", pf, "history",
                 "CASE WHEN n_orders > 1 THEN sqrt(greatest(gap_sq_sum / (n_orders - 1) "
                 "- pow(gap_sum / (n_orders - 1), 2), 0)) END",
                 "Standard deviation of the days between purchases (rhythm regularity)."),
-        *_windowed(Feature("purchases_{w}d", "purchase_frequency", "orders", "count(*)",
-                           "Purchases in the {w} days up to the cutoff."), windows),
-        Feature("purchase_trend_90d", "purchase_frequency", "orders",
-                f"ln((count(*) FILTER ({recent}) + 1) / (count(*) FILTER ({previous}) + 1))",
-                "log of (purchases in the last 90 days + 1) / (purchases in the 90 days before + 1).",
-                window_days=180),
-        Feature("return_rate_365d", "purchase_frequency", "lines",
-                "count(*) FILTER (is_return) / count(*)",
-                "Share of transaction lines in the last 365 days that are returns or cancellations.",
-                window_days=365),
-        Feature("overdue_ratio", "purchase_frequency", "derived",
-                "days_since_last_purchase / nullif(mean_purchase_gap_days, 0)",
-                "How overdue the customer is against their own rhythm (recency / mean gap)."),
+        *_windowed(_sum("purchases_{w}d", pf, "orders", "1", 0, "Purchases in the {w} days up to the cutoff."),
+                   windows),
+        _sum("_purchases_recent_90d", pf, "orders", "1", 90, internal=True),
+        _sum("_purchases_prior_90d", pf, "orders", "1", 90, offset=90, internal=True),
+        _derived("purchase_trend_90d", pf, "ln((_purchases_recent_90d + 1) / (_purchases_prior_90d + 1))",
+                 "log of (purchases in the last 90 days + 1) / (purchases in the 90 days before + 1)."),
+        _count("_lines_365d", pf, "lines", "true", 365, internal=True),
+        _count("_returned_lines_365d", pf, "lines", "is_return", 365, internal=True),
+        _derived("return_rate_365d", pf, "_returned_lines_365d / nullif(_lines_365d, 0)",
+                 "Share of transaction lines in the last 365 days that are returns or cancellations."),
+        _derived("overdue_ratio", pf, "days_since_last_purchase / nullif(mean_purchase_gap_days, 0)",
+                 "How overdue the customer is against their own rhythm (recency / mean gap)."),
         # ---- economic
-        *_windowed(Feature("spend_{w}d", "economic", "orders", "coalesce(sum(value), 0)",
-                           "Net spend of purchases in the {w} days up to the cutoff."), windows),
-        Feature("avg_order_value_365d", "economic", "orders", "avg(value)",
-                "Mean purchase value over the last 365 days.", window_days=365),
-        Feature("spend_trend_90d", "economic", "orders",
-                f"ln((coalesce(sum(greatest(value, 0)) FILTER ({recent}), 0) + 1) / "
-                f"(coalesce(sum(greatest(value, 0)) FILTER ({previous}), 0) + 1))",
-                "log of (spend in the last 90 days + 1) / (spend in the 90 days before + 1).", window_days=180),
-        Feature("spend_volatility_365d", "economic", "orders", "stddev_samp(value) / nullif(avg(value), 0)",
-                "Coefficient of variation of purchase values over 365 days.", window_days=365),
-        Feature("discount_share_365d", "economic", "lines",
-                "avg(CASE WHEN list_price > unit_price THEN 1.0 ELSE 0.0 END) FILTER (NOT is_return)",
-                "Share of purchased lines bought below list price (365 days).", window_days=365,
-                requires=("list_price", "unit_price")),
-        Feature("discount_depth_365d", "economic", "lines",
-                "avg((list_price - unit_price) / list_price) FILTER (NOT is_return AND list_price > unit_price)",
-                "Mean discount depth of discounted lines (365 days).", window_days=365,
-                requires=("list_price", "unit_price")),
-        Feature("price_vs_category_median_365d", "economic", "lines",
-                "median(unit_price / nullif(category_median_price, 0)) FILTER (NOT is_return)",
-                "Median of price paid / the category's median price over all customers (365 days).",
-                window_days=365, requires=("unit_price", "category")),
+        *_windowed(_sum("spend_{w}d", ec, "orders", "value", 0,
+                        "Net spend of purchases in the {w} days up to the cutoff."), windows),
+        _sum("_orders_365d", ec, "orders", "1", 365, internal=True),
+        _sum("_spend_365d", ec, "orders", "value", 365, internal=True),
+        _sum("_spend_squared_365d", ec, "orders", "value * value", 365, internal=True),
+        _sum("_spend_recent_90d", ec, "orders", "greatest(value, 0)", 90, internal=True),
+        _sum("_spend_prior_90d", ec, "orders", "greatest(value, 0)", 90, offset=90, internal=True),
+        _derived("avg_order_value_365d", ec, "_spend_365d / nullif(_orders_365d, 0)",
+                 "Mean purchase value over the last 365 days."),
+        _derived("spend_trend_90d", ec, "ln((_spend_recent_90d + 1) / (_spend_prior_90d + 1))",
+                 "log of (spend in the last 90 days + 1) / (spend in the 90 days before + 1)."),
+        _derived("spend_volatility_365d", ec,
+                 "CASE WHEN _orders_365d > 1 THEN sqrt(greatest((_spend_squared_365d - _spend_365d * _spend_365d "
+                 "/ _orders_365d) / (_orders_365d - 1), 0)) / nullif(_spend_365d / _orders_365d, 0) END",
+                 "Coefficient of variation of purchase values over 365 days."),
+        _count("_purchased_lines_365d", ec, "lines", PURCHASED, 365, internal=True),
+        _count("_discounted_lines_365d", ec, "lines", DISCOUNTED, 365, internal=True,
+               requires=("list_price", "unit_price")),
+        _sum("_discount_depth_sum_365d", ec, "lines",
+             f"CASE WHEN {DISCOUNTED} THEN (list_price - unit_price) / list_price ELSE 0 END", 365, internal=True,
+             requires=("list_price", "unit_price")),
+        _derived("discount_share_365d", ec, "_discounted_lines_365d / nullif(_purchased_lines_365d, 0)",
+                 "Share of purchased lines bought below list price (365 days)."),
+        _derived("discount_depth_365d", ec, "_discount_depth_sum_365d / nullif(_discounted_lines_365d, 0)",
+                 "Mean discount depth of discounted lines (365 days)."),
+        _count("_priced_lines_365d", ec, "lines", f"{PURCHASED} AND price_ratio IS NOT NULL", 365, internal=True,
+               requires=("unit_price", "category")),
+        _sum("_price_ratio_sum_365d", ec, "lines", f"CASE WHEN {PURCHASED} THEN coalesce(price_ratio, 0) ELSE 0 END",
+             365, internal=True, requires=("unit_price", "category")),
+        _derived("price_vs_category_median_365d", ec, "_price_ratio_sum_365d / nullif(_priced_lines_365d, 0)",
+                 "Mean of price paid / the category's median price in the calendar month before the purchase "
+                 "(365 days)."),
         # ---- product differentiation
-        Feature("distinct_categories_365d", "differentiation", "lines",
-                "count(DISTINCT category) FILTER (NOT is_return)",
-                "Breadth: distinct categories bought in 365 days.", window_days=365, requires=("category",)),
-        Feature("category_entropy_365d", "differentiation", "lines",
-                "entropy(category) FILTER (NOT is_return)",
-                "Shannon entropy (bits) of the categories bought in 365 days.", window_days=365,
-                requires=("category",)),
-        Feature("distinct_products_365d", "differentiation", "lines",
-                "count(DISTINCT product_id) FILTER (NOT is_return)",
-                "Distinct products bought in 365 days.", window_days=365, requires=("product_id",)),
-        Feature("premium_share_365d", "differentiation", "lines",
-                "coalesce(sum(amount) FILTER (NOT is_return AND unit_price > 1.5 * category_median_price), 0) / "
-                "nullif(sum(amount) FILTER (NOT is_return), 0)",
-                "Share of spend on lines priced above 1.5x their category median (distinctive products).",
-                window_days=365, requires=("unit_price", "category")),
+        Feature("distinct_categories_365d", df_, "distinct", "category",
+                "Breadth: distinct categories bought in 365 days.", "lines", 365, requires=("category",)),
+        Feature("distinct_products_365d", df_, "distinct", "product_id",
+                "Distinct products bought in 365 days.", "lines", 365, requires=("product_id",)),
+        _sum("_purchased_spend_365d", df_, "lines", f"CASE WHEN {PURCHASED} THEN amount ELSE 0 END", 365,
+             internal=True),
+        _sum("_premium_spend_365d", df_, "lines", f"CASE WHEN {PURCHASED} AND price_ratio > 1.5 THEN amount ELSE 0 END",
+             365, internal=True, requires=("unit_price", "category")),
+        _derived("premium_share_365d", df_, "_premium_spend_365d / nullif(_purchased_spend_365d, 0)",
+                 "Share of spend on lines priced above 1.5x their category median (distinctive products)."),
         # ---- interaction
-        *_windowed(Feature("visits_{w}d", "interaction", "interactions", "count(*) FILTER (type = 'visit')",
-                           "Visits / logins in the {w} days up to the cutoff."), windows),
-        Feature("support_contacts_90d", "interaction", "interactions",
-                "count(*) FILTER (type = 'support_contact')", "Support contacts in 90 days.", window_days=90),
-        Feature("campaign_responses_365d", "interaction", "interactions",
-                "count(*) FILTER (type = 'campaign_response')", "Campaign responses in 365 days.",
-                window_days=365),
-        Feature("days_since_last_contact", "interaction", "interactions", _days("{cutoff}", "max(ts)"),
-                f"Days since the last interaction of any type (null if none in {long} days).", window_days=long),
-        Feature("days_since_last_complaint", "interaction", "interactions",
-                _days("{cutoff}", "max(ts) FILTER (type = 'complaint')"),
-                f"Days since the last complaint (null if none in {long} days).", window_days=long),
+        *_windowed(_count("visits_{w}d", it, "interactions", "type = 'visit'", 0,
+                          "Visits / logins in the {w} days up to the cutoff."), windows),
+        _count("support_contacts_90d", it, "interactions", "type = 'support_contact'", 90,
+               "Support contacts in 90 days."),
+        _count("campaign_responses_365d", it, "interactions", "type = 'campaign_response'", 365,
+               "Campaign responses in 365 days."),
+        Feature("days_since_last_contact", it, "last", _days("cutoff", "ts"),
+                f"Days since the last interaction of any type (null if none in {long} days).", "interactions", long),
+        Feature("days_since_last_complaint", it, "last", _days("cutoff", "ts"),
+                f"Days since the last complaint (null if none in {long} days).", "interactions", long,
+                where="type = 'complaint'"),
         # ---- emotional
-        Feature("last_nps", "emotional", "interactions", "arg_max(value, ts) FILTER (type = 'survey')",
-                f"Latest NPS answer (0-10) within {long} days.", window_days=long),
-        Feature("mean_nps_365d", "emotional", "interactions", "avg(value) FILTER (type = 'survey')",
-                "Mean NPS answer over 365 days.", window_days=365),
-        Feature("complaints_365d", "emotional", "interactions", "count(*) FILTER (type = 'complaint')",
-                "Complaints in 365 days.", window_days=365),
-        Feature("complaints_90d", "emotional", "interactions", "count(*) FILTER (type = 'complaint')",
-                "Complaints in 90 days.", window_days=90),
-        Feature("praise_365d", "emotional", "interactions", "count(*) FILTER (type = 'praise')",
-                "Praise / compliments in 365 days.", window_days=365),
-        Feature("referrals_365d", "emotional", "interactions", "count(*) FILTER (type = 'referral')",
-                "Referrals made in 365 days.", window_days=365),
-        Feature("praise_complaint_balance_365d", "emotional", "derived",
-                "(praise_365d - complaints_365d) / (praise_365d + complaints_365d + 1.0)",
-                "(praise - complaints) / (praise + complaints + 1), in (-1, 1)."),
+        Feature("last_nps", em, "last", "value", f"Latest NPS answer (0-10) within {long} days.", "interactions",
+                long, where="type = 'survey' AND value IS NOT NULL"),
+        _count("_surveys_365d", em, "interactions", "type = 'survey' AND value IS NOT NULL", 365, internal=True),
+        _sum("_survey_sum_365d", em, "interactions", "CASE WHEN type = 'survey' THEN coalesce(value, 0) ELSE 0 END",
+             365, internal=True),
+        _derived("mean_nps_365d", em, "_survey_sum_365d / nullif(_surveys_365d, 0)", "Mean NPS answer over 365 days."),
+        _count("complaints_365d", em, "interactions", "type = 'complaint'", 365, "Complaints in 365 days."),
+        _count("complaints_90d", em, "interactions", "type = 'complaint'", 90, "Complaints in 90 days."),
+        _count("praise_365d", em, "interactions", "type = 'praise'", 365, "Praise / compliments in 365 days."),
+        _count("referrals_365d", em, "interactions", "type = 'referral'", 365, "Referrals made in 365 days."),
+        _derived("praise_complaint_balance_365d", em,
+                 "(praise_365d - complaints_365d) / (praise_365d + complaints_365d + 1.0)",
+                 "(praise - complaints) / (praise + complaints + 1), in (-1, 1)."),
         # ---- switching cost
-        Feature("tenure_days", "switching_cost", "customers",
-                _days("cutoff", "signup_date"), "Days since signup.", requires=("signup_date",)),
-        Feature("products_held", "switching_cost", "customers", "products_held",
-                "Products / services held (profile attribute).", requires=("products_held",)),
-        Feature("contract_type", "switching_cost", "customers", "coalesce(contract_type, 'unknown')",
-                "Contract type (categorical).", requires=("contract_type",), categorical=True),
-        Feature("days_to_contract_end", "switching_cost", "customers",
+        Feature("tenure_days", sc, "customers", _days("cutoff", "signup_date"), "Days since signup.",
+                requires=("signup_date",)),
+        Feature("products_held", sc, "customers", "products_held", "Products / services held (profile attribute).",
+                requires=("products_held",)),
+        Feature("contract_type", sc, "customers", "coalesce(contract_type, 'unknown')", "Contract type (categorical).",
+                requires=("contract_type",), categorical=True),
+        Feature("days_to_contract_end", sc, "customers",
                 f"CASE WHEN contract_term_months > 0 AND signup_date <= cutoff THEN "
                 f"contract_term_months * 30.4375 - fmod({_days('cutoff', 'signup_date')}, "
                 f"contract_term_months * 30.4375) END",
                 "Days until the current contract term renews (terms repeat from signup).",
                 requires=("contract_term_months", "signup_date")),
-        Feature("autopay", "switching_cost", "customers", "CAST(autopay AS DOUBLE)",
+        Feature("autopay", sc, "customers", "CAST(autopay AS DOUBLE)",
                 "1 if the customer pays by autopay / direct debit.", requires=("autopay",)),
-        Feature("plan_price", "switching_cost", "customers", "plan_price",
-                "Recurring plan price.", requires=("plan_price",)),
+        Feature("plan_price", sc, "customers", "plan_price", "Recurring plan price.", requires=("plan_price",)),
     ]
     names = [f.name for f in features]
     duplicated = {n for n in names if names.count(n) > 1}
@@ -200,10 +239,10 @@ def feature_catalog_markdown(features: list[Feature]) -> str:
              "Generated from `churnlens.features.feature_definitions`; do not edit by hand.", "",
              "Point-in-time rule: history is every event with timestamp <= cutoff.", ""]
     for family in FAMILIES:
-        lines += [f"## {family.replace('_', ' ')}", "", "| feature | source | window | meaning |", "|---|---|---|---|"]
-        for f in (f for f in features if f.family == family):
-            window = f"{f.window_days} d" if f.window_days else "all history" if f.source == "history" else ""
-            lines.append(f"| `{f.name}` | {f.source} | {window} | {f.description} |")
+        lines += [f"## {family.replace('_', ' ')}", "", "| feature | kind | window | meaning |", "|---|---|---|---|"]
+        for f in (f for f in features if f.family == family and not f.internal):
+            window = f"{f.window_days} d" if f.window_days else "all history" if f.kind == "history" else ""
+            lines.append(f"| `{f.name}` | {f.kind} | {window} | {f.description} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -211,51 +250,62 @@ def feature_catalog_markdown(features: list[Feature]) -> str:
 # --------------------------------------------------------------------------- selection
 @dataclass(frozen=True)
 class FeaturePlan:
-    features: list[Feature]
-    left_out: dict[str, str]  # feature -> why
+    features: list[Feature]  # kept, internal ones included
+    left_out: dict[str, str]  # public feature -> why
+
+    @property
+    def public(self) -> list[Feature]:
+        return [f for f in self.features if not f.internal]
 
     @property
     def names(self) -> list[str]:
-        return [f.name for f in self.features]
+        return [f.name for f in self.public]
 
     @property
     def categorical(self) -> list[str]:
-        return [f.name for f in self.features if f.categorical]
+        return [f.name for f in self.public if f.categorical]
 
     def families(self) -> dict[str, list[str]]:
-        return {family: [f.name for f in self.features if f.family == family] for family in FAMILIES}
+        return {family: [f.name for f in self.public if f.family == family] for family in FAMILIES}
 
 
-_SOURCE_TABLE = {"history": "transactions", "orders": "transactions", "lines": "transactions",
-                 "interactions": "interactions", "customers": "customers"}
+_SOURCE_TABLE = {"orders": "transactions", "lines": "transactions", "interactions": "interactions"}
+
+
+def _table_of(feature: Feature) -> str:
+    if feature.kind == "history":
+        return "transactions"
+    if feature.kind == "customers":
+        return "customers"
+    return _SOURCE_TABLE[feature.source]
+
+
+def _identifiers(expression: str) -> list[str]:
+    return list(dict.fromkeys(re.findall(r"[a-z_][a-z0-9_]*", expression)))
 
 
 def plan_features(features: list[Feature], available: dict[str, set[str]]) -> FeaturePlan:
     """Keep the features whose source table and columns exist; report the rest (never zero-fill)."""
     kept: list[Feature] = []
     left_out: dict[str, str] = {}
+    why: dict[str, str] = {}
+    all_names = {f.name for f in features}
     for feature in features:
-        if feature.source == "derived":
-            inputs = [name for name in _identifiers(feature.expression)]
-            missing = [name for name in inputs if name not in {f.name for f in kept}]
-            if missing:
-                left_out[feature.name] = f"needs {missing}"
-            else:
-                kept.append(feature)
-            continue
-        table = _SOURCE_TABLE[feature.source]
-        if table not in available:
-            left_out[feature.name] = f"no {table} table"
-        elif missing := [c for c in feature.requires if c not in available[table]]:
-            left_out[feature.name] = f"{table} has no column {missing}"
+        if feature.kind == "derived":
+            missing = [n for n in _identifiers(feature.expression) if n in all_names and n not in {k.name for k in kept}]
+            reason = f"needs {missing}: {why.get(missing[0], 'not computed')}" if missing else ""
+        else:
+            table = _table_of(feature)
+            absent = [c for c in feature.requires if table in available and c not in available[table]]
+            reason = (f"no {table} table" if table not in available
+                      else f"{table} has no column {absent}" if absent else "")
+        if reason:
+            why[feature.name] = reason
+            if not feature.internal:
+                left_out[feature.name] = reason
         else:
             kept.append(feature)
     return FeaturePlan(kept, left_out)
-
-
-def _identifiers(expression: str) -> list[str]:
-    names = re.findall(r"[a-z_][a-z0-9_]*", expression)
-    return [n for n in dict.fromkeys(names) if n not in {"nullif", "greatest", "least", "ln", "abs"}]
 
 
 # --------------------------------------------------------------------------- cutoffs
@@ -288,7 +338,8 @@ def label_complete(cutoffs: list[pd.Timestamp], config: FeaturesConfig, data_end
 
 
 # --------------------------------------------------------------------------- SQL
-def _register_sources(con: duckdb.DuckDBPyConnection, tables: dict[str, pd.DataFrame | str]) -> dict[str, set[str]]:
+def _register_sources(con: duckdb.DuckDBPyConnection, tables: dict[str, pd.DataFrame | str | None]
+                      ) -> dict[str, set[str]]:
     """Expose canonical tables (DataFrames or Parquet paths) as DuckDB views; return their columns."""
     available: dict[str, set[str]] = {}
     for name, table in tables.items():
@@ -308,10 +359,23 @@ def _prepare_events(con: duckdb.DuckDBPyConnection, available: dict[str, set[str
     tx = available["transactions"]
     is_return = "is_return" if "is_return" in tx else "amount < 0"
     optional = [c for c in ("order_id", "quantity", "unit_price", "list_price", "product_id", "category") if c in tx]
+    price_ratio = "NULL::DOUBLE AS price_ratio"
+    if {"unit_price", "category"} <= tx:
+        # Point-in-time price level: the category's median price in the calendar month *before* the
+        # line's month, so a line's ratio depends on earlier data only, never on the cutoff.
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE category_month_median AS
+            SELECT category, date_trunc('month', timestamp) + INTERVAL 1 MONTH AS month,
+                   median(unit_price) AS median_price
+            FROM src_transactions WHERE NOT ({is_return}) AND unit_price > 0 GROUP BY ALL
+        """)
+        price_ratio = ("unit_price / nullif((SELECT median_price FROM category_month_median m WHERE "
+                       "m.category = t.category AND m.month = date_trunc('month', t.timestamp)), 0) AS price_ratio")
     con.execute(f"""
-        CREATE OR REPLACE TEMP VIEW lines AS
-        SELECT customer_id, timestamp AS ts, amount, {is_return} AS is_return{''.join(', ' + c for c in optional)}
-        FROM src_transactions
+        CREATE OR REPLACE TEMP TABLE lines AS
+        SELECT customer_id, timestamp AS ts, amount, {is_return} AS is_return
+               {''.join(', ' + c for c in optional)}, {price_ratio}
+        FROM src_transactions t
     """)
     # Without order ids, lines of one customer at the same instant form one order.
     order_key = "coalesce(order_id, CAST(ts AS VARCHAR))" if "order_id" in tx else "CAST(ts AS VARCHAR)"
@@ -319,8 +383,7 @@ def _prepare_events(con: duckdb.DuckDBPyConnection, available: dict[str, set[str
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE orders AS
         SELECT customer_id, min(ts) AS ts, sum(amount) FILTER (NOT is_return) AS value
-        FROM lines
-        GROUP BY customer_id, {order_key}
+        FROM lines GROUP BY customer_id, {order_key}
         HAVING count(*) FILTER (NOT is_return) > 0
     """)
     # Running purchase statistics: each row holds what was known right after that purchase.
@@ -329,7 +392,6 @@ def _prepare_events(con: duckdb.DuckDBPyConnection, available: dict[str, set[str
         SELECT customer_id, ts AS last_ts,
                min(ts) OVER w AS first_ts,
                count(*) OVER w AS n_orders,
-               sum(value) OVER w AS lifetime_value,
                coalesce(sum(gap) OVER w, 0) AS gap_sum,
                coalesce(sum(gap * gap) OVER w, 0) AS gap_sq_sum
         FROM (SELECT *, (epoch(ts) - epoch(lag(ts) OVER (PARTITION BY customer_id ORDER BY ts))) / 86400.0 AS gap
@@ -346,8 +408,8 @@ def _population(con: duckdb.DuckDBPyConnection, config: FeaturesConfig, availabl
     """(customer, cutoff) pairs active at each cutoff, with the running history as of the cutoff."""
     cancelled = ""
     if "customers" in available and "cancellation_date" in available["customers"]:
-        cancelled = ("AND NOT EXISTS (SELECT 1 FROM src_customers p WHERE p.customer_id = h.customer_id "
-                     "AND p.cancellation_date <= c.cutoff)")
+        cancelled = ("AND NOT EXISTS (SELECT 1 FROM src_customers x WHERE x.customer_id = k.customer_id "
+                     "AND x.cancellation_date <= c.cutoff)")
     # ASOF: for each customer and cutoff, the running statistics of the last purchase <= cutoff.
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE population AS
@@ -359,97 +421,132 @@ def _population(con: duckdb.DuckDBPyConnection, config: FeaturesConfig, availabl
     """)
 
 
-def _aggregate_sql(source: str, features: list[Feature]) -> str:
-    longest = max(f.window_days for f in features)
-    columns = []
+def _window_sql(source: str, features: list[Feature]) -> str:
+    """Windowed sums as differences of running totals found by ASOF joins at each window edge."""
+    measures = {f.name: f.expression for f in features}
+    edges = sorted({f.offset_days for f in features} | {f.offset_days + f.window_days for f in features})
+    totals = ", ".join(f"sum({expr}) AS {quote_name(name)}" for name, expr in measures.items())
+    running = ", ".join(f"sum({quote_name(name)}) OVER w AS {quote_name(name)}" for name in measures)
+    joins, values = [], []
+    for edge in edges:
+        joins.append(f"ASOF LEFT JOIN running e{edge} ON e{edge}.customer_id = p.customer_id "
+                     f"AND e{edge}.ts <= p.cutoff - INTERVAL {edge} DAY")
     for f in features:
-        expression = f.expression.replace("{cutoff}", "p.cutoff")
-        in_window = f"ts > p.cutoff - INTERVAL {f.window_days} DAY"
-        if f.window_days != longest:
-            expression = _add_filter(expression, in_window)
-        columns.append(f"{expression} AS {f.name}")
-    if source == "lines" and any("category_median_price" in f.expression for f in features):
-        return _lines_with_medians_sql(columns, longest)
+        upper, lower = f.offset_days, f.offset_days + f.window_days
+        values.append(f"coalesce(e{upper}.{quote_name(f.name)}, 0) - coalesce(e{lower}.{quote_name(f.name)}, 0) "
+                      f"AS {quote_name(f.name)}")
     return f"""
-        SELECT p.customer_id, p.cutoff, {', '.join(columns)}
-        FROM population p
-        JOIN {source} e ON e.customer_id = p.customer_id
-             AND e.ts <= p.cutoff AND e.ts > p.cutoff - INTERVAL {longest} DAY
-        GROUP BY p.customer_id, p.cutoff
-    """
-
-
-def _lines_with_medians_sql(columns: list[str], longest: int) -> str:
-    return f"""
-        WITH windowed AS (
-            SELECT p.customer_id AS _customer, p.cutoff, e.*
-            FROM population p
-            JOIN lines e ON e.customer_id = p.customer_id
-                 AND e.ts <= p.cutoff AND e.ts > p.cutoff - INTERVAL {longest} DAY
+        WITH per_instant AS (
+            SELECT customer_id, ts, {totals} FROM {source} GROUP BY customer_id, ts
         ),
-        medians AS (  -- category price medians over every customer's purchases in the same window
-            SELECT c.cutoff, e.category, median(e.unit_price) AS category_median_price
-            FROM cutoffs c JOIN lines e ON e.ts <= c.cutoff AND e.ts > c.cutoff - INTERVAL {longest} DAY
-            WHERE NOT e.is_return
-            GROUP BY ALL
-        ),
-        enriched AS (
-            SELECT w.*, m.category_median_price
-            FROM windowed w LEFT JOIN medians m
-              ON m.cutoff = w.cutoff AND m.category IS NOT DISTINCT FROM w.category
+        running AS (
+            SELECT customer_id, ts, {running} FROM per_instant
+            WINDOW w AS (PARTITION BY customer_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
         )
-        SELECT _customer AS customer_id, cutoff, {', '.join(c.replace('p.cutoff', 'cutoff') for c in columns)}
-        FROM enriched
-        GROUP BY _customer, cutoff
+        SELECT p.customer_id, p.cutoff, {', '.join(values)}
+        FROM population p {' '.join(joins)}
     """
 
 
-def _add_filter(expression: str, condition: str) -> str:
-    """Restrict every aggregate in ``expression`` to ``condition`` (FILTER clauses are combined)."""
-    def patch(match: re.Match) -> str:
-        return f"FILTER ({condition} AND "
-
-    if "FILTER (" in expression:
-        patched = re.sub(r"FILTER \(", patch, expression)
-        # Aggregates without their own FILTER still need the window.
-        return _filter_bare_aggregates(patched, condition)
-    return _filter_bare_aggregates(expression, condition)
-
-
-_AGGREGATES = ("count", "sum", "avg", "min", "max", "median", "stddev_samp", "arg_max", "entropy")
-
-
-def _filter_bare_aggregates(expression: str, condition: str) -> str:
-    """Append ``FILTER (condition)`` after each aggregate call that has none."""
-    out, i = [], 0
-    while i < len(expression):
-        matched = next((a for a in _AGGREGATES if expression.startswith(a + "(", i)
-                        and (i == 0 or not (expression[i - 1].isalnum() or expression[i - 1] == "_"))), None)
-        if matched is None:
-            out.append(expression[i])
-            i += 1
-            continue
-        depth, j = 0, i + len(matched)
-        while True:
-            depth += expression[j] == "("
-            depth -= expression[j] == ")"
-            j += 1
-            if depth == 0:
-                break
-        call = expression[i:j]
-        if not expression[j:].lstrip().startswith("FILTER"):
-            call += f" FILTER ({condition})"
-        out.append(call)
-        i = j
-    return "".join(out)
-
-
-def _customers_sql(features: list[Feature]) -> str:
-    columns = ", ".join(f"{f.expression} AS {f.name}" for f in features)
+def _last_sql(feature: Feature) -> str:
+    """Value of the latest matching event at or before the cutoff, within the lookback window."""
     return f"""
-        SELECT p.customer_id, p.cutoff, {columns}
-        FROM (SELECT customer_id, cutoff FROM population) p
-        LEFT JOIN src_customers USING (customer_id)
+        SELECT p.customer_id, p.cutoff,
+               CASE WHEN e.ts > p.cutoff - INTERVAL {feature.window_days} DAY THEN {_qualify(feature.expression)} END
+                 AS {quote_name(feature.name)}
+        FROM population p
+        ASOF LEFT JOIN (SELECT customer_id, ts, max(value) AS value FROM {feature.source}
+                        WHERE {feature.where} GROUP BY customer_id, ts) e
+          ON e.customer_id = p.customer_id AND e.ts <= p.cutoff
+    """
+
+
+def _qualify(expression: str) -> str:
+    """Point the bare names of a 'last' expression at the joined event (e) and population (p)."""
+    return re.sub(r"\bcutoff\b", "p.cutoff", re.sub(r"\b(ts|value)\b", r"e.\1", expression))
+
+
+def _distinct_sql(feature: Feature) -> str:
+    """Distinct keys bought in (cutoff - w, cutoff], via coverage intervals (see module docstring)."""
+    w, key = feature.window_days, feature.expression
+    return f"""
+        WITH bought AS (
+            SELECT DISTINCT customer_id, {key} AS key, ts FROM lines WHERE NOT is_return AND {key} IS NOT NULL
+        ),
+        neighbours AS (
+            SELECT *, lag(ts) OVER k AS previous, lead(ts) OVER k AS next FROM bought
+            WINDOW k AS (PARTITION BY customer_id, key ORDER BY ts)
+        ),
+        edges AS (
+            SELECT customer_id, ts AS edge_ts, 1 AS delta FROM neighbours
+            WHERE previous IS NULL OR ts >= previous + INTERVAL {w} DAY
+            UNION ALL
+            SELECT customer_id, ts + INTERVAL {w} DAY AS edge_ts, -1 AS delta FROM neighbours
+            WHERE next IS NULL OR next >= ts + INTERVAL {w} DAY
+        ),
+        running AS (
+            SELECT customer_id, edge_ts, sum(delta) OVER (PARTITION BY customer_id ORDER BY edge_ts
+                                                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS active
+            FROM (SELECT customer_id, edge_ts, sum(delta) AS delta FROM edges GROUP BY ALL)
+        )
+        SELECT p.customer_id, p.cutoff, coalesce(r.active, 0) AS {quote_name(feature.name)}
+        FROM population p ASOF LEFT JOIN running r ON r.customer_id = p.customer_id AND r.edge_ts <= p.cutoff
+    """
+
+
+def quote_name(name: str) -> str:
+    return '"' + name + '"'
+
+
+def _inline_derived(features: list[Feature]) -> dict[str, str]:
+    """SQL for each derived feature with derived inputs replaced by their own SQL (any depth)."""
+    derived = {f.name: f.expression for f in features if f.kind == "derived"}
+
+    def expand(expression: str, depth: int = 0) -> str:
+        if depth > 10:
+            raise ValueError(f"derived features reference each other in a cycle: {expression}")
+        return re.sub(r"\b[a-z_][a-z0-9_]*\b",
+                      lambda m: f"({expand(derived[m.group(0)], depth + 1)})" if m.group(0) in derived else m.group(0),
+                      expression)
+
+    return {name: expand(expression) for name, expression in derived.items()}
+
+
+def _snapshot_sql(plan: FeaturePlan, config: FeaturesConfig, available: dict[str, set[str]],
+                  with_labels: bool) -> str:
+    parts: list[tuple[str, str]] = []  # (sql keyed by customer_id, cutoff; alias)
+    for source in ("orders", "lines", "interactions"):
+        group = [f for f in plan.features if f.kind == "window" and f.source == source]
+        if group:
+            parts.append((_window_sql(source, group), f"w_{source}"))
+    for f in plan.features:
+        if f.kind == "last":
+            parts.append((_last_sql(f), f"l_{f.name}"))
+        elif f.kind == "distinct":
+            parts.append((_distinct_sql(f), f"d_{f.name}"))
+    customer_features = [f for f in plan.features if f.kind == "customers"]
+    if customer_features:
+        columns = ", ".join(f"{f.expression} AS {quote_name(f.name)}" for f in customer_features)
+        parts.append((f"SELECT p.customer_id, p.cutoff, {columns} FROM population p "
+                      "LEFT JOIN src_customers USING (customer_id)", "profile"))
+    if with_labels:
+        parts.append((_labels_sql(config, available), "labels"))
+
+    history = ", ".join(f"{f.expression} AS {quote_name(f.name)}" for f in plan.features if f.kind == "history")
+    ctes = ",\n".join(f"{alias} AS ({sql})" for sql, alias in parts)
+    joins = " ".join(f"LEFT JOIN {alias} USING (customer_id, cutoff)" for _, alias in parts)
+    derived = _inline_derived(plan.features)
+    outputs = []
+    for f in plan.public:
+        expression = derived.get(f.name, quote_name(f.name))
+        outputs.append(f"CAST({expression} AS {'VARCHAR' if f.categorical else 'DOUBLE'}) AS {quote_name(f.name)}")
+    label = ", churned" if with_labels else ""
+    return f"""
+        WITH base AS (SELECT customer_id, cutoff, {history} FROM population){',' if ctes else ''}
+        {ctes}
+        SELECT customer_id, cutoff, {', '.join(outputs)}{label}
+        FROM base {joins}
+        ORDER BY customer_id, cutoff
     """
 
 
@@ -488,63 +585,73 @@ def _labels_sql(config: FeaturesConfig, available: dict[str, set[str]]) -> str:
     """
 
 
+class _Engine:
+    """A DuckDB session holding the prepared events and the population for some cutoffs."""
+
+    def __init__(self, tables: dict[str, pd.DataFrame | str | None], cutoffs: list[pd.Timestamp],
+                 config: FeaturesConfig, features: list[Feature] | None):
+        self._spill = tempfile.TemporaryDirectory(prefix="churnlens-features-")
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute(f"SET memory_limit = '{config.memory_limit}'")
+        self.con.execute(f"SET temp_directory = '{self._spill.name}'")
+        self.available = _register_sources(self.con, tables)
+        definitions = features if features is not None else feature_definitions(config.windows_days)
+        self.plan = plan_features(definitions, self.available)
+        frame = pd.DataFrame({"cutoff": pd.to_datetime(pd.Series(cutoffs, dtype="datetime64[us]"))})
+        self.con.register("cutoff_frame", frame)
+        self.con.execute("CREATE OR REPLACE TEMP TABLE cutoffs AS SELECT CAST(cutoff AS TIMESTAMP) AS cutoff "
+                         "FROM cutoff_frame")
+        _prepare_events(self.con, self.available)
+        _population(self.con, config, self.available)
+        self.config = config
+
+    def sql(self, with_labels: bool) -> str:
+        return _snapshot_sql(self.plan, self.config, self.available, with_labels)
+
+    def close(self) -> None:
+        self.con.close()
+        self._spill.cleanup()
+
+    def __enter__(self) -> _Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def compute_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: list[pd.Timestamp],
                       config: FeaturesConfig, with_labels: bool = True,
                       features: list[Feature] | None = None) -> tuple[pd.DataFrame, FeaturePlan]:
-    """Features (and labels) for every active customer at every cutoff, in one sweep.
+    """Features (and labels) for every active customer at every cutoff, in one sweep, as a DataFrame.
 
     ``tables`` maps canonical table names to DataFrames or Parquet paths; ``interactions``
     and ``customers`` may be missing, in which case their families are left out.
     Returns a frame keyed by (customer_id, cutoff), sorted, and the plan of kept features.
     """
-    definitions = features if features is not None else feature_definitions(config.windows_days)
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
-        available = _register_sources(con, tables)
-        plan = plan_features(definitions, available)
-        con.register("cutoff_frame", pd.DataFrame({"cutoff": pd.to_datetime(cutoffs).astype("datetime64[us]")}))
-        con.execute("CREATE OR REPLACE TEMP TABLE cutoffs AS SELECT CAST(cutoff AS TIMESTAMP) AS cutoff FROM cutoff_frame")
-        _prepare_events(con, available)
-        _population(con, config, available)
-
-        history = [f for f in plan.features if f.source == "history"]
-        select = ", ".join(f"{f.expression} AS {f.name}" for f in history)
-        result = con.execute(f"SELECT customer_id, cutoff, {select} FROM population").fetchdf()
-        for source in ("orders", "lines", "interactions"):
-            group = [f for f in plan.features if f.source == source]
-            if group:
-                part = con.execute(_aggregate_sql(source, group)).fetchdf()
-                result = result.merge(part, on=KEY, how="left")
-        customer_features = [f for f in plan.features if f.source == "customers"]
-        if customer_features:
-            result = result.merge(con.execute(_customers_sql(customer_features)).fetchdf(), on=KEY, how="left")
-        if with_labels:
-            result = result.merge(con.execute(_labels_sql(config, available)).fetchdf(), on=KEY, how="left")
-
-    # Counts over an empty window are zero, not unknown; ratios and recencies stay missing.
-    for f in plan.features:
-        if f.source in ("orders", "interactions") and f.expression.startswith("count("):
-            result[f.name] = result[f.name].fillna(0)
-        if f.name.startswith("spend_") and f.name[6:-1].isdigit():
-            result[f.name] = result[f.name].fillna(0.0)
-    for f in (f for f in plan.features if f.source == "derived"):
-        result[f.name] = _evaluate_derived(result, f.expression)
-    result = result.sort_values(KEY, kind="stable").reset_index(drop=True)
-    numeric = [n for n in plan.names if n not in plan.categorical]
-    result[numeric] = result[numeric].astype("float64")
+    with _Engine(tables, cutoffs, config, features) as engine:
+        result = engine.con.execute(engine.sql(with_labels)).fetchdf()
+        plan = engine.plan
+    result["cutoff"] = result["cutoff"].astype("datetime64[us]")
     for name in plan.categorical:
         result[name] = result[name].astype("string")
-    result["cutoff"] = result["cutoff"].astype("datetime64[us]")
-    columns = KEY + plan.names + (["churned"] if with_labels else [])
-    return result[columns], plan
+    return result, plan
 
 
-def _evaluate_derived(frame: pd.DataFrame, expression: str) -> pd.Series:
-    """Derived features are plain arithmetic on other features; ``nullif(x, 0)`` maps to NaN."""
-    env: dict[str, object] = {name: frame[name].astype("float64") for name in _identifiers(expression) if name in frame}
-    env["nullif"] = lambda x, v: x.where(x != v, np.nan)
-    # Expressions come from feature_definitions in this module, never from user input.
-    return eval(expression, {"__builtins__": {}}, env)  # noqa: S307
+def write_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: list[pd.Timestamp],
+                    config: FeaturesConfig, target: Path, label_complete_until: pd.Timestamp | None = None
+                    ) -> FeaturePlan:
+    """Like :func:`compute_snapshots`, streamed by DuckDB straight into a Parquet file (atomically),
+    with ``label_complete`` = the cutoff's label window ends by ``label_complete_until``."""
+    from churnlens.io import atomic_path
+
+    span = config.lead_days + config.horizon_days
+    complete = (f"cutoff + INTERVAL {span} DAY <= TIMESTAMP '{label_complete_until}'"
+                if label_complete_until is not None else "false")
+    with _Engine(tables, cutoffs, config, None) as engine, atomic_path(target) as temporary:
+        engine.con.execute(f"COPY (SELECT *, {complete} AS label_complete FROM ({engine.sql(True)}) "
+                           f"ORDER BY customer_id, cutoff) TO '{temporary}' (FORMAT parquet, COMPRESSION zstd)")
+        return engine.plan
 
 
 def data_span(tables: dict[str, pd.DataFrame | str | None]) -> tuple[pd.Timestamp, pd.Timestamp]:

@@ -49,28 +49,31 @@ def canonical_tables(canonical_dir: Path) -> dict[str, str | None]:
 
 
 def run_features(params: Params, canonical_dir: Path, snapshots_path: Path, report_path: Path) -> dict:
+    import duckdb
+
     config = params.features
     tables = canonical_tables(canonical_dir)
     data_start, data_end = ft.data_span(tables)
     cutoffs = ft.cutoff_grid(config, data_start, data_end)
-    snapshots, plan = ft.compute_snapshots(tables, cutoffs, config)
     complete = ft.label_complete(cutoffs, config, data_end)
-    snapshots["label_complete"] = snapshots["cutoff"].map(complete).astype(bool)
     for cutoff, ok in complete.items():
         if not ok:
             log.info("cutoff %s: label window ends after the data (%s); never used for training",
                      cutoff.date(), data_end)
-    io.write_parquet(snapshots, snapshots_path)
-    per_cutoff = snapshots.groupby("cutoff").agg(customers=("customer_id", "size"), churn_rate=("churned", "mean"))
+    plan = ft.write_snapshots(tables, cutoffs, config, snapshots_path, label_complete_until=data_end)
+    with duckdb.connect() as con:
+        per_cutoff = con.execute(
+            f"SELECT cutoff, count(*), avg(CAST(churned AS DOUBLE)) FROM read_parquet('{snapshots_path}') "
+            "GROUP BY cutoff ORDER BY cutoff").fetchall()
     report = {
         "data_start": data_start.isoformat(), "data_end": data_end.isoformat(),
-        "rows": int(len(snapshots)), "cutoffs": len(cutoffs),
+        "rows": int(sum(n for _, n, _ in per_cutoff)), "cutoffs": len(cutoffs),
         "complete_cutoffs": int(sum(complete.values())),
         "features": plan.names, "categorical": plan.categorical, "families": plan.families(),
         "left_out": plan.left_out,
-        "per_cutoff": {c.date().isoformat(): {"customers": int(r.customers), "churn_rate": float(r.churn_rate),
-                                              "label_complete": complete[c]}
-                       for c, r in per_cutoff.iterrows()},
+        "per_cutoff": {pd.Timestamp(c).date().isoformat(): {"customers": int(n), "churn_rate": float(rate),
+                                                              "label_complete": complete[pd.Timestamp(c)]}
+                       for c, n, rate in per_cutoff},
     }
     io.write_json(report, report_path)
     return report
