@@ -439,7 +439,7 @@ def _window_sql(source: str, features: list[Feature]) -> str:
         WITH per_instant AS (
             SELECT customer_id, ts, {totals} FROM {source} GROUP BY customer_id, ts
         ),
-        running AS (
+        running AS MATERIALIZED (  -- read by one ASOF join per window edge: compute it once
             SELECT customer_id, ts, {running} FROM per_instant
             WINDOW w AS (PARTITION BY customer_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
         )
@@ -484,7 +484,7 @@ def _distinct_sql(feature: Feature) -> str:
             SELECT customer_id, ts + INTERVAL {w} DAY AS edge_ts, -1 AS delta FROM neighbours
             WHERE next IS NULL OR next >= ts + INTERVAL {w} DAY
         ),
-        running AS (
+        running AS MATERIALIZED (
             SELECT customer_id, edge_ts, sum(delta) OVER (PARTITION BY customer_id ORDER BY edge_ts
                                                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS active
             FROM (SELECT customer_id, edge_ts, sum(delta) AS delta FROM edges GROUP BY ALL)
