@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import measure, table  # noqa: E402
+from measure import measure, table
 
 OUT = Path(__file__).resolve().parent / "out"
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import measure, table  # noqa: E402
+from measure import measure, table
 
 OUT = Path(__file__).resolve().parent / "out"
 

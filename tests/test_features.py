@@ -17,6 +17,7 @@ from churnlens.features import (
     feature_definitions,
 )
 from conftest import PROJECT_ROOT
+import itertools
 
 CUTOFF = pd.Timestamp("2024-02-01")
 CONFIG = FeaturesConfig(horizon_days=90)
@@ -171,7 +172,7 @@ def test_cutoff_grid_from_data_span() -> None:
     config = FeaturesConfig(cutoffs={"every_days": 30, "min_history_days": 60})
     grid = cutoff_grid(config, pd.Timestamp("2024-01-01 08:00"), pd.Timestamp("2024-06-15 10:00"))
     assert grid[0] == pd.Timestamp("2024-03-01") and grid[-1] <= pd.Timestamp("2024-06-15")
-    assert all((b - a).days == 30 for a, b in zip(grid, grid[1:], strict=False))
+    assert all((b - a).days == 30 for a, b in itertools.pairwise(grid))
     with pytest.raises(ValueError, match="min_history_days"):
         cutoff_grid(FeaturesConfig(cutoffs={"min_history_days": 400}), grid[0], grid[-1])
 
@@ -229,7 +230,7 @@ def test_events_after_the_cutoff_never_change_its_features(data) -> None:
     transactions, interactions = data.draw(event_logs())
     change = data.draw(future_changes(CUTOFF))
     changed_tx, changed_ix = _mutate_future(transactions, interactions, change, CUTOFF)
-    before, plan = compute_snapshots({"transactions": transactions, "interactions": interactions}, [CUTOFF],
+    before, _plan = compute_snapshots({"transactions": transactions, "interactions": interactions}, [CUTOFF],
                                      CONFIG, with_labels=False)
     after, _ = compute_snapshots({"transactions": changed_tx, "interactions": changed_ix}, [CUTOFF], CONFIG,
                                  with_labels=False)

@@ -23,7 +23,7 @@ RFM_FEATURES = ["days_since_last_purchase", "purchases_365d", "spend_365d"]
 
 def top_fraction_lift(y_true: np.ndarray, score: np.ndarray, fraction: float) -> float:
     """Churn rate among the highest-scored ``fraction`` of customers divided by the overall rate."""
-    n_top = max(1, int(round(len(score) * fraction)))
+    n_top = max(1, round(len(score) * fraction))
     order = np.argsort(-score, kind="stable")
     base = y_true.mean()
     return float(y_true[order[:n_top]].mean() / base) if base > 0 else float("nan")
@@ -40,7 +40,7 @@ def classification_metrics(y_true: np.ndarray, score: np.ndarray, top_fraction: 
         "pr_auc": float(average_precision_score(y_true, score)),
         "top_decile_lift": top_fraction_lift(y_true, np.asarray(score), top_fraction),
         "churn_rate": float(y_true.mean()),
-        "n": int(len(y_true)),
+        "n": len(y_true),
     }
     if is_probability:
         clipped = np.clip(score, 1e-7, 1 - 1e-7)

@@ -76,7 +76,7 @@ def segment_report(scores: pd.DataFrame, previous: pd.DataFrame | None = None) -
     per_segment = {}
     for segment, rows in scores.groupby("segment"):
         per_segment[segment] = {
-            "customers": int(len(rows)),
+            "customers": len(rows),
             "share": float(len(rows) / total),
             "mean_churn_probability": float(rows["churn_probability"].mean()),
             "value_at_risk": float(value_at_risk.loc[rows.index].sum()),
@@ -89,6 +89,6 @@ def segment_report(scores: pd.DataFrame, previous: pd.DataFrame | None = None) -
     if previous is not None:
         both = scores[["customer_id", "segment"]].merge(previous[["customer_id", "segment"]], on="customer_id",
                                                          suffixes=("", "_previous"))
-        report["stability"] = {"customers_in_both_runs": int(len(both)),
+        report["stability"] = {"customers_in_both_runs": len(both),
                                "changed_segment": int((both["segment"] != both["segment_previous"]).sum())}
     return report

@@ -64,7 +64,7 @@ PERSONA_PROFILES: dict[str, Persona] = {
     ),
     "brand_user": Persona(
         purchase_rate=1 / 14, order_value=1.0, spend_sigma=0.3, discount_probability=0.22,
-        category_weights=(1.5, 1.5, 0.5) + (1.5, 2.0, 1.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5),
+        category_weights=(1.5, 1.5, 0.5, 1.5, 2.0, 1.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5),
         visit_rate=0.02, support_rate=0.012, complaint_rate=0.0015, praise_rate=0.0008,
         referral_rate=0.0003, campaign_response_rate=0.006, nps_mean=7.0, nps_sd=1.1,
         annual_contract_share=0.85, monthly_contract_share=0.1, autopay_share=0.8,
