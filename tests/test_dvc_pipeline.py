@@ -111,3 +111,17 @@ def test_dvc_experiment_with_a_changed_param(repo) -> None:
     _run(["dvc", "exp", "run", "-n", "shallow", "-S", "train.xgboost.max_depth=2"], root, env)
     shown = _run(["dvc", "exp", "show", "--json"], root, env)
     assert "shallow" in shown and "roc_auc" in shown
+
+
+@pytest.mark.e2e
+def test_training_run_records_current_lineage(repo) -> None:
+    from mlflow import MlflowClient
+
+    root, env = repo
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    features_md5 = next(o["md5"] for o in lock["features"]["outs"] if o["path"] == "data/features")
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+    version = client.get_model_version_by_alias("churnlens", "challenger")
+    run = client.get_run(version.tags["run_id"])
+    assert run.data.tags["dvc.train.dep.data/features"] == features_md5
+    assert len(run.data.tags["git_commit"]) == 40

@@ -60,12 +60,21 @@ def git_commit(root: Path) -> dict[str, str]:
 
 
 def dvc_lock_hashes(root: Path, stage: str) -> dict[str, str]:
-    """The md5 of each dependency of ``stage`` as recorded in dvc.lock (from the previous repro)."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
+    """md5 of each data dependency of ``stage``, as dvc.lock records it for the stage that produced it.
+
+    While ``stage`` runs, its own dvc.lock entry is still the previous run's; the producing
+    stages' outputs were already written for this run, so they are the current lineage.
+    """
+    pipeline, lock = root / "dvc.yaml", root / "dvc.lock"
+    if not (pipeline.is_file() and lock.is_file()):
         return {}
-    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-    return {f"dvc.{stage}.dep.{d['path']}": d.get("md5", "") for d in stages.get(stage, {}).get("deps", [])}
+    deps = (yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage, {}).get("deps", [])
+    produced = {
+        out["path"]: out.get("md5", "")
+        for entry in (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {}).values()
+        for out in entry.get("outs", [])
+    }
+    return {f"dvc.{stage}.dep.{path}": produced[path] for path in deps if path in produced}
 
 
 def _trusted_types(pipeline: object) -> list[str]:
