@@ -39,3 +39,23 @@ def test_curves_are_consistent() -> None:
 def test_promotion_score_negates_losses() -> None:
     assert promotion_score({"log_loss": 0.3}, "neg_log_loss") > promotion_score({"log_loss": 0.5}, "neg_log_loss")
     assert promotion_score({"roc_auc": 0.8}, "roc_auc") == 0.8
+
+
+def test_profit_curve_by_hand() -> None:
+    from churnlens.evaluate import best_campaign, profit_curve
+
+    y = np.array([1, 0, 1, 0])
+    score = np.array([0.9, 0.8, 0.4, 0.1])
+    value = np.array([100.0, 50.0, 20.0, 10.0])
+    curve = profit_curve(y, score, value, contact_cost=1.0, incentive_cost=10.0, acceptance_rate=0.5)
+    # per contact: cost 1 + 0.5 x 10 = 6; churners keep 0.5 x value: +50 (first), +10 (third)
+    assert curve["expected_profit"].tolist() == pytest.approx([0.0, 44.0, 38.0, 42.0, 36.0])
+    assert curve["share_targeted"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert best_campaign(curve) == {"best_share_targeted": 0.25, "max_expected_profit": 44.0}
+
+
+def test_no_campaign_when_nothing_pays() -> None:
+    from churnlens.evaluate import best_campaign, profit_curve
+
+    curve = profit_curve(np.array([0, 0]), np.array([0.5, 0.4]), np.array([10.0, 10.0]), 1.0, 1.0, 0.5)
+    assert best_campaign(curve) == {"best_share_targeted": 0.0, "max_expected_profit": 0.0}

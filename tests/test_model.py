@@ -73,3 +73,23 @@ def test_same_seed_same_model() -> None:
     frame["churned"] = rng.random(500) < 0.3
     make = lambda: build_pipeline(["x"], ["c"], TrainConfig(seed=3)).fit(frame[["c", "x"]], frame["churned"])  # noqa: E731
     assert np.array_equal(make().predict_proba(frame[["c", "x"]]), make().predict_proba(frame[["c", "x"]]))
+
+
+def test_calibration_on_the_validation_fold_repairs_miscalibrated_scores() -> None:
+    from sklearn.metrics import brier_score_loss
+
+    rng = np.random.default_rng(5)
+    n = 6000
+    frame = pd.DataFrame({"x": rng.normal(size=n), "noise": rng.normal(size=n), "c": rng.choice(["a", "b"], n)})
+    frame["churned"] = rng.random(n) < 1 / (1 + np.exp(-(2 * frame["x"] - 2.5)))  # ~15% churners
+    train, validation, test = frame.iloc[:3000], frame.iloc[3000:4500], frame.iloc[4500:]
+    settings = {"class_weight": "balanced", "xgboost": {"n_estimators": 150, "early_stopping_rounds": 15}}
+    # Balancing the classes inflates raw probabilities: the miscalibrated case.
+    raw = fit_with_early_stopping(train, validation, ["x", "noise"], ["c"], TrainConfig(calibration="none", **settings))
+    calibrated = fit_with_early_stopping(train, validation, ["x", "noise"], ["c"],
+                                         TrainConfig(calibration="isotonic", **settings))
+    y = test["churned"].astype(int)
+    raw_brier = brier_score_loss(y, churn_probability(raw.pipeline, test, ["x", "noise"], ["c"]))
+    calibrated_brier = brier_score_loss(y, churn_probability(calibrated.pipeline, test, ["x", "noise"], ["c"]))
+    assert churn_probability(raw.pipeline, test, ["x", "noise"], ["c"]).mean() > y.mean() + 0.1
+    assert calibrated_brier < raw_brier - 0.02

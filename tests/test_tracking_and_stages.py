@@ -51,7 +51,9 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     assert len(run.data.tags["git_commit"]) == 40 or run.data.tags["git_commit"] == "unknown"
     assert len(run.data.tags["data_fingerprint"]) == 64
     artifacts = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}
-    assert {"evaluation/roc.png", "evaluation/calibration.png", "evaluation/gains.csv"} <= artifacts
+    assert {"evaluation/roc.png", "evaluation/calibration.png", "evaluation/gains.csv", "evaluation/profit.png"} <= artifacts
+    assert "holdout_model_best_share_targeted" in run.data.metrics
+    assert run.data.metrics["holdout_model_max_expected_profit"] >= 0
     assert str(client.get_model_version_by_alias("churnlens", "challenger").version) == trained["model_version"]
     assert str(client.get_model_version_by_alias("churnlens", "champion").version) == trained["model_version"]
     assert pipeline_run["evaluated"]["promotion"]["reason"] == "no champion yet"

@@ -160,6 +160,12 @@ class TrainConfig(_Section):
         1, ge=1, description="latest training cutoffs held back for early stopping"
     )
     xgboost: XGBoostParams = XGBoostParams()
+    calibration: Literal["isotonic", "sigmoid", "none"] = Field(
+        "isotonic", description="fitted on the validation cutoffs, never on training rows"
+    )
+    class_weight: Literal["none", "balanced"] = Field(
+        "none", description="balanced = weight churners by negatives/positives (scale_pos_weight)"
+    )
 
 
 class EvaluateConfig(_Section):
@@ -167,6 +173,9 @@ class EvaluateConfig(_Section):
     min_improvement: float = Field(0.0, ge=0, description="challenger must beat champion by this much")
     top_fraction: float = Field(0.1, gt=0, le=1, description="share of customers for the lift metric")
     calibration_bins: int = Field(10, ge=2)
+    contact_cost: float = Field(1.0, ge=0, description="cost of contacting one customer")
+    incentive_cost: float = Field(10.0, ge=0, description="cost of the incentive, paid when accepted")
+    acceptance_rate: float = Field(0.3, ge=0, le=1, description="share of contacted churners who stay")
 
 
 # --------------------------------------------------------------------------- score

@@ -67,14 +67,14 @@ def curves(y_true: np.ndarray, probability: np.ndarray, bins: int) -> dict[str, 
     step = max(1, len(order) // 100)
     gains = pd.DataFrame({"share_targeted": share[step - 1::step], "share_of_churners": captured[step - 1::step]})
     return {
-        "roc": _thin(pd.DataFrame({"false_positive_rate": fpr, "true_positive_rate": tpr})),
-        "precision_recall": _thin(pd.DataFrame({"recall": recall, "precision": precision})),
+        "roc": thin(pd.DataFrame({"false_positive_rate": fpr, "true_positive_rate": tpr})),
+        "precision_recall": thin(pd.DataFrame({"recall": recall, "precision": precision})),
         "calibration": reliability,
         "gains": gains,
     }
 
 
-def _thin(frame: pd.DataFrame, points: int = 200) -> pd.DataFrame:
+def thin(frame: pd.DataFrame, points: int = 200) -> pd.DataFrame:
     """Keep plot files small: at most ``points`` evenly spaced rows (first and last kept)."""
     if len(frame) <= points:
         return frame.reset_index(drop=True)
@@ -103,3 +103,24 @@ def promotion_score(metrics: dict[str, float], metric: str) -> float:
     if metric.startswith("neg_"):
         return -metrics[metric.removeprefix("neg_")]
     return metrics[metric]
+
+
+def profit_curve(y_true: np.ndarray, score: np.ndarray, value: np.ndarray, contact_cost: float,
+                 incentive_cost: float, acceptance_rate: float) -> pd.DataFrame:
+    """Expected campaign profit when contacting the top-scored share of customers (EMP-style).
+
+    Every contacted customer costs ``contact_cost``; a share ``acceptance_rate`` of them accepts
+    the incentive (cost ``incentive_cost``), and an accepting churner stays, keeping its ``value``.
+    Row k is the profit of contacting the k highest-scored customers (k = 0 .. n).
+    """
+    order = np.argsort(-np.asarray(score, dtype=float), kind="stable")
+    y, v = np.asarray(y_true, dtype=float)[order], np.asarray(value, dtype=float)[order]
+    gain = y * acceptance_rate * v - (contact_cost + acceptance_rate * incentive_cost)
+    profit = np.r_[0.0, np.cumsum(gain)]
+    return pd.DataFrame({"share_targeted": np.arange(len(profit)) / max(len(y), 1), "expected_profit": profit})
+
+
+def best_campaign(curve: pd.DataFrame) -> dict[str, float]:
+    """The profit-maximising share of customers to contact, and that profit."""
+    best = curve.loc[curve["expected_profit"].idxmax()]
+    return {"best_share_targeted": float(best["share_targeted"]), "max_expected_profit": float(best["expected_profit"])}

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
+from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 from xgboost import XGBClassifier
@@ -98,32 +100,51 @@ def model_input(frame: pd.DataFrame, numeric: list[str], categorical: list[str])
 
 @dataclass(frozen=True)
 class FittedModel:
-    pipeline: Pipeline
+    pipeline: Pipeline | CalibratedClassifierCV
     best_iteration: int
     validation_logloss: float
 
 
+def positive_weight(labels: pd.Series, config: TrainConfig) -> float:
+    """XGBoost's scale_pos_weight: 1, or negatives / positives for ``class_weight: balanced``."""
+    if config.class_weight == "none":
+        return 1.0
+    positives = int(labels.sum())
+    return float((len(labels) - positives) / positives) if positives else 1.0
+
+
 def fit_with_early_stopping(train_rows: pd.DataFrame, validation_rows: pd.DataFrame, numeric: list[str],
                             categorical: list[str], config: TrainConfig) -> FittedModel:
-    """Find the number of trees on the validation cutoffs, then refit on train + validation."""
-    probe = build_pipeline(numeric, categorical, config)
-    preprocess = probe.named_steps["preprocess"].fit(model_input(train_rows, numeric, categorical))
-    classifier = probe.named_steps["classifier"]
-    classifier.set_params(early_stopping_rounds=config.xgboost.early_stopping_rounds)
+    """Fit on the training cutoffs, stop early on the validation cutoffs, calibrate on them.
+
+    The validation cutoffs never train trees; they choose the number of trees and fit the
+    probability calibration (isotonic or sigmoid) on the frozen model's scores.
+    """
+    pipeline = build_pipeline(numeric, categorical, config)
+    preprocess = pipeline.named_steps["preprocess"].fit(model_input(train_rows, numeric, categorical))
+    classifier = pipeline.named_steps["classifier"]
+    classifier.set_params(early_stopping_rounds=config.xgboost.early_stopping_rounds,
+                          scale_pos_weight=positive_weight(train_rows[LABEL], config))
+    validation_x = model_input(validation_rows, numeric, categorical)
     classifier.fit(
         preprocess.transform(model_input(train_rows, numeric, categorical)), train_rows[LABEL].astype(int),
-        eval_set=[(preprocess.transform(model_input(validation_rows, numeric, categorical)),
-                   validation_rows[LABEL].astype(int))],
-        verbose=False,
+        eval_set=[(preprocess.transform(validation_x), validation_rows[LABEL].astype(int))], verbose=False,
     )
     best = int(classifier.best_iteration) + 1
     logloss = float(classifier.evals_result()["validation_0"]["logloss"][best - 1])
-    # The validation cutoffs are the most recent behaviour: train the final model on them too.
-    final = build_pipeline(numeric, categorical, config, n_estimators=best)
-    everything = pd.concat([train_rows, validation_rows])
-    final.fit(model_input(everything, numeric, categorical), everything[LABEL].astype(int))
-    return FittedModel(final, best, logloss)
+    if config.calibration == "none":
+        return FittedModel(pipeline, best, logloss)
+    calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=config.calibration)
+    calibrated.fit(validation_x, validation_rows[LABEL].astype(int))
+    return FittedModel(calibrated, best, logloss)
 
 
-def churn_probability(pipeline: Pipeline, frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> np.ndarray:
+def tree_pipeline(model: Pipeline | CalibratedClassifierCV) -> Pipeline:
+    """The preprocessing + XGBoost pipeline inside a (possibly calibrated) model."""
+    if isinstance(model, CalibratedClassifierCV):
+        return model.calibrated_classifiers_[0].estimator.estimator
+    return model
+
+
+def churn_probability(pipeline: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> np.ndarray:
     return pipeline.predict_proba(model_input(frame, numeric, categorical))[:, 1]

@@ -31,6 +31,8 @@ def evaluation_plots(curves: dict[str, pd.DataFrame], baselines: dict[str, dict[
                              "Precision (share of flagged who churn)"),
         "gains": ("share_targeted", "share_of_churners", "Cumulative gains", "Share of customers targeted",
                   "Share of churners reached"),
+        "profit": ("share_targeted", "expected_profit", "Expected campaign profit", "Share of customers contacted",
+                   "Expected profit (currency of the amounts)"),
     }
     for name, (x, y, title, xlabel, ylabel) in specs.items():
         figure, axis = plt.subplots(figsize=(5.5, 4.5))
@@ -39,7 +41,9 @@ def evaluation_plots(curves: dict[str, pd.DataFrame], baselines: dict[str, dict[
             axis.plot(baseline_curves[name][x], baseline_curves[name][y], label=baseline, linestyle="--")
         if name in ("roc", "gains"):
             axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="random")
-        axis.set(title=f"{title} (holdout {holdout_label})", xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02))
+        axis.set(title=f"{title} (holdout {holdout_label})", xlabel=xlabel, ylabel=ylabel, xlim=(0, 1))
+        if name != "profit":
+            axis.set_ylim(0, 1.02)
         axis.legend(loc="best", fontsize=8)
         written.append(_save(figure, out_dir / f"{name}.png"))
 

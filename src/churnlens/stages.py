@@ -172,6 +172,16 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     curves = ev.curves(y, probability, config.calibration_bins)
     baseline_curves = {name: ev.curves(y, (values - values.min()) / (np.ptp(values) or 1.0), config.calibration_bins)
                        for name, (values, _) in baseline_scores.items()}
+    value = holdout["spend_365d"].clip(lower=0).fillna(0).to_numpy(dtype=float)
+    economics = {"contact_cost": config.contact_cost, "incentive_cost": config.incentive_cost,
+                 "acceptance_rate": config.acceptance_rate}
+    campaign = {}
+    for name, scores, target in [("model", probability, curves),
+                                 *[(b, v, baseline_curves[b]) for b, (v, _) in baseline_scores.items()]]:
+        full = ev.profit_curve(y, scores, value, **economics)
+        target["profit"] = ev.thin(full)
+        campaign[name] = ev.best_campaign(full)
+        results[name].update(campaign[name])
     for name, frame in curves.items():
         io.write_csv(frame, plots_dir / f"{name}.csv")
     plots.evaluation_plots(curves, baseline_curves, holdout_cutoff.date().isoformat(), plots_dir)
