@@ -93,3 +93,21 @@ def test_calibration_on_the_validation_fold_repairs_miscalibrated_scores() -> No
     calibrated_brier = brier_score_loss(y, churn_probability(calibrated.pipeline, test, ["x", "noise"], ["c"]))
     assert churn_probability(raw.pipeline, test, ["x", "noise"], ["c"]).mean() > y.mean() + 0.1
     assert calibrated_brier < raw_brier - 0.02
+
+
+def test_backtest_folds_never_see_their_future_nor_the_holdout() -> None:
+    from churnlens.model import backtest_splits
+
+    snapshots = grid(14, complete_until=12)
+    features, train = FeaturesConfig(horizon_days=60), TrainConfig(backtest_folds=3)
+    final = temporal_split(snapshots, features, train)
+    folds = backtest_splits(snapshots, features, train)
+    assert len(folds) == 3
+    span = pd.Timedelta(days=60)
+    tests = [fold.holdout for fold in folds]
+    assert tests == sorted(tests) and all(t + span <= final.holdout for t in tests)
+    for fold in folds:
+        assert all(c + span <= fold.validation[0] for c in fold.train)
+        assert all(v + span <= fold.holdout for v in fold.validation)
+        assert final.holdout not in fold.train + fold.validation + [fold.holdout]
+    assert backtest_splits(snapshots, features, TrainConfig(backtest_folds=0)) == []

@@ -53,6 +53,13 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     artifacts = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}
     assert {"evaluation/roc.png", "evaluation/calibration.png", "evaluation/gains.csv", "evaluation/profit.png"} <= artifacts
     assert "holdout_model_best_share_targeted" in run.data.metrics
+    from churnlens.model import backtest_splits
+
+    snapshots = pd.read_parquet(pipeline_run["root"] / "data/features/snapshots.parquet")
+    folds = len(backtest_splits(snapshots, pipeline_run["params"].features, pipeline_run["params"].train))
+    assert folds >= 2 and run.data.metrics["backtest_folds"] == folds
+    assert f"fold{folds}_roc_auc" in run.data.metrics
+    assert 0 <= run.data.metrics["backtest_roc_auc_std"] < 0.2
     assert run.data.metrics["holdout_model_max_expected_profit"] >= 0
     assert str(client.get_model_version_by_alias("churnlens", "challenger").version) == trained["model_version"]
     assert str(client.get_model_version_by_alias("churnlens", "champion").version) == trained["model_version"]

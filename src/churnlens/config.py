@@ -159,6 +159,7 @@ class TrainConfig(_Section):
     validation_cutoffs: int = Field(
         1, ge=1, description="latest training cutoffs held back for early stopping"
     )
+    backtest_folds: int = Field(3, ge=0, description="expanding-window folds before the holdout (0 = none)")
     xgboost: XGBoostParams = XGBoostParams()
     calibration: Literal["isotonic", "sigmoid", "none"] = Field(
         "isotonic", description="fitted on the validation cutoffs, never on training rows"

@@ -66,6 +66,26 @@ def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: Tra
     return TemporalSplit(train=training, validation=validation, holdout=holdout)
 
 
+def backtest_splits(snapshots: pd.DataFrame, features: FeaturesConfig, train: TrainConfig) -> list[TemporalSplit]:
+    """Expanding-window folds before the holdout: each fold is judged on one earlier cutoff.
+
+    Fold k trains on every cutoff whose label window closed before its validation cutoff, which
+    in turn closed before the fold's test cutoff; the final holdout cutoff is never a fold's test.
+    Folds that lack enough history are skipped (and logged).
+    """
+    final = temporal_split(snapshots, features, train)
+    span = pd.Timedelta(days=features.lead_days + features.horizon_days)
+    complete = sorted(pd.Timestamp(c) for c in snapshots.loc[snapshots["label_complete"], "cutoff"].unique())
+    candidates = [c for c in complete if c + span <= final.holdout][-train.backtest_folds:] if train.backtest_folds else []
+    folds = []
+    for test_cutoff in candidates:
+        try:
+            folds.append(temporal_split(snapshots[snapshots["cutoff"] <= test_cutoff], features, train))
+        except ValueError as exc:
+            log.info("backtest fold at %s skipped: %s", test_cutoff.date(), exc)
+    return folds
+
+
 def rows_at(snapshots: pd.DataFrame, cutoffs: list[pd.Timestamp]) -> pd.DataFrame:
     return snapshots[snapshots["cutoff"].isin(cutoffs)]
 

@@ -100,10 +100,12 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     train_rows, validation_rows = model.rows_at(snapshots, split.train), model.rows_at(snapshots, split.validation)
     fitted = model.fit_with_early_stopping(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
     seconds = time.perf_counter() - started
+    folds = backtest(snapshots, lists, params)
 
     metrics = {"best_iteration": fitted.best_iteration, "validation_logloss": fitted.validation_logloss,
                "train_rows": len(train_rows), "validation_rows": len(validation_rows),
-               "train_churn_rate": float(train_rows[model.LABEL].mean()), "train_seconds": seconds}
+               "train_churn_rate": float(train_rows[model.LABEL].mean()), "train_seconds": seconds,
+               **folds}
     tags = {**tracking.git_commit(project_root), **tracking.dvc_lock_hashes(project_root, "train"),
             "data_fingerprint": io.file_fingerprint(snapshots_path), "holdout_cutoff": split.as_dict()["holdout"]}
     example = model.model_input(train_rows.head(50), lists.numeric, lists.categorical)
@@ -124,6 +126,32 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
               "split": split.as_dict(), "metrics": metrics}
     io.write_json(report, report_path)
     return report
+
+
+def backtest(snapshots: pd.DataFrame, lists: FeatureLists, params: Params) -> dict[str, float]:
+    """Per-fold metrics of the expanding-window backtest, with their mean and spread."""
+    from churnlens import evaluate as ev
+    from churnlens import model
+
+    per_fold: dict[str, list[float]] = {}
+    metrics: dict[str, float] = {}
+    for number, split in enumerate(model.backtest_splits(snapshots, params.features, params.train), start=1):
+        fitted = model.fit_with_early_stopping(model.rows_at(snapshots, split.train),
+                                               model.rows_at(snapshots, split.validation),
+                                               lists.numeric, lists.categorical, params.train)
+        test = model.rows_at(snapshots, [split.holdout])
+        probability = model.churn_probability(fitted.pipeline, test, lists.numeric, lists.categorical)
+        result = ev.classification_metrics(test[model.LABEL].to_numpy(dtype=int), probability,
+                                           params.evaluate.top_fraction)
+        for name in ("roc_auc", "pr_auc", "log_loss", "brier", "top_decile_lift"):
+            metrics[f"fold{number}_{name}"] = result[name]
+            per_fold.setdefault(name, []).append(result[name])
+        log.info("backtest fold %d (test cutoff %s): ROC AUC %.3f", number, split.holdout.date(), result["roc_auc"])
+    for name, values in per_fold.items():
+        metrics[f"backtest_{name}_mean"] = float(np.mean(values))
+        metrics[f"backtest_{name}_std"] = float(np.std(values))
+    metrics["backtest_folds"] = len(per_fold.get("roc_auc", []))
+    return metrics
 
 
 def _score_holdout(pipeline: object, metadata: dict, holdout: pd.DataFrame) -> np.ndarray:
