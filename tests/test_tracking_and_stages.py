@@ -48,6 +48,7 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     assert run.data.params["train.xgboost.max_depth"] == str(pipeline_run["params"].train.xgboost.max_depth)
     assert "validation_logloss" in run.data.metrics and "holdout_model_roc_auc" in run.data.metrics
     assert "holdout_rfm_logistic_roc_auc" in run.data.metrics
+    assert "holdout_bgnbd_expected_purchases_roc_auc" in run.data.metrics
     assert len(run.data.tags["git_commit"]) == 40 or run.data.tags["git_commit"] == "unknown"
     assert len(run.data.tags["data_fingerprint"]) == 64
     artifacts = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}

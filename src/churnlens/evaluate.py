@@ -124,3 +124,12 @@ def best_campaign(curve: pd.DataFrame) -> dict[str, float]:
     """The profit-maximising share of customers to contact, and that profit."""
     best = curve.loc[curve["expected_profit"].idxmax()]
     return {"best_share_targeted": float(best["share_targeted"]), "max_expected_profit": float(best["expected_profit"])}
+
+
+def bgnbd_baseline(train_rows: pd.DataFrame, holdout: pd.DataFrame, horizon_days: int) -> np.ndarray:
+    """Minus the BG/NBD expected purchases in the horizon (fitted on the latest training cutoff)."""
+    from churnlens.bgnbd import DAYS_PER_UNIT, fit_bgnbd, rfm_inputs
+
+    latest = train_rows[train_rows["cutoff"] == train_rows["cutoff"].max()]
+    model = fit_bgnbd(*rfm_inputs(latest))
+    return -model.expected_purchases(horizon_days / DAYS_PER_UNIT, *rfm_inputs(holdout))

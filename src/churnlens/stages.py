@@ -184,6 +184,7 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     baseline_scores = {
         "recency_rule": (ev.recency_baseline(holdout), False),
         "rfm_logistic": (ev.rfm_logistic_baseline(train_rows, holdout, params.train.seed), True),
+        "bgnbd_expected_purchases": (ev.bgnbd_baseline(train_rows, holdout, params.features.horizon_days), False),
     }
     for name, (values, is_probability) in baseline_scores.items():
         results[name] = ev.classification_metrics(y, values, config.top_fraction, is_probability)
