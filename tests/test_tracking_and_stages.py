@@ -49,6 +49,10 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     assert "validation_logloss" in run.data.metrics and "holdout_model_roc_auc" in run.data.metrics
     assert "holdout_rfm_logistic_roc_auc" in run.data.metrics
     assert "holdout_bgnbd_expected_purchases_roc_auc" in run.data.metrics
+    per_segment = pipeline_run["evaluated"]["per_segment"]
+    assert {"brand_advocate", "brand_user", "brand_comparer"} <= set(per_segment)
+    assert sum(v["n"] for v in per_segment.values()) == pipeline_run["evaluated"]["model"]["n"]
+    assert "holdout_segment_brand_comparer_roc_auc" in run.data.metrics
     assert len(run.data.tags["git_commit"]) == 40 or run.data.tags["git_commit"] == "unknown"
     assert len(run.data.tags["data_fingerprint"]) == 64
     artifacts = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}

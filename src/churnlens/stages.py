@@ -215,11 +215,30 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
         io.write_csv(frame, plots_dir / f"{name}.csv")
     plots.evaluation_plots(curves, baseline_curves, holdout_cutoff.date().isoformat(), plots_dir)
 
-    payload = {"holdout_cutoff": holdout_cutoff.date().isoformat(), **results, **comparison, "promotion": promotion}
+    per_segment = segment_metrics(holdout, y, probability, params)
+    payload = {"holdout_cutoff": holdout_cutoff.date().isoformat(), **results, **comparison, "promotion": promotion,
+               "per_segment": per_segment}
     io.write_json(payload, metrics_path)
     flat = {f"holdout_{name}_{k}": v for name, values in results.items() for k, v in values.items()}
+    flat.update({f"holdout_segment_{segment}_{k}": v for segment, values in per_segment.items()
+                 for k, v in values.items()})
     tracking.log_evaluation(trained["run_id"], flat, plots_dir)
     return payload
+
+
+def segment_metrics(holdout: pd.DataFrame, y: np.ndarray, probability: np.ndarray, params: Params) -> dict:
+    """Holdout metrics within each loyalty segment (AUCs only where both classes occur)."""
+    from churnlens import evaluate as ev
+
+    assigned = segments.assign_segments(holdout.reset_index(drop=True), params.score.segments)["segment"].to_numpy()
+    result = {}
+    for segment in sorted(set(assigned)):
+        inside = assigned == segment
+        if len(np.unique(y[inside])) == 2:
+            result[segment] = ev.classification_metrics(y[inside], probability[inside], params.evaluate.top_fraction)
+        else:
+            result[segment] = {"n": int(inside.sum()), "churn_rate": float(y[inside].mean())}
+    return result
 
 
 def decide_promotion(params: Params, trained: dict, holdout: pd.DataFrame, challenger_metrics: dict,
