@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import xgboost
 
 from churnlens.config import FeaturesConfig, TrainConfig
 from churnlens.model import build_pipeline, churn_probability, fit_with_early_stopping, rows_at, temporal_split
@@ -111,3 +112,24 @@ def test_backtest_folds_never_see_their_future_nor_the_holdout() -> None:
         assert all(v + span <= fold.holdout for v in fold.validation)
         assert final.holdout not in fold.train + fold.validation + [fold.holdout]
     assert backtest_splits(snapshots, features, TrainConfig(backtest_folds=0)) == []
+
+
+def test_contributions_explain_predictions_and_name_the_driver() -> None:
+    from churnlens.model import contributions, top_reasons
+
+    rng = np.random.default_rng(2)
+    n = 2000
+    frame = pd.DataFrame({"days_since_last_purchase": rng.exponential(30, n), "noise": rng.normal(size=n),
+                          "contract_type": rng.choice(["annual", "none"], n)})
+    frame["churned"] = frame["days_since_last_purchase"] > 40
+    fitted = fit_with_early_stopping(frame.iloc[:1500], frame.iloc[1500:], ["days_since_last_purchase", "noise"],
+                                     ["contract_type"], TrainConfig(calibration="none"))
+    contrib = contributions(fitted.pipeline, frame.head(50), ["days_since_last_purchase", "noise"], ["contract_type"])
+    margin = fitted.pipeline.named_steps["classifier"].get_booster().predict(
+        xgboost.DMatrix(fitted.pipeline.named_steps["preprocess"].transform(
+            frame.head(50)[["contract_type", "days_since_last_purchase", "noise"]])), output_margin=True)
+    bias = margin - contrib.sum(axis=1).to_numpy()
+    assert np.allclose(bias, bias[0], atol=1e-4)  # contributions + one bias = the model's log-odds
+    risky = frame.head(50)["days_since_last_purchase"] > 60
+    reasons = top_reasons(contrib)
+    assert reasons[risky].str.startswith("days_since_last_purchase").all()

@@ -56,7 +56,8 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     assert len(run.data.tags["git_commit"]) == 40 or run.data.tags["git_commit"] == "unknown"
     assert len(run.data.tags["data_fingerprint"]) == 64
     artifacts = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}
-    assert {"evaluation/roc.png", "evaluation/calibration.png", "evaluation/gains.csv", "evaluation/profit.png"} <= artifacts
+    assert {"evaluation/roc.png", "evaluation/calibration.png", "evaluation/gains.csv", "evaluation/profit.png",
+            "evaluation/importance.png", "evaluation/importance.csv"} <= artifacts
     assert "holdout_model_best_share_targeted" in run.data.metrics
     from churnlens.model import backtest_splits
 
@@ -99,6 +100,9 @@ def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
     assert scores["churn_probability"].between(0, 1).all()
     assert set(scores["segment"]) <= {"brand_advocate", "brand_user", "brand_comparer", "insufficient_history"}
     assert set(scores["risk_tier"]) <= {"low", "medium", "high"}
+    at_risk = scores["risk_tier"] != "low"
+    assert at_risk.any() and (scores.loc[at_risk, "top_reasons"].str.len() > 0).mean() > 0.9
+    assert (scores.loc[~at_risk, "top_reasons"] == "").all()
     assert (scores["model_version"] == pipeline_run["trained"]["model_version"]).all()
     assert len(pd.read_csv(root / "scores.csv")) == len(scores)
     # Active = bought within the lookback before the as-of date, like the training population.

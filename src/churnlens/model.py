@@ -168,3 +168,31 @@ def tree_pipeline(model: Pipeline | CalibratedClassifierCV) -> Pipeline:
 
 def churn_probability(pipeline: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> np.ndarray:
     return pipeline.predict_proba(model_input(frame, numeric, categorical))[:, 1]
+
+
+def contributions(model: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame, numeric: list[str],
+                  categorical: list[str]) -> pd.DataFrame:
+    """Per-row SHAP values (XGBoost's exact TreeSHAP, ``pred_contribs``) on the log-odds scale.
+
+    Calibration is monotone, so the trees' contributions still explain the ranking.
+    """
+    from xgboost import DMatrix
+
+    pipeline = tree_pipeline(model)
+    preprocess, classifier = pipeline.named_steps["preprocess"], pipeline.named_steps["classifier"]
+    matrix = DMatrix(preprocess.transform(model_input(frame, numeric, categorical)),
+                     feature_names=list(preprocess.get_feature_names_out()))
+    values = classifier.get_booster().predict(matrix, pred_contribs=True)[:, :-1]  # last column: bias
+    return pd.DataFrame(values, columns=matrix.feature_names, index=frame.index)
+
+
+def top_reasons(contribution: pd.DataFrame, k: int = 3) -> pd.Series:
+    """The k features pushing each customer's churn risk up the most, as 'name (+0.42); ...'."""
+    values = contribution.to_numpy()
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    names = np.asarray(contribution.columns)
+    reasons = [
+        "; ".join(f"{names[j]} ({values[i, j]:+.2f})" for j in row if values[i, j] > 0)
+        for i, row in enumerate(order)
+    ]
+    return pd.Series(reasons, index=contribution.index, dtype="string")

@@ -69,3 +69,12 @@ def segment_plot(report: dict, target: Path) -> Path:
     for axis in (left, right):
         axis.tick_params(axis="x", labelrotation=20)
     return _save(figure, target)
+
+
+def importance_plot(importance: pd.DataFrame, target: Path, top: int = 20) -> Path:
+    """Global importance: mean absolute SHAP value per feature (holdout sample)."""
+    shown = importance.head(top).iloc[::-1]
+    figure, axis = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.5))
+    axis.barh(shown["feature"], shown["mean_abs_shap"], color="#4C72B0")
+    axis.set(title="What drives churn risk (holdout)", xlabel="Mean |SHAP value| (log-odds of churn)")
+    return _save(figure, target)

@@ -8,8 +8,8 @@ import pandas as pd
 from churnlens.config import ScoreConfig
 
 SCORE_COLUMNS = [
-    "customer_id", "as_of", "churn_probability", "risk_tier", "segment", "segment_margin", "segment_driver",
-    "customer_value", "action", "action_cost", "action_success_rate", "priority", "in_campaign",
+    "customer_id", "as_of", "churn_probability", "risk_tier", "top_reasons", "segment", "segment_margin",
+    "segment_driver", "customer_value", "action", "action_cost", "action_success_rate", "priority", "in_campaign",
     "model_name", "model_version",
 ]
 
@@ -50,8 +50,12 @@ def retention_plan(scored: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
 
 
 def build_scores(features: pd.DataFrame, probability: np.ndarray, segments: pd.DataFrame, config: ScoreConfig,
-                 as_of: pd.Timestamp, model_name: str, model_version: str) -> pd.DataFrame:
-    """One row per active customer, ranked by expected value saved."""
+                 as_of: pd.Timestamp, model_name: str, model_version: str,
+                 reasons: pd.Series | None = None) -> pd.DataFrame:
+    """One row per active customer, ranked by expected value saved.
+
+    ``reasons`` (aligned with ``features``) names what drives each customer's risk; empty where absent.
+    """
     if not features["customer_id"].reset_index(drop=True).equals(segments["customer_id"]):
         raise ValueError("score: segments and features must list the same customers in the same order")
     scored = pd.DataFrame({
@@ -64,6 +68,9 @@ def build_scores(features: pd.DataFrame, probability: np.ndarray, segments: pd.D
         "customer_value": customer_value(features, config).to_numpy(),
     })
     scored["risk_tier"] = risk_tiers(scored["churn_probability"], config)
+    scored["top_reasons"] = (reasons.reindex(features.index).fillna("").to_numpy() if reasons is not None
+                             else "")
+    scored["top_reasons"] = scored["top_reasons"].astype("string")
     scored["model_name"] = model_name
     scored["model_version"] = str(model_version)
     return retention_plan(scored, config)[SCORE_COLUMNS]

@@ -211,6 +211,13 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
         target["profit"] = ev.thin(full)
         campaign[name] = ev.best_campaign(full)
         results[name].update(campaign[name])
+    sample = holdout.sample(min(len(holdout), 5000), random_state=params.train.seed)
+    importance = (model.contributions(challenger.pipeline, sample, challenger.metadata["numeric_features"],
+                                      challenger.metadata["categorical_features"])
+                  .abs().mean().sort_values(ascending=False).rename("mean_abs_shap").rename_axis("feature")
+                  .reset_index())
+    io.write_csv(importance, plots_dir / "importance.csv")
+    plots.importance_plot(importance, plots_dir / "importance.png")
     for name, frame in curves.items():
         io.write_csv(frame, plots_dir / f"{name}.csv")
     plots.evaluation_plots(curves, baseline_curves, holdout_cutoff.date().isoformat(), plots_dir)
@@ -302,7 +309,13 @@ def run_score(params: Params, canonical_dir: Path, model_uri: str, output: Path,
     probability = model.churn_probability(loaded.pipeline, snapshot, loaded.metadata["numeric_features"],
                                           loaded.metadata["categorical_features"])
     assigned = segments.assign_segments(snapshot, config.segments)
-    scores = score.build_scores(snapshot, probability, assigned, config, instant, loaded.name, loaded.version)
+    # Reasons cost a TreeSHAP pass: compute them only where someone will act (medium and high risk).
+    at_risk = snapshot[score.risk_tiers(probability, config) != "low"]
+    reasons = model.top_reasons(model.contributions(
+        loaded.pipeline, at_risk, loaded.metadata["numeric_features"], loaded.metadata["categorical_features"])) \
+        if len(at_risk) else None
+    scores = score.build_scores(snapshot, probability, assigned, config, instant, loaded.name, loaded.version,
+                                reasons)
     io.write_parquet(scores, output)
     if csv_output is not None:
         io.write_csv(scores, csv_output)
