@@ -133,3 +133,22 @@ def test_contributions_explain_predictions_and_name_the_driver() -> None:
     risky = frame.head(50)["days_since_last_purchase"] > 60
     reasons = top_reasons(contrib)
     assert reasons[risky].str.startswith("days_since_last_purchase").all()
+
+
+def test_tuning_is_budgeted_seeded_and_keeps_the_best_trial() -> None:
+    from churnlens.model import tune
+
+    rng = np.random.default_rng(4)
+    n = 2000
+    frame = pd.DataFrame({"x": rng.normal(size=n), "z": rng.normal(size=n), "c": rng.choice(["a", "b"], n)})
+    frame["churned"] = rng.random(n) < 1 / (1 + np.exp(-(frame["x"] * frame["z"] * 2)))
+    config = TrainConfig(seed=1, tuning={"n_trials": 3, "max_seconds": 600},
+                         xgboost={"n_estimators": 60, "early_stopping_rounds": 5, "max_depth": 1})
+    first = tune(frame.iloc[:1400], frame.iloc[1400:], ["x", "z"], ["c"], config)
+    second = tune(frame.iloc[:1400], frame.iloc[1400:], ["x", "z"], ["c"], config)
+    assert len(first.trials) == 4 and first.trials == second.trials  # params.yaml values + 3 samples, seeded
+    best = min(first.trials, key=lambda t: t["validation_logloss"])
+    assert first.config.xgboost.max_depth == best.get("max_depth", 1)
+    assert first.trials[0]["validation_logloss"] >= best["validation_logloss"]
+    off = config.model_copy(update={"tuning": config.tuning.model_copy(update={"n_trials": 0})})
+    assert tune(frame.iloc[:1400], frame.iloc[1400:], ["x", "z"], ["c"], off).config == off

@@ -152,6 +152,18 @@ class XGBoostParams(_Section):
     n_jobs: int = Field(2, ge=1)
 
 
+class TuningConfig(_Section):
+    """Random search over XGBoost parameters, judged by validation log loss; 0 trials = off."""
+
+    n_trials: int = Field(4, ge=0)
+    max_seconds: float = Field(60.0, gt=0, description="stop starting new trials after this long")
+    space: dict[Literal["max_depth", "learning_rate", "min_child_weight", "subsample", "colsample_bytree",
+                        "reg_lambda"], list[float]] = {
+        "max_depth": [3, 4, 5, 6], "learning_rate": [0.03, 0.05, 0.1], "min_child_weight": [1, 5, 20],
+        "subsample": [0.7, 0.9, 1.0], "colsample_bytree": [0.6, 0.8, 1.0],
+    }
+
+
 class TrainConfig(_Section):
     seed: int = Field(7, ge=0)
     experiment_name: str = "churnlens"
@@ -161,6 +173,7 @@ class TrainConfig(_Section):
     )
     backtest_folds: int = Field(3, ge=0, description="expanding-window folds before the holdout (0 = none)")
     xgboost: XGBoostParams = XGBoostParams()
+    tuning: TuningConfig = TuningConfig()
     calibration: Literal["isotonic", "sigmoid", "none"] = Field(
         "isotonic", description="fitted on the validation cutoffs, never on training rows"
     )

@@ -196,3 +196,33 @@ def top_reasons(contribution: pd.DataFrame, k: int = 3) -> pd.Series:
         for i, row in enumerate(order)
     ]
     return pd.Series(reasons, index=contribution.index, dtype="string")
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    config: TrainConfig  # the input config with the best XGBoost parameters
+    trials: list[dict]  # every trial's parameters and validation log loss, in order
+
+
+def tune(train_rows: pd.DataFrame, validation_rows: pd.DataFrame, numeric: list[str], categorical: list[str],
+         config: TrainConfig) -> TuningResult:
+    """Seeded random search: the params.yaml values are trial 0, then up to ``n_trials`` samples."""
+    import time
+
+    from sklearn.model_selection import ParameterSampler
+
+    budget = config.tuning
+    untuned = config.model_copy(update={"calibration": "none"})
+    candidates = [{}, *ParameterSampler(budget.space, n_iter=budget.n_trials, random_state=config.seed)]
+    started, trials = time.perf_counter(), []
+    for candidate in candidates:
+        if trials and time.perf_counter() - started > budget.max_seconds:
+            log.info("tuning stopped after %d trials: max_seconds=%s reached", len(trials), budget.max_seconds)
+            break
+        values = {k: (int(v) if k == "max_depth" else float(v)) for k, v in candidate.items()}
+        trial = untuned.model_copy(update={"xgboost": config.xgboost.model_copy(update=values)})
+        fitted = fit_with_early_stopping(train_rows, validation_rows, numeric, categorical, trial)
+        trials.append({**values, "validation_logloss": fitted.validation_logloss, "trees": fitted.best_iteration})
+    best = min(range(len(trials)), key=lambda i: trials[i]["validation_logloss"])
+    chosen = {k: v for k, v in trials[best].items() if k not in ("validation_logloss", "trees")}
+    return TuningResult(config.model_copy(update={"xgboost": config.xgboost.model_copy(update=chosen)}), trials)

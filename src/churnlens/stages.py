@@ -98,6 +98,8 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     lists = FeatureLists.from_report(io.read_json(features_report))
     split = model.temporal_split(snapshots, params.features, params.train)
     train_rows, validation_rows = model.rows_at(snapshots, split.train), model.rows_at(snapshots, split.validation)
+    tuned = model.tune(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
+    params = params.model_copy(update={"train": tuned.config})
     fitted = model.fit_with_early_stopping(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
     seconds = time.perf_counter() - started
     folds = backtest(snapshots, lists, params)
@@ -105,7 +107,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     metrics = {"best_iteration": fitted.best_iteration, "validation_logloss": fitted.validation_logloss,
                "train_rows": len(train_rows), "validation_rows": len(validation_rows),
                "train_churn_rate": float(train_rows[model.LABEL].mean()), "train_seconds": seconds,
-               **folds}
+               "tuning_trials": len(tuned.trials), **folds}
     tags = {**tracking.git_commit(project_root), **tracking.dvc_lock_hashes(project_root, "train"),
             "data_fingerprint": io.file_fingerprint(snapshots_path), "holdout_cutoff": split.as_dict()["holdout"]}
     example = model.model_input(train_rows.head(50), lists.numeric, lists.categorical)
@@ -123,7 +125,8 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
                              "registered_version": registered.version, "run_id": registered.run_id},
                             model_dir)
     report = {"run_id": registered.run_id, "model_name": registered.name, "model_version": registered.version,
-              "split": split.as_dict(), "metrics": metrics}
+              "split": split.as_dict(), "metrics": metrics, "tuning_trials": tuned.trials,
+              "chosen_xgboost": params.train.xgboost.model_dump()}
     io.write_json(report, report_path)
     return report
 
