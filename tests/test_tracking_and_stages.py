@@ -70,6 +70,11 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     assert str(client.get_model_version_by_alias("churnlens", "challenger").version) == trained["model_version"]
     assert str(client.get_model_version_by_alias("churnlens", "champion").version) == trained["model_version"]
     assert pipeline_run["evaluated"]["promotion"]["reason"] == "no champion yet"
+    evaluated = pipeline_run["evaluated"]
+    assert set(evaluated["beats_baselines"]) == {"recency_rule", "rfm_logistic", "bgnbd_expected_purchases"}
+    assert all(evaluated["beats_baselines"].values())  # the model beats every baseline on simulated data
+    catalog = {a.path for a in client.list_artifacts(trained["run_id"], "features/catalog")}
+    assert catalog == {"features/catalog/feature_catalog.md"}
 
 
 def test_pyfunc_returns_probabilities_and_local_copy_matches(pipeline_run) -> None:

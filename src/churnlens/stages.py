@@ -110,6 +110,11 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
                "tuning_trials": len(tuned.trials), **folds}
     tags = {**tracking.git_commit(project_root), **tracking.dvc_lock_hashes(project_root, "train"),
             "data_fingerprint": io.file_fingerprint(snapshots_path), "holdout_cutoff": split.as_dict()["holdout"]}
+    catalog = report_path.with_name("feature_catalog.md")
+    with io.atomic_path(catalog) as temporary:
+        used = [f for f in ft.feature_definitions(params.features.windows_days)
+                if f.name in set(lists.numeric + lists.categorical)]
+        temporary.write_text(ft.feature_catalog_markdown(used), encoding="utf-8")
     example = model.model_input(train_rows.head(50), lists.numeric, lists.categorical)
     metadata = {"numeric_features": lists.numeric, "categorical_features": lists.categorical,
                 "holdout_cutoff": split.as_dict()["holdout"]}
@@ -118,7 +123,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
         params={"features": params.features.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
                 "split": split.as_dict()},
         metrics=metrics, tags=tags, pipeline=fitted.pipeline, example=example, metadata=metadata,
-        artifacts={"features": features_report},
+        artifacts={"features": features_report, "features/catalog": catalog},
     )
     tracking.save_model_dir(fitted.pipeline, example,
                             {**metadata, "registered_model_name": registered.name,
