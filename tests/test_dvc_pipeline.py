@@ -61,20 +61,25 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return root, env
 
 
+def _client(env: dict, monkeypatch: pytest.MonkeyPatch):
+    """A client on the test repository's store, set up the way the pipeline sets itself up
+    (MLflow keeps the tracking and registry URIs as process globals)."""
+    from mlflow import MlflowClient
+
+    from churnlens import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    tracking.configure()
+    return MlflowClient()
+
+
 @pytest.mark.e2e
-def test_dvc_repro_end_to_end(repo) -> None:
+def test_dvc_repro_end_to_end(repo, monkeypatch) -> None:
     root, env = repo
     _run(["dvc", "repro"], root, env)
 
-    from mlflow import MlflowClient
-
-    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
-    try:
-        client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
-        champion = client.get_model_version_by_alias("churnlens", "champion")
-        assert str(champion.version) == "1"
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
+    champion = _client(env, monkeypatch).get_model_version_by_alias("churnlens", "champion")
+    assert str(champion.version) == "1"
 
     scores = pd.read_parquet(root / "data/scores/scores.parquet")
     snapshots = pd.read_parquet(root / "data/features/snapshots.parquet")
@@ -114,13 +119,11 @@ def test_dvc_experiment_with_a_changed_param(repo) -> None:
 
 
 @pytest.mark.e2e
-def test_training_run_records_current_lineage(repo) -> None:
-    from mlflow import MlflowClient
-
+def test_training_run_records_current_lineage(repo, monkeypatch) -> None:
     root, env = repo
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     features_md5 = next(o["md5"] for o in lock["features"]["outs"] if o["path"] == "data/features")
-    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+    client = _client(env, monkeypatch)
     version = client.get_model_version_by_alias("churnlens", "challenger")
     run = client.get_run(version.tags["run_id"])
     assert run.data.tags["dvc.train.dep.data/features"] == features_md5
