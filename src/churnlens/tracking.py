@@ -33,7 +33,9 @@ def configure() -> str:
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    # The registry lives in the same store. (MLflow exports MLFLOW_REGISTRY_URI to the process
+    # environment when it is set, so reading it back would pin a previous store.)
+    mlflow.set_registry_uri(uri)
     return uri
 
 
