@@ -43,7 +43,6 @@ EventSource = Literal["orders", "lines", "interactions"]
 FAMILIES: tuple[Family, ...] = (
     "purchase_frequency", "interaction", "emotional", "economic", "differentiation", "switching_cost",
 )
-KEY = ["customer_id", "cutoff"]
 DAY_SECONDS = 86400.0
 
 

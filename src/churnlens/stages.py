@@ -212,13 +212,11 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     value = holdout["spend_365d"].clip(lower=0).fillna(0).to_numpy(dtype=float)
     economics = {"contact_cost": config.contact_cost, "incentive_cost": config.incentive_cost,
                  "acceptance_rate": config.acceptance_rate}
-    campaign = {}
     for name, scores, target in [("model", probability, curves),
                                  *[(b, v, baseline_curves[b]) for b, (v, _) in baseline_scores.items()]]:
         full = ev.profit_curve(y, scores, value, **economics)
         target["profit"] = ev.thin(full)
-        campaign[name] = ev.best_campaign(full)
-        results[name].update(campaign[name])
+        results[name].update(ev.best_campaign(full))
     sample = holdout.sample(min(len(holdout), 5000), random_state=params.train.seed)
     importance = (model.contributions(challenger.pipeline, sample, challenger.metadata["numeric_features"],
                                       challenger.metadata["categorical_features"])
