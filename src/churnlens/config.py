@@ -129,7 +129,7 @@ class FeaturesConfig(_Section):
         365, ge=1, description="a customer with no purchase in this many days is already lost"
     )
     windows_days: tuple[int, ...] = (30, 90, 365)
-    memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$", description="DuckDB memory cap; spills beyond")
+    memory_limit: str = Field("1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$", description="DuckDB memory cap; spills beyond")
 
     @field_validator("windows_days")
     @classmethod

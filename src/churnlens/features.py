@@ -10,14 +10,17 @@ all generated from that one list.
 
 How all cutoffs are computed in one sweep, without joining every event to every cutoff:
 
-* windowed sums use running totals per customer: the sum over ``(c - w, c]`` is the running
-  total as of ``c`` minus the one as of ``c - w``, each found by an ASOF join, so the work
-  grows with the number of events plus (customers x cutoffs), not with their product;
-* "last" features (last NPS, last complaint) are one ASOF join on the filtered events;
-* distinct counts in a window (categories, products) turn each key's purchases into coverage
-  intervals ``[first, last + w)``: +1 where one starts, -1 where it ends; the count at ``c`` is
-  the running total of those edges as of ``c``;
-* ratios, trends and spreads are derived from those sums in SQL.
+* DuckDB prepares the events (orders, lines, interactions keyed by a dense customer code) and
+  evaluates every SQL expression of the definitions: per-event measures, then, per
+  (customer, cutoff) row, history, profile and derived features;
+* :mod:`churnlens.timegrid` turns per-event measures into as-of values: the sum over
+  ``(c - w, c]`` is the running total as of ``c`` minus the one as of ``c - w``, and all running
+  totals at all the instants needed (every cutoff minus every window edge) come from one
+  scatter-add and one cumulative sum, so the work grows with events plus customers x instants,
+  not with events x cutoffs; "last" features (last NPS, last complaint) are a running latest;
+* distinct counts in a window (categories, products) OR each (customer, key)'s purchases into a
+  bit mask of the cutoffs whose window holds them, and count the bits;
+* customers are processed in blocks, so memory is bounded by the block, not the customer base.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ from pathlib import Path
 from typing import Literal
 
 import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from churnlens import timegrid
 from churnlens.config import FeaturesConfig
 
 log = logging.getLogger(__name__)
@@ -355,142 +361,56 @@ def _register_sources(con: duckdb.DuckDBPyConnection, tables: dict[str, pd.DataF
 
 
 def _prepare_events(con: duckdb.DuckDBPyConnection, available: dict[str, set[str]]) -> None:
+    """Canonical event tables keyed by a dense customer code, stored in code order so that one
+    block of customers is a cheap range scan (DuckDB skips the other row groups)."""
     tx = available["transactions"]
     is_return = "is_return" if "is_return" in tx else "amount < 0"
-    optional = [c for c in ("order_id", "quantity", "unit_price", "list_price", "product_id", "category") if c in tx]
-    price_ratio = "NULL::DOUBLE AS price_ratio"
+    optional = [c for c in ("unit_price", "list_price", "product_id", "category") if c in tx]
+    price_ratio, price_join = "NULL::DOUBLE AS price_ratio", ""
     if {"unit_price", "category"} <= tx:
         # Point-in-time price level: the category's median price in the calendar month *before* the
         # line's month, so a line's ratio depends on earlier data only, never on the cutoff.
         con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE category_month_median AS
+            CREATE OR REPLACE TABLE category_month_median AS
             SELECT category, date_trunc('month', timestamp) + INTERVAL 1 MONTH AS month,
                    median(unit_price) AS median_price
             FROM src_transactions WHERE NOT ({is_return}) AND unit_price > 0 GROUP BY ALL
         """)
-        price_ratio = ("unit_price / nullif((SELECT median_price FROM category_month_median m WHERE "
-                       "m.category = t.category AND m.month = date_trunc('month', t.timestamp)), 0) AS price_ratio")
+        price_ratio = "t.unit_price / nullif(m.median_price, 0) AS price_ratio"
+        price_join = ("LEFT JOIN category_month_median m ON m.category = t.category "
+                      "AND m.month = date_trunc('month', t.timestamp)")
+    # Codes follow customer_id order, so output sorted by code is sorted by customer.
+    con.execute("""
+        CREATE OR REPLACE TABLE customer_codes AS
+        SELECT customer_id, CAST(row_number() OVER (ORDER BY customer_id) - 1 AS INTEGER) AS code
+        FROM (SELECT DISTINCT customer_id FROM src_transactions)
+    """)
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE lines AS
-        SELECT customer_id, timestamp AS ts, amount, {is_return} AS is_return
-               {''.join(', ' + c for c in optional)}, {price_ratio}
-        FROM src_transactions t
+        CREATE OR REPLACE TABLE lines AS
+        SELECT k.code, t.timestamp AS ts, t.amount, {is_return} AS is_return
+               {''.join(', t.' + c for c in optional)}, {price_ratio}
+        FROM src_transactions t JOIN customer_codes k USING (customer_id) {price_join}
+        ORDER BY k.code
     """)
     # Without order ids, lines of one customer at the same instant form one order.
-    order_key = "coalesce(order_id, CAST(ts AS VARCHAR))" if "order_id" in tx else "CAST(ts AS VARCHAR)"
+    order_key = "coalesce(order_id, CAST(timestamp AS VARCHAR))" if "order_id" in tx else "CAST(timestamp AS VARCHAR)"
     # A purchase is an order holding at least one non-return line; returns alone are not purchases.
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE orders AS
-        SELECT customer_id, min(ts) AS ts, sum(amount) FILTER (NOT is_return) AS value
-        FROM lines GROUP BY customer_id, {order_key}
-        HAVING count(*) FILTER (NOT is_return) > 0
-    """)
-    # Running purchase statistics: each row holds what was known right after that purchase.
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE purchase_history AS
-        SELECT customer_id, ts AS last_ts,
-               min(ts) OVER w AS first_ts,
-               count(*) OVER w AS n_orders,
-               coalesce(sum(gap) OVER w, 0) AS gap_sum,
-               coalesce(sum(gap * gap) OVER w, 0) AS gap_sq_sum
-        FROM (SELECT *, (epoch(ts) - epoch(lag(ts) OVER (PARTITION BY customer_id ORDER BY ts))) / 86400.0 AS gap
-              FROM orders)
-        WINDOW w AS (PARTITION BY customer_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+        CREATE OR REPLACE TABLE orders AS
+        SELECT k.code, min(t.timestamp) AS ts, sum(t.amount) FILTER (NOT {is_return}) AS value
+        FROM src_transactions t JOIN customer_codes k USING (customer_id) GROUP BY k.code, {order_key}
+        HAVING count(*) FILTER (NOT {is_return}) > 0
+        ORDER BY k.code
     """)
     if "interactions" in available:
-        value = "value" if "value" in available["interactions"] else "NULL::DOUBLE AS value"
-        con.execute(f"CREATE OR REPLACE TEMP VIEW interactions AS "
-                    f"SELECT customer_id, timestamp AS ts, type, {value} FROM src_interactions")
-
-
-def _population(con: duckdb.DuckDBPyConnection, config: FeaturesConfig, available: dict[str, set[str]]) -> None:
-    """(customer, cutoff) pairs active at each cutoff, with the running history as of the cutoff."""
-    cancelled = ""
-    if "customers" in available and "cancellation_date" in available["customers"]:
-        cancelled = ("AND NOT EXISTS (SELECT 1 FROM src_customers x WHERE x.customer_id = k.customer_id "
-                     "AND x.cancellation_date <= c.cutoff)")
-    # ASOF: for each customer and cutoff, the running statistics of the last purchase <= cutoff.
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE population AS
-        SELECT k.customer_id, c.cutoff, h.* EXCLUDE (customer_id)
-        FROM (SELECT DISTINCT customer_id FROM orders) k
-        CROSS JOIN cutoffs c
-        ASOF JOIN purchase_history h ON h.customer_id = k.customer_id AND h.last_ts <= c.cutoff
-        WHERE h.last_ts > c.cutoff - INTERVAL {config.active_lookback_days} DAY {cancelled}
-    """)
-
-
-def _window_sql(source: str, features: list[Feature]) -> str:
-    """Windowed sums as differences of running totals found by ASOF joins at each window edge."""
-    measures = {f.name: f.expression for f in features}
-    edges = sorted({f.offset_days for f in features} | {f.offset_days + f.window_days for f in features})
-    totals = ", ".join(f"sum({expr}) AS {quote_name(name)}" for name, expr in measures.items())
-    running = ", ".join(f"sum({quote_name(name)}) OVER w AS {quote_name(name)}" for name in measures)
-    joins, values = [], []
-    for edge in edges:
-        joins.append(f"ASOF LEFT JOIN running e{edge} ON e{edge}.customer_id = p.customer_id "
-                     f"AND e{edge}.ts <= p.cutoff - INTERVAL {edge} DAY")
-    for f in features:
-        upper, lower = f.offset_days, f.offset_days + f.window_days
-        values.append(f"coalesce(e{upper}.{quote_name(f.name)}, 0) - coalesce(e{lower}.{quote_name(f.name)}, 0) "
-                      f"AS {quote_name(f.name)}")
-    return f"""
-        WITH per_instant AS (
-            SELECT customer_id, ts, {totals} FROM {source} GROUP BY customer_id, ts
-        ),
-        running AS MATERIALIZED (  -- read by one ASOF join per window edge: compute it once
-            SELECT customer_id, ts, {running} FROM per_instant
-            WINDOW w AS (PARTITION BY customer_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-        )
-        SELECT p.customer_id, p.cutoff, {', '.join(values)}
-        FROM population p {' '.join(joins)}
-    """
-
-
-def _last_sql(feature: Feature) -> str:
-    """Value of the latest matching event at or before the cutoff, within the lookback window."""
-    return f"""
-        SELECT p.customer_id, p.cutoff,
-               CASE WHEN e.ts > p.cutoff - INTERVAL {feature.window_days} DAY THEN {_qualify(feature.expression)} END
-                 AS {quote_name(feature.name)}
-        FROM population p
-        ASOF LEFT JOIN (SELECT customer_id, ts, max(value) AS value FROM {feature.source}
-                        WHERE {feature.where} GROUP BY customer_id, ts) e
-          ON e.customer_id = p.customer_id AND e.ts <= p.cutoff
-    """
-
-
-def _qualify(expression: str) -> str:
-    """Point the bare names of a 'last' expression at the joined event (e) and population (p)."""
-    return re.sub(r"\bcutoff\b", "p.cutoff", re.sub(r"\b(ts|value)\b", r"e.\1", expression))
-
-
-def _distinct_sql(feature: Feature) -> str:
-    """Distinct keys bought in (cutoff - w, cutoff], via coverage intervals (see module docstring)."""
-    w, key = feature.window_days, feature.expression
-    return f"""
-        WITH bought AS (
-            SELECT DISTINCT customer_id, {key} AS key, ts FROM lines WHERE NOT is_return AND {key} IS NOT NULL
-        ),
-        neighbours AS (
-            SELECT *, lag(ts) OVER k AS previous, lead(ts) OVER k AS next FROM bought
-            WINDOW k AS (PARTITION BY customer_id, key ORDER BY ts)
-        ),
-        edges AS (
-            SELECT customer_id, ts AS edge_ts, 1 AS delta FROM neighbours
-            WHERE previous IS NULL OR ts >= previous + INTERVAL {w} DAY
-            UNION ALL
-            SELECT customer_id, ts + INTERVAL {w} DAY AS edge_ts, -1 AS delta FROM neighbours
-            WHERE next IS NULL OR next >= ts + INTERVAL {w} DAY
-        ),
-        running AS MATERIALIZED (
-            SELECT customer_id, edge_ts, sum(delta) OVER (PARTITION BY customer_id ORDER BY edge_ts
-                                                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS active
-            FROM (SELECT customer_id, edge_ts, sum(delta) AS delta FROM edges GROUP BY ALL)
-        )
-        SELECT p.customer_id, p.cutoff, coalesce(r.active, 0) AS {quote_name(feature.name)}
-        FROM population p ASOF LEFT JOIN running r ON r.customer_id = p.customer_id AND r.edge_ts <= p.cutoff
-    """
+        value = "i.value" if "value" in available["interactions"] else "NULL::DOUBLE AS value"
+        con.execute(f"""
+            CREATE OR REPLACE TABLE interactions AS
+            SELECT k.code, i.timestamp AS ts, i.type, {value}
+            FROM src_interactions i JOIN customer_codes k USING (customer_id) ORDER BY k.code
+        """)
+    if "customers" in available:
+        con.execute("CREATE OR REPLACE TABLE customers AS SELECT * FROM src_customers")
 
 
 def quote_name(name: str) -> str:
@@ -511,102 +431,226 @@ def _inline_derived(features: list[Feature]) -> dict[str, str]:
     return {name: expand(expression) for name, expression in derived.items()}
 
 
-def _snapshot_sql(plan: FeaturePlan, config: FeaturesConfig, available: dict[str, set[str]],
-                  with_labels: bool) -> str:
-    parts: list[tuple[str, str]] = []  # (sql keyed by customer_id, cutoff; alias)
-    for source in ("orders", "lines", "interactions"):
-        group = [f for f in plan.features if f.kind == "window" and f.source == source]
-        if group:
-            parts.append((_window_sql(source, group), f"w_{source}"))
-    for f in plan.features:
-        if f.kind == "last":
-            parts.append((_last_sql(f), f"l_{f.name}"))
-        elif f.kind == "distinct":
-            parts.append((_distinct_sql(f), f"d_{f.name}"))
-    customer_features = [f for f in plan.features if f.kind == "customers"]
-    if customer_features:
-        columns = ", ".join(f"{f.expression} AS {quote_name(f.name)}" for f in customer_features)
-        parts.append((f"SELECT p.customer_id, p.cutoff, {columns} FROM population p "
-                      "LEFT JOIN src_customers USING (customer_id)", "profile"))
-    if with_labels:
-        parts.append((_labels_sql(config, available), "labels"))
-
-    history = ", ".join(f"{f.expression} AS {quote_name(f.name)}" for f in plan.features if f.kind == "history")
-    ctes = ",\n".join(f"{alias} AS ({sql})" for sql, alias in parts)
-    joins = " ".join(f"LEFT JOIN {alias} USING (customer_id, cutoff)" for _, alias in parts)
-    derived = _inline_derived(plan.features)
-    outputs = []
-    for f in plan.public:
-        expression = derived.get(f.name, quote_name(f.name))
-        outputs.append(f"CAST({expression} AS {'VARCHAR' if f.categorical else 'DOUBLE'}) AS {quote_name(f.name)}")
-    label = ", churned" if with_labels else ""
-    return f"""
-        WITH base AS (SELECT customer_id, cutoff, {history} FROM population){',' if ctes else ''}
-        {ctes}
-        SELECT customer_id, cutoff, {', '.join(outputs)}{label}
-        FROM base {joins}
-        ORDER BY customer_id, cutoff
-    """
+def _last_columns(feature: Feature) -> tuple[str, str]:
+    return f"{feature.name}__ts", f"{feature.name}__value"
 
 
-def _labels_sql(config: FeaturesConfig, available: dict[str, set[str]]) -> str:
-    """churned per (customer, cutoff), looking only at ``(cutoff + lead, cutoff + lead + horizon]``.
+def _last_expression(feature: Feature) -> str:
+    """A 'last' expression over the latest matching event's ``ts`` / ``value`` columns."""
+    ts, value = (quote_name(c) for c in _last_columns(feature))
+    return re.sub(r"\bts\b", ts, re.sub(r"\bvalue\b", value, feature.expression))
 
-    The partial-churn comparison uses spend in the horizon-long period up to the cutoff, which
-    is history, so it leaks nothing.
-    """
-    lead, end, horizon = config.lead_days, config.lead_days + config.horizon_days, config.horizon_days
-    has_cancellations = "customers" in available and "cancellation_date" in available["customers"]
-    if config.label == "cancellation" and not has_cancellations:
+
+def _labels(config: FeaturesConfig, available: dict[str, set[str]]) -> None:
+    if config.label == "cancellation" and not _has_cancellations(available):
         raise ValueError(
             f"features.label={config.label!r} needs a customers table with cancellation_date; map it in "
             "ingest.customers.columns or use label: no_purchase"
         )
-    cancelled = (f"EXISTS (SELECT 1 FROM src_customers c WHERE c.customer_id = w.customer_id "
-                 f"AND c.cancellation_date > w.cutoff + INTERVAL {lead} DAY "
-                 f"AND c.cancellation_date <= w.cutoff + INTERVAL {end} DAY)") if has_cancellations else "false"
-    rule = {"no_purchase": "w.purchases = 0", "cancellation": cancelled,
-            "no_purchase_or_cancellation": f"w.purchases = 0 OR {cancelled}"}[config.label]
-    if config.partial_churn_below is not None:
-        rule = f"({rule}) OR w.spend < {config.partial_churn_below} * w.spend_before"
-    return f"""
-        WITH w AS (
-            SELECT p.customer_id, p.cutoff,
-                   count(*) FILTER (WHERE o.ts > p.cutoff + INTERVAL {lead} DAY) AS purchases,
-                   coalesce(sum(o.value) FILTER (WHERE o.ts > p.cutoff + INTERVAL {lead} DAY), 0) AS spend,
-                   coalesce(sum(o.value) FILTER (WHERE o.ts <= p.cutoff), 0) AS spend_before
-            FROM population p
-            LEFT JOIN orders o ON o.customer_id = p.customer_id
-                 AND o.ts > p.cutoff - INTERVAL {horizon} DAY AND o.ts <= p.cutoff + INTERVAL {end} DAY
-            GROUP BY p.customer_id, p.cutoff
-        )
-        SELECT w.customer_id, w.cutoff, ({rule}) AS churned FROM w
-    """
+
+
+def _has_cancellations(available: dict[str, set[str]]) -> bool:
+    return "customers" in available and "cancellation_date" in available["customers"]
+
+
+_US_PER_DAY = 86_400_000_000
+_NEVER = np.iinfo(np.int64).max
 
 
 class _Engine:
-    """A DuckDB session holding the prepared events and the population for some cutoffs."""
+    """One DuckDB session holding the prepared events; computes snapshots block by block.
+
+    DuckDB prepares the events and evaluates every SQL expression of the definitions (per-event
+    measures, derived features, profile features); :mod:`churnlens.timegrid` turns per-event
+    measures into as-of values at all cutoffs at once. Customers are processed in blocks so the
+    memory used is bounded by the block, not by the customer base.
+    """
 
     def __init__(self, tables: dict[str, pd.DataFrame | str | None], cutoffs: list[pd.Timestamp],
                  config: FeaturesConfig, features: list[Feature] | None):
         self._spill = tempfile.TemporaryDirectory(prefix="churnlens-features-")
-        self.con = duckdb.connect()
-        self.con.execute("SET TimeZone = 'UTC'")
-        self.con.execute(f"SET memory_limit = '{config.memory_limit}'")
-        self.con.execute(f"SET temp_directory = '{self._spill.name}'")
+        # A file-backed database keeps the prepared events compressed and lets DuckDB evict them to
+        # disk, so memory_limit really bounds DuckDB's share of memory.
+        self.con = duckdb.connect(str(Path(self._spill.name) / "events.duckdb"))
+        for setting in ("TimeZone = 'UTC'", f"memory_limit = '{config.memory_limit}'",
+                        f"temp_directory = '{self._spill.name}'",
+                        # Measures are fetched one query at a time and must line up row by row.
+                        "preserve_insertion_order = true"):
+            self.con.execute(f"SET {setting}")
         self.available = _register_sources(self.con, tables)
         definitions = features if features is not None else feature_definitions(config.windows_days)
         self.plan = plan_features(definitions, self.available)
-        frame = pd.DataFrame({"cutoff": pd.to_datetime(pd.Series(cutoffs, dtype="datetime64[us]"))})
-        self.con.register("cutoff_frame", frame)
-        self.con.execute("CREATE OR REPLACE TEMP TABLE cutoffs AS SELECT CAST(cutoff AS TIMESTAMP) AS cutoff "
-                         "FROM cutoff_frame")
-        _prepare_events(self.con, self.available)
-        _population(self.con, config, self.available)
         self.config = config
+        self.cutoffs = np.array(sorted({pd.Timestamp(c).value // 1000 for c in cutoffs}), dtype=np.int64)
+        _prepare_events(self.con, self.available)
+        self.n_customers = self.con.execute("SELECT count(*) FROM customer_codes").fetchall()[0][0]
 
-    def sql(self, with_labels: bool) -> str:
-        return _snapshot_sql(self.plan, self.config, self.available, with_labels)
+    # ---------------------------------------------------------------- blocks
+    def blocks(self, with_labels: bool, max_cells: int = 4_000_000, max_pairs: int = 600_000,
+               max_events: int = 2_000_000):
+        """Yield Arrow tables of finished snapshot rows, one block of customers at a time, in
+        (customer_id, cutoff) order. A block is sized so that its dense customers x instants
+        arrays, its output rows and its share of the events each stay within a bound."""
+        if with_labels:
+            _labels(self.config, self.available)
+        n_instants = len(self._instants(with_labels))
+        lines = self.con.execute("SELECT count(*) FROM lines").fetchall()[0][0]
+        per_customer = max(lines, 1) / max(self.n_customers, 1)
+        size = max(1, min(max_cells // max(n_instants, 1), max_pairs // max(len(self.cutoffs), 1),
+                          int(max_events / per_customer)))
+        for low in range(0, max(self.n_customers, 1), size):
+            yield self._block(low, min(low + size, self.n_customers), with_labels)
+
+    def _instants(self, with_labels: bool) -> np.ndarray:
+        offsets = {0}
+        for f in self.plan.features:
+            if f.kind == "window":
+                offsets |= {f.offset_days, f.offset_days + f.window_days}
+        if with_labels:
+            c = self.config
+            offsets |= {-c.lead_days, -(c.lead_days + c.horizon_days), c.horizon_days}
+        return np.unique(np.concatenate([self.cutoffs - o * _US_PER_DAY for o in offsets]))
+
+    def _events(self, table: str, low: int, high: int, columns: str, where: str = "true") -> dict[str, np.ndarray]:
+        return self.con.execute(f"SELECT {columns} FROM {table} WHERE code >= {low} AND code < {high} "
+                                f"AND ({where})").fetchnumpy()
+
+    def _block(self, low: int, high: int, with_labels: bool):
+        n = high - low
+        grid = timegrid.TimeGrid.of(self._instants(with_labels), n)
+        cut_at = grid.position(self.cutoffs)
+
+        def at(offset_days: int) -> np.ndarray:
+            return grid.position(self.cutoffs - offset_days * _US_PER_DAY)
+
+        orders = self._events("orders", low, high, f"code - {low} AS code, epoch_us(ts) AS t, value")
+        on_grid = timegrid.EventsOnGrid(grid, orders["code"], orders["t"])
+        n_orders, value = on_grid.running_sum(), on_grid.running_sum(orders["value"])
+        last_ts = on_grid.running_max(orders["t"])
+        first_ts = np.full(n, _NEVER, dtype=np.int64)
+        np.minimum.at(first_ts, orders["code"], orders["t"])
+        by_time = np.lexsort((orders["t"], orders["code"]))
+        code_sorted, t_sorted = orders["code"][by_time], orders["t"][by_time]
+        gap = np.where(np.r_[False, code_sorted[1:] == code_sorted[:-1]],
+                       np.diff(t_sorted, prepend=t_sorted[:1]) / _US_PER_DAY, 0.0)
+        gap_sq = timegrid.EventsOnGrid(grid, code_sorted, t_sorted).running_sum(gap * gap)
+
+        # Population: a purchase at or before the cutoff, the latest within the lookback, not cancelled.
+        cancelled_at = np.full(n, _NEVER, dtype=np.int64)
+        if _has_cancellations(self.available):
+            rows = self.con.execute(f"""
+                SELECT k.code - {low} AS code, epoch_us(min(c.cancellation_date)) AS t FROM customers c
+                JOIN customer_codes k USING (customer_id)
+                WHERE k.code >= {low} AND k.code < {high} AND c.cancellation_date IS NOT NULL GROUP BY k.code
+            """).fetchnumpy()
+            cancelled_at[rows["code"]] = rows["t"]
+        lookback = self.config.active_lookback_days * _US_PER_DAY
+        active = ((n_orders[:, cut_at] > 0) & (last_ts[:, cut_at] > self.cutoffs - lookback)
+                  & (cancelled_at[:, None] > self.cutoffs))
+        codes, which = np.nonzero(active)  # row-major: by customer, then cutoff
+        cutoff = self.cutoffs[which]
+        columns: dict[str, np.ndarray] = {
+            "code": codes + low, "cutoff": cutoff,
+            "n_orders": n_orders[codes, cut_at[which]], "first_ts": first_ts[codes],
+            "last_ts": last_ts[codes, cut_at[which]],
+            "gap_sum": (last_ts[codes, cut_at[which]] - first_ts[codes]) / _US_PER_DAY,
+            "gap_sq_sum": gap_sq[codes, cut_at[which]],
+        }
+        self._window_features(columns, grid, low, high, codes, which, at)
+        self._last_features(columns, grid, low, high, codes, which, cut_at)
+        self._distinct_features(columns, low, high, n, codes, which)
+        if with_labels:
+            columns["churned"] = self._churned(n_orders, value, cancelled_at, codes, which, cut_at, at)
+        return self._finish(columns, with_labels)
+
+    def _window_features(self, columns, grid, low, high, codes, which, at) -> None:
+        for source in ("orders", "lines", "interactions"):
+            group = [f for f in self.plan.features if f.kind == "window" and f.source == source]
+            if not group:
+                continue
+            events = self._events(source, low, high, f"code - {low} AS code, epoch_us(ts) AS t")
+            on_grid = timegrid.EventsOnGrid(grid, events["code"], events["t"])
+            running: dict[str, np.ndarray] = {}  # one running total per distinct measure
+            for f in group:
+                if f.expression not in running:
+                    measure = None if f.expression == "1" else self._events(
+                        source, low, high, f"CAST({f.expression} AS DOUBLE) AS m")["m"]
+                    running[f.expression] = on_grid.running_sum(measure)
+                total = running[f.expression]
+                upper, lower = at(f.offset_days)[which], at(f.offset_days + f.window_days)[which]
+                columns[f.name] = total[codes, upper] - total[codes, lower]
+
+    def _last_features(self, columns, grid, low, high, codes, which, cut_at) -> None:
+        for f in (f for f in self.plan.features if f.kind == "last"):
+            events = self._events(f.source, low, high, f"code - {low} AS code, epoch_us(ts) AS t, "
+                                  f"CAST(value AS DOUBLE) AS v", where=f.where)
+            ts, value = timegrid.EventsOnGrid(grid, events["code"], events["t"]).latest(events["t"], events["v"])
+            ts, value = ts[codes, cut_at[which]], value[codes, cut_at[which]]
+            inside = (ts != timegrid.NO_TIME) & (ts > self.cutoffs[which] - f.window_days * _US_PER_DAY)
+            ts_column, value_column = _last_columns(f)
+            columns[ts_column] = np.where(inside, ts, 0)
+            columns[ts_column + "__valid"] = inside
+            columns[value_column] = np.where(inside, value, np.nan)
+
+    def _distinct_features(self, columns, low, high, n, codes, which) -> None:
+        for f in (f for f in self.plan.features if f.kind == "distinct"):
+            events = self.con.execute(f"""
+                SELECT l.code - {low} AS code, k.key_code, epoch_us(l.ts) AS t
+                FROM lines l JOIN (SELECT key, CAST(row_number() OVER (ORDER BY key) - 1 AS BIGINT) AS key_code
+                                   FROM (SELECT DISTINCT {f.expression} AS key FROM lines
+                                         WHERE code >= {low} AND code < {high})) k ON l.{f.expression} = k.key
+                WHERE l.code >= {low} AND l.code < {high} AND NOT l.is_return
+            """).fetchnumpy()
+            counts = timegrid.distinct_in_window(events["code"], events["key_code"], events["t"], self.cutoffs,
+                                                 f.window_days * _US_PER_DAY, n)
+            columns[f.name] = counts[codes, which]
+
+    def _churned(self, n_orders, value, cancelled_at, codes, which, cut_at, at) -> np.ndarray:
+        c = self.config
+        start, end = at(-c.lead_days)[which], at(-(c.lead_days + c.horizon_days))[which]
+        purchases = n_orders[codes, end] - n_orders[codes, start]
+        cutoff = self.cutoffs[which]
+        cancelled = ((cancelled_at[codes] > cutoff + c.lead_days * _US_PER_DAY)
+                     & (cancelled_at[codes] <= cutoff + (c.lead_days + c.horizon_days) * _US_PER_DAY))
+        churned = {"no_purchase": purchases == 0, "cancellation": cancelled,
+                   "no_purchase_or_cancellation": (purchases == 0) | cancelled}[c.label]
+        if c.partial_churn_below is not None:
+            spend = value[codes, end] - value[codes, start]
+            spend_before = value[codes, cut_at[which]] - value[codes, at(c.horizon_days)[which]]
+            churned = churned | (spend < c.partial_churn_below * spend_before)
+        return churned
+
+    def _finish(self, columns: dict[str, np.ndarray], with_labels: bool):
+        """Evaluate the SQL side of the definitions on one block of (customer, cutoff) rows."""
+        arrays = {}
+        for name, values in columns.items():
+            if name in ("cutoff", "first_ts", "last_ts") or name.endswith("__ts"):
+                valid = columns.get(name + "__valid")
+                arrays[name] = pa.array(values, type=pa.int64(), mask=None if valid is None else ~valid
+                                        ).cast(pa.timestamp("us"))
+            elif not name.endswith("__valid"):
+                arrays[name] = pa.array(values)
+        self.con.register("block_rows", pa.table(arrays))
+        selected = []
+        for f in self.plan.features:
+            if f.kind in ("history", "customers"):
+                selected.append(f"{f.expression} AS {quote_name(f.name)}")
+            elif f.kind == "last":
+                selected.append(f"{_last_expression(f)} AS {quote_name(f.name)}")
+        derived = _inline_derived(self.plan.features)
+        outputs = [f"CAST({derived.get(f.name, quote_name(f.name))} AS {'VARCHAR' if f.categorical else 'DOUBLE'}) "
+                   f"AS {quote_name(f.name)}" for f in self.plan.public]
+        profile = "LEFT JOIN customers USING (customer_id)" if "customers" in self.available else ""
+        result = self.con.sql(f"""
+            WITH base AS (
+                SELECT k.customer_id, b.* EXCLUDE (code){''.join(', ' + s for s in selected)}
+                FROM block_rows b JOIN customer_codes k USING (code) {profile}
+            )
+            SELECT customer_id, cutoff, {', '.join(outputs)}{', churned' if with_labels else ''}
+            FROM base ORDER BY customer_id, cutoff
+        """).to_arrow_table()
+        self.con.unregister("block_rows")
+        return result
 
     def close(self) -> None:
         self.con.close()
@@ -629,7 +673,7 @@ def compute_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: lis
     Returns a frame keyed by (customer_id, cutoff), sorted, and the plan of kept features.
     """
     with _Engine(tables, cutoffs, config, features) as engine:
-        result = engine.con.execute(engine.sql(with_labels)).fetchdf()
+        result = pa.concat_tables(list(engine.blocks(with_labels))).to_pandas()
         plan = engine.plan
     result["cutoff"] = result["cutoff"].astype("datetime64[us]")
     for name in plan.categorical:
@@ -640,16 +684,27 @@ def compute_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: lis
 def write_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: list[pd.Timestamp],
                     config: FeaturesConfig, target: Path, label_complete_until: pd.Timestamp | None = None
                     ) -> FeaturePlan:
-    """Like :func:`compute_snapshots`, streamed by DuckDB straight into a Parquet file (atomically),
+    """Like :func:`compute_snapshots`, streamed block by block into one Parquet file (atomically),
     with ``label_complete`` = the cutoff's label window ends by ``label_complete_until``."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     from churnlens.io import atomic_path
 
-    span = config.lead_days + config.horizon_days
-    complete = (f"cutoff + INTERVAL {span} DAY <= TIMESTAMP '{label_complete_until}'"
-                if label_complete_until is not None else "false")
+    span = pd.Timedelta(days=config.lead_days + config.horizon_days)
     with _Engine(tables, cutoffs, config, None) as engine, atomic_path(target) as temporary:
-        engine.con.execute(f"COPY (SELECT *, {complete} AS label_complete FROM ({engine.sql(True)}) "
-                           f"ORDER BY customer_id, cutoff) TO '{temporary}' (FORMAT parquet, COMPRESSION zstd)")
+        writer = None
+        for block in engine.blocks(with_labels=True):
+            if label_complete_until is None:
+                complete = pa.array([False] * block.num_rows)
+            else:
+                limit = pa.scalar(pd.Timestamp(label_complete_until) - span, type=pa.timestamp("us"))
+                complete = pc.less_equal(block["cutoff"], limit)
+            block = block.append_column("label_complete", complete)
+            if writer is None:
+                writer = pq.ParquetWriter(temporary, block.schema, compression="zstd")
+            writer.write_table(block)
+        writer.close()
         return engine.plan
 
 
