@@ -114,7 +114,8 @@ def test_backtest_folds_never_see_their_future_nor_the_holdout() -> None:
     assert backtest_splits(snapshots, features, TrainConfig(backtest_folds=0)) == []
 
 
-def test_contributions_explain_predictions_and_name_the_driver() -> None:
+@pytest.mark.parametrize("approximate", [False, True], ids=["exact", "approximate"])
+def test_contributions_explain_predictions_and_name_the_driver(approximate: bool) -> None:
     from churnlens.model import contributions, top_reasons
 
     rng = np.random.default_rng(2)
@@ -124,7 +125,8 @@ def test_contributions_explain_predictions_and_name_the_driver() -> None:
     frame["churned"] = frame["days_since_last_purchase"] > 40
     fitted = fit_with_early_stopping(frame.iloc[:1500], frame.iloc[1500:], ["days_since_last_purchase", "noise"],
                                      ["contract_type"], TrainConfig(calibration="none"))
-    contrib = contributions(fitted.pipeline, frame.head(50), ["days_since_last_purchase", "noise"], ["contract_type"])
+    contrib = contributions(fitted.pipeline, frame.head(50), ["days_since_last_purchase", "noise"], ["contract_type"],
+                            approximate=approximate)
     margin = fitted.pipeline.named_steps["classifier"].get_booster().predict(
         xgboost.DMatrix(fitted.pipeline.named_steps["preprocess"].transform(
             frame.head(50)[["contract_type", "days_since_last_purchase", "noise"]])), output_margin=True)

@@ -114,20 +114,47 @@ def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
     last = snapshots.groupby("customer_id")["cutoff"].max()
     assert set(scores["customer_id"]) & set(last.index)
     again = root / "again.parquet"
-    run_score(params, root / "data/canonical", "models:/churnlens@champion", again, root / "r2.json")
+    rerun = run_score(params, root / "data/canonical", "models:/churnlens@champion", again, root / "r2.json",
+                      previous=scores[["customer_id", "segment"]])
     pd.testing.assert_frame_equal(scores, pd.read_parquet(again))  # identical reruns
+    assert rerun["stability"] == {"customers_in_both_runs": len(scores), "changed_segment": 0}
+
+
+def test_score_manifest_records_the_run(pipeline_run) -> None:
+    root, params = pipeline_run["root"], pipeline_run["params"]
+    output = root / "manifested/scores.parquet"
+    report = run_score(params, root / "data/canonical", "models:/churnlens@champion", output, root / "m.json")
+    manifest = io.read_json(output.with_name("scores.manifest.json"))
+    assert manifest["model_version"] == pipeline_run["trained"]["model_version"] == report["model_version"]
+    assert manifest["model_run_id"] == pipeline_run["trained"]["run_id"]
+    assert manifest["data"]["fingerprint"] == io.file_fingerprint(root / "data/canonical")
+    assert manifest["rows"]["customers_scored"] == len(pd.read_parquet(output))
+    assert sum(manifest["rows"]["per_segment"].values()) == manifest["rows"]["customers_scored"]
+    assert sum(manifest["segment_mix"].values()) == pytest.approx(1.0)
+    assert {"features", "predict_and_reasons", "write", "total"} <= set(manifest["timings_seconds"])
+    model_features = pipeline_run["trained"]["metrics"]  # the model was trained on these rows
+    assert model_features["train_rows"] > 0
+    numeric = load_model("models:/churnlens@champion").metadata["numeric_features"]
+    assert set(manifest["drift"]["psi"]) >= set(numeric)
+    assert all(value >= 0 for value in manifest["drift"]["psi"].values())
+    assert manifest["drift"]["warnings"] == sorted(name for name, value in manifest["drift"]["psi"].items()
+                                                   if value > params.score.drift_warning_psi)
 
 
 def test_segments_match_simulated_personas(pipeline_run) -> None:
     from sklearn.metrics import f1_score
 
     root = pipeline_run["root"]
-    run_score(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion",
-              root / "s.parquet", root / "r.json")
     truth = pd.read_parquet(root / "data/truth/ground_truth.parquet")
+    report = run_score(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion",
+                       root / "s.parquet", root / "r.json", truth=truth)
     joined = pd.read_parquet(root / "s.parquet").merge(truth, on="customer_id")
     decided = joined[joined["segment"] != "insufficient_history"]
-    assert f1_score(decided["persona"], decided["segment"], average="macro") >= 0.85
+    agreement = report["ground_truth"]
+    assert agreement["macro_f1"] == pytest.approx(f1_score(decided["persona"], decided["segment"], average="macro"))
+    assert agreement["macro_f1"] >= 0.85
+    assert sum(sum(row.values()) for row in agreement["confusion_matrix"].values()) == len(joined)
+    assert io.read_json(root / "r.json")["ground_truth"] == agreement
 
 
 def test_missing_alias_and_foreign_uris_are_clear_errors(pipeline_run) -> None:
@@ -159,6 +186,32 @@ def test_worse_challenger_is_not_promoted(pipeline_run) -> None:
     assert result["promotion"]["promoted"] is False
     assert tracking.alias_version("churnlens", "champion") == pipeline_run["trained"]["model_version"]
     assert tracking.alias_version("churnlens", "challenger") == "2"
+
+
+def test_a_killed_writer_leaves_the_previous_output(tmp_path: Path) -> None:
+    """SIGKILL a real process in the middle of an atomic write: the old file survives intact."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "scores.parquet"
+    io.write_parquet(pd.DataFrame({"a": [1]}), target)
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import time
+import pandas as pd
+from churnlens import io
+with io.atomic_path({str(target)!r}) as temporary:
+    pd.DataFrame({{"a": range(100_000)}}).to_parquet(temporary)
+    time.sleep(60)  # killed here: written, not yet renamed
+"""])
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".tmp") and p.stat().st_size > 0 for p in tmp_path.iterdir()):
+        assert time.monotonic() < deadline and writer.poll() is None, "the writer never started writing"
+        time.sleep(0.05)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert pd.read_parquet(target)["a"].tolist() == [1]
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:

@@ -147,17 +147,29 @@ def score(
     output: Annotated[Path, typer.Option()] = Path("data/scores/scores.parquet"),
     csv: Annotated[Path | None, typer.Option(help="also write a CSV (e.g. for a CRM)")] = None,
     report: Annotated[Path, typer.Option()] = Path("reports/segment_report.json"),
+    manifest: Annotated[Path | None, typer.Option(help="run manifest JSON; default: beside --output")] = None,
+    truth: Annotated[Path | None, typer.Option(help="known personas (simulated data): report segment macro-F1")
+                     ] = None,
 ) -> None:
-    """Score every active customer: churn probability, risk tier, segment, action, priority."""
+    """Score every active customer: churn probability, risk tier, segment, action, priority.
+
+    Runs inside `dvc repro` or alone (cron, Airflow). The previous scores at --output, if any,
+    are compared with the new ones to report how many customers changed segment.
+    """
+    import sys
+
     import pandas as pd
 
     from churnlens.stages import run_score
     from churnlens.tracking import ModelNotFoundError
 
     loaded_params = _params(params)
+    previous = pd.read_parquet(output, columns=["customer_id", "segment"]) if output.exists() else None
+    known = pd.read_parquet(truth, columns=["customer_id", "persona"]) if truth is not None and truth.exists() else None
     try:
         result = run_score(loaded_params, canonical_dir, model or loaded_params.score.model_uri, output, report,
-                           pd.Timestamp(as_of) if as_of else None, csv, Path.cwd())
+                           pd.Timestamp(as_of) if as_of else None, csv, Path.cwd(), previous=previous,
+                           manifest_path=manifest, truth=known, show_progress=sys.stderr.isatty())
     except (ModelNotFoundError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     log.info("scored %d customers as of %s with %s v%s; campaign: %d customers", result["customers"],

@@ -214,7 +214,13 @@ class ScoreConfig(_Section):
     value_horizon_days: int = Field(365, ge=1, description="customer value proxy = spend over this period")
     campaign_budget: float = Field(5_000.0, ge=0)
     actions: dict[str, dict[str, RetentionAction]]
-    chunk_rows: int = Field(100_000, ge=1_000)
+    chunk_rows: int = Field(100_000, ge=1_000, description="customers scored per chunk (bounds memory)")
+    reasons: Literal["exact", "approximate"] = Field(
+        "exact", description="exact TreeSHAP, or Saabas path attributions (~50x faster, top reason agrees ~3 in 4)"
+    )
+    drift_warning_psi: float = Field(
+        0.25, gt=0, description="warn when a feature's population stability index vs training exceeds this"
+    )
 
     @model_validator(mode="after")
     def _complete_playbook(self) -> ScoreConfig:

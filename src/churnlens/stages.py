@@ -16,7 +16,7 @@ import pandas as pd
 
 from churnlens import features as ft
 from churnlens import io, score, segments, tracking
-from churnlens.config import Params
+from churnlens.config import Params, ScoreConfig
 from churnlens.ingest import run_ingest
 from churnlens.simulate import simulate
 
@@ -116,8 +116,14 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
                 if f.name in set(lists.numeric + lists.categorical)]
         temporary.write_text(ft.feature_catalog_markdown(used), encoding="utf-8")
     example = model.model_input(train_rows.head(50), lists.numeric, lists.categorical)
+    from churnlens.drift import drift_profile
+
     metadata = {"numeric_features": lists.numeric, "categorical_features": lists.categorical,
-                "holdout_cutoff": split.as_dict()["holdout"]}
+                "holdout_cutoff": split.as_dict()["holdout"],
+                # The reference population for drift checks: the latest training snapshot, which is
+                # closest in time to what will be scored (pooled cutoffs mix younger histories in).
+                "drift_profile": drift_profile(train_rows[train_rows["cutoff"] == train_rows["cutoff"].max()],
+                                               lists.numeric, lists.categorical)}
     registered = tracking.log_training_run(
         experiment=params.train.experiment_name, model_name=params.train.registered_model_name,
         params={"features": params.features.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
@@ -292,10 +298,22 @@ def decide_promotion(params: Params, trained: dict, holdout: pd.DataFrame, chall
 
 def run_score(params: Params, canonical_dir: Path, model_uri: str, output: Path, report_path: Path,
               as_of: pd.Timestamp | None = None, csv_output: Path | None = None, project_root: Path | None = None,
-              previous: pd.DataFrame | None = None) -> dict:
-    from churnlens import model, plots
+              previous: pd.DataFrame | None = None, manifest_path: Path | None = None,
+              truth: pd.DataFrame | None = None, show_progress: bool = False) -> dict:
+    """The batch scoring job: features as of one instant, then scores, segments, reasons and the
+    retention plan, written atomically, plus a segment report and a run manifest."""
+    from churnlens import plots
+    from churnlens.drift import population_stability
 
-    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
     config = params.score
     tables = canonical_tables(canonical_dir)
     data_start, data_end = ft.data_span(tables)
@@ -306,28 +324,89 @@ def run_score(params: Params, canonical_dir: Path, model_uri: str, output: Path,
             f"{data_end.date()}; pick a date inside it"
         )
     loaded = tracking.load_model(model_uri, project_root)
+    lap("load_model")
     snapshot, _ = ft.compute_snapshots(tables, [instant], params.features, with_labels=False)
-    needed = loaded.metadata.get("numeric_features", []) + loaded.metadata.get("categorical_features", [])
-    missing = [c for c in needed if c not in snapshot]
+    lap("features")
+    numeric, categorical = loaded.metadata.get("numeric_features", []), loaded.metadata.get("categorical_features", [])
+    missing = [c for c in numeric + categorical if c not in snapshot]
     if missing:
         raise ValueError(f"score: model {loaded.name} v{loaded.version} needs features {missing} that the data "
                          "does not provide; retrain on this data or supply the missing tables")
-    probability = model.churn_probability(loaded.pipeline, snapshot, loaded.metadata["numeric_features"],
-                                          loaded.metadata["categorical_features"])
+    probability, reasons = _score_in_chunks(loaded, snapshot, numeric, categorical, config, show_progress)
+    lap("predict_and_reasons")
     assigned = segments.assign_segments(snapshot, config.segments)
-    # Reasons cost a TreeSHAP pass: compute them only where someone will act (medium and high risk).
-    at_risk = snapshot[score.risk_tiers(probability, config) != "low"]
-    reasons = model.top_reasons(model.contributions(
-        loaded.pipeline, at_risk, loaded.metadata["numeric_features"], loaded.metadata["categorical_features"])) \
-        if len(at_risk) else None
     scores = score.build_scores(snapshot, probability, assigned, config, instant, loaded.name, loaded.version,
                                 reasons)
+    lap("segments_and_plan")
     io.write_parquet(scores, output)
     if csv_output is not None:
         io.write_csv(scores, csv_output)
+    lap("write")
+
     report = score.segment_report(scores, previous)
     report.update({"as_of": instant.isoformat(), "model_name": loaded.name, "model_version": loaded.version})
+    if truth is not None:
+        report["ground_truth"] = segments.agreement_with_truth(assigned, truth)
+    drift = population_stability(loaded.metadata.get("drift_profile", {}), snapshot)
+    drifted = {name: value for name, value in drift.items() if value > config.drift_warning_psi}
+    for name, value in drifted.items():
+        log.warning("drift: %s has PSI %.2f against the training population (threshold %.2f)", name, value,
+                    config.drift_warning_psi)
+    if not drift:
+        log.warning("drift: model %s v%s carries no training profile; drift not checked", loaded.name, loaded.version)
     io.write_json(report, report_path)
-    log.info("scored %d customers in %.1f s", len(scores), time.perf_counter() - started)
     plots.segment_plot(report, report_path.with_suffix(".png"))
+    manifest = {
+        "as_of": instant.isoformat(), "model_uri": model_uri, "model_name": loaded.name,
+        "model_version": loaded.version, "model_run_id": loaded.metadata.get("run_id"),
+        "data": {"canonical_dir": str(canonical_dir), "fingerprint": io.file_fingerprint(canonical_dir),
+                 "first_event": data_start.isoformat(), "last_event": data_end.isoformat()},
+        "rows": {"customers_scored": len(scores), "in_campaign": report["campaign_customers"],
+                 "with_reasons": int((scores["top_reasons"].fillna("") != "").sum()),
+                 "per_segment": {s: v["customers"] for s, v in report["segments"].items()}},
+        "segment_mix": {s: v["share"] for s, v in report["segments"].items()},
+        "reasons": config.reasons,
+        "drift": {"threshold": config.drift_warning_psi, "psi": drift, "warnings": sorted(drifted)},
+        "outputs": {"scores": str(output), "csv": str(csv_output) if csv_output else None,
+                    "segment_report": str(report_path)},
+        "timings_seconds": timings,
+        "churnlens_version": _version(),
+    }
+    lap("report")
+    manifest["timings_seconds"]["total"] = round(sum(timings.values()), 3)
+    io.write_json(manifest, manifest_path or output.with_name(output.stem + ".manifest.json"))
+    log.info("scored %d customers in %.1f s", len(scores), manifest["timings_seconds"]["total"])
     return report
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("churnlens")
+
+
+def _score_in_chunks(loaded: tracking.LoadedModel, snapshot: pd.DataFrame, numeric: list[str],
+                     categorical: list[str], config: ScoreConfig, show_progress: bool) -> tuple[np.ndarray, pd.Series | None]:
+    """Probabilities for everyone and reasons for the medium/high-risk, ``chunk_rows`` at a time.
+
+    Reasons cost a TreeSHAP pass, so they are computed only where someone will act.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from churnlens import model
+
+    probability = np.empty(len(snapshot))
+    reasons: list[pd.Series] = []
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not show_progress) as progress:
+        task = progress.add_task("scoring", total=len(snapshot))
+        for start in range(0, len(snapshot), config.chunk_rows):
+            chunk = snapshot.iloc[start:start + config.chunk_rows]
+            chunk_probability = model.churn_probability(loaded.pipeline, chunk, numeric, categorical)
+            probability[start:start + len(chunk)] = chunk_probability
+            at_risk = chunk[score.risk_tiers(chunk_probability, config) != "low"]
+            if len(at_risk):
+                reasons.append(model.top_reasons(model.contributions(
+                    loaded.pipeline, at_risk, numeric, categorical, approximate=config.reasons == "approximate")))
+            progress.advance(task, len(chunk))
+    return probability, (pd.concat(reasons) if reasons else None)

@@ -227,7 +227,7 @@ def load_model(uri: str, project_root: Path | None = None) -> LoadedModel:
                 f"{str(exc).splitlines()[0]}. Run `dvc repro` (train + evaluate) first, or pass --model "
                 "models:/churnlens@challenger or a path such as models/churn_model"
             ) from None
-        pipeline_uri, label = f"models:/{name}/{version.version}", str(version.version)
+        pipeline_uri, label, run_id = f"models:/{name}/{version.version}", str(version.version), version.run_id
     elif "://" in uri:
         raise ModelNotFoundError(f"model {uri!r}: only models:/ URIs of this project's registry or local paths "
                                  "are loaded")
@@ -235,9 +235,9 @@ def load_model(uri: str, project_root: Path | None = None) -> LoadedModel:
         path = Path(uri) if Path(uri).is_absolute() or project_root is None else project_root / uri
         if not (path / "MLmodel").is_file():
             raise ModelNotFoundError(f"model path {str(path)!r} holds no MLmodel file; run `dvc repro train`")
-        pipeline_uri, name, label = str(path), path.name, "local"
+        pipeline_uri, name, label, run_id = str(path), path.name, "local", None
     pipeline = mlflow.sklearn.load_model(pipeline_uri)
-    metadata = Model.load(pipeline_uri).metadata or {}
+    metadata = {"run_id": run_id, **(Model.load(pipeline_uri).metadata or {})}
     if label == "local":
         name, label = metadata.get("registered_model_name", name), metadata.get("registered_version", "local")
     return LoadedModel(pipeline, name, label, metadata)
