@@ -253,10 +253,11 @@ def segment_metrics(holdout: pd.DataFrame, y: np.ndarray, probability: np.ndarra
     result = {}
     for segment in sorted(set(assigned)):
         inside = assigned == segment
+        result[segment] = {"n": int(inside.sum()), "churn_rate": float(y[inside].mean()),
+                           "mean_churn_probability": float(probability[inside].mean())}
         if len(np.unique(y[inside])) == 2:
-            result[segment] = ev.classification_metrics(y[inside], probability[inside], params.evaluate.top_fraction)
-        else:
-            result[segment] = {"n": int(inside.sum()), "churn_rate": float(y[inside].mean())}
+            result[segment].update(ev.classification_metrics(y[inside], probability[inside],
+                                                             params.evaluate.top_fraction))
     return result
 
 
