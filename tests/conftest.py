@@ -39,6 +39,42 @@ def small_data(small_params: Params) -> SimulatedData:
     return simulate(small_params.simulate)
 
 
+def run_small_pipeline(root: Path) -> dict:
+    """Every stage in-process on the small data set, with paths as in dvc.yaml under ``root``.
+    The caller points MLFLOW_TRACKING_URI at a store of its own and chdirs to ``root``."""
+    from churnlens.stages import run_evaluate, run_features, run_ingest_stage, run_simulate, run_train
+
+    raw = small_params_dict()
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    params = parse_params(raw)
+    run_simulate(params, root / "data/raw", root / "data/truth/ground_truth.parquet")
+    run_ingest_stage(params, root, root / "data/canonical", root / "data/quarantine", root / "reports/ingest_report.json")
+    run_features(params, root / "data/canonical", root / "data/features/snapshots.parquet", root / "reports/features.json")
+    trained = run_train(params, root / "data/features/snapshots.parquet", root / "reports/features.json",
+                        root / "models/churn_model", root / "reports/train.json", PROJECT_ROOT)
+    evaluated = run_evaluate(params, root / "data/features/snapshots.parquet", root / "models/churn_model",
+                             root / "reports/train.json", root / "reports/metrics.json", root / "reports/plots")
+    return {"params": params, "root": root, "trained": trained, "evaluated": evaluated}
+
+
+@pytest.fixture(scope="session")
+def reviewed_project(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A finished small project (data, reports, scores, models, an MLflow store) for the review
+    surfaces: notebooks, the MLflow server and its UI. Read it, do not change it."""
+    from churnlens.stages import run_score
+
+    root = tmp_path_factory.mktemp("reviewed")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(root)
+        run = run_small_pipeline(root)
+        run_score(run["params"], root / "data/canonical", "models:/churnlens@champion",
+                  root / "data/scores/scores.parquet", root / "reports/segment_report.json",
+                  truth=pd.read_parquet(root / "data/truth/ground_truth.parquet"))
+    return {**run, "tracking_uri": uri}
+
+
 @pytest.fixture
 def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A real MLflow sqlite store in a temporary folder (artifacts beside it)."""

@@ -11,9 +11,9 @@ from mlflow import MlflowClient
 
 from churnlens import io, tracking
 from churnlens.config import parse_params
-from churnlens.stages import run_evaluate, run_features, run_ingest_stage, run_score, run_simulate, run_train
+from churnlens.stages import run_evaluate, run_score, run_train
 from churnlens.tracking import ModelNotFoundError, load_model
-from conftest import PROJECT_ROOT, small_params_dict
+from conftest import PROJECT_ROOT, run_small_pipeline, small_params_dict
 
 
 @pytest.fixture(scope="module")
@@ -23,22 +23,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
         patch.chdir(tmp_path)
-        yield _run_pipeline(tmp_path)
-
-
-def _run_pipeline(tmp_path: Path) -> dict:
-    params = parse_params(small_params_dict())
-    run_simulate(params, tmp_path / "data/raw", tmp_path / "data/truth/ground_truth.parquet")
-    run_ingest_stage(params, tmp_path, tmp_path / "data/canonical", tmp_path / "data/quarantine",
-                     tmp_path / "reports/ingest_report.json")
-    run_features(params, tmp_path / "data/canonical", tmp_path / "data/features/snapshots.parquet",
-                 tmp_path / "reports/features.json")
-    trained = run_train(params, tmp_path / "data/features/snapshots.parquet", tmp_path / "reports/features.json",
-                        tmp_path / "models/churn_model", tmp_path / "reports/train.json", PROJECT_ROOT)
-    evaluated = run_evaluate(params, tmp_path / "data/features/snapshots.parquet", tmp_path / "models/churn_model",
-                             tmp_path / "reports/train.json", tmp_path / "reports/metrics.json",
-                             tmp_path / "reports/plots")
-    return {"params": params, "root": tmp_path, "trained": trained, "evaluated": evaluated}
+        yield run_small_pipeline(tmp_path)
 
 
 def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:

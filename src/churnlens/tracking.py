@@ -145,6 +145,8 @@ def log_training_run(*, experiment: str, model_name: str, params: dict, metrics:
 
     configure()
     mlflow.set_experiment(experiment)
+    # MLflow 3's UI opens an experiment in its GenAI view unless told this is model training.
+    mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
     with mlflow.start_run() as run:
         mlflow.log_params(flatten(params))
         mlflow.log_metrics(metrics)
