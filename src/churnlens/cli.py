@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from churnlens.config import ConfigError, Params, load_params
+from churnlens.config import ConfigError, Params, load_params, parse_params
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
@@ -80,19 +80,41 @@ def ingest(
              result["accepted"], result["quarantined"], result["duplicates_removed"])
 
 
+EngineOption = Annotated[str | None, typer.Option(
+    help="duckdb (this machine) or spark; default: engine.name in params")]
+SparkMasterOption = Annotated[str | None, typer.Option(
+    help="Spark master URL (local[4], spark://host:7077, yarn, k8s://...); default: engine.spark_master")]
+
+
+def _with_engine(params: Params, engine: str | None, spark_master: str | None) -> Params:
+    """Params with the engine the command line asks for (validated like params.yaml)."""
+    raw = params.model_dump(mode="json")
+    if engine is not None:
+        raw["engine"]["name"] = engine
+    if spark_master is not None:
+        raw["engine"]["spark_master"] = spark_master
+    try:
+        return parse_params(raw, "--engine/--spark-master")
+    except ConfigError as exc:
+        raise _fail(exc) from None
+
+
 @app.command()
 def features(
     params: ParamsOption = DEFAULT_PARAMS,
-    canonical_dir: Annotated[Path, typer.Option()] = Path("data/canonical"),
-    output: Annotated[Path, typer.Option(help="snapshots keyed by (customer_id, cutoff)")] = Path(
-        "data/features/snapshots.parquet"),
+    canonical_dir: Annotated[str, typer.Option(help="folder (or URI, on Spark) of canonical Parquet")
+                             ] = "data/canonical",
+    output: Annotated[str, typer.Option(help="snapshots keyed by (customer_id, cutoff)")
+                      ] = "data/features/snapshots.parquet",
     report: Annotated[Path, typer.Option()] = Path("reports/features.json"),
+    engine: EngineOption = None,
+    spark_master: SparkMasterOption = None,
 ) -> None:
     """Point-in-time features and churn labels at every cutoff."""
     from churnlens.stages import run_features
 
     try:
-        result = run_features(_params(params), canonical_dir, output, report)
+        result = run_features(_with_engine(_params(params), engine, spark_master), canonical_dir, output, report)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     log.info("features: %d rows, %d cutoffs (%d fully labelled), %d features; left out: %s", result["rows"],
@@ -139,17 +161,21 @@ def evaluate(
 @app.command()
 def score(
     params: ParamsOption = DEFAULT_PARAMS,
-    canonical_dir: Annotated[Path, typer.Option()] = Path("data/canonical"),
+    canonical_dir: Annotated[str, typer.Option(help="folder (or URI, on Spark) of canonical Parquet")
+                             ] = "data/canonical",
     model: Annotated[str | None, typer.Option(help="models:/<name>@<alias>, models:/<name>/<version> or a "
                                                    "model folder; default: score.model_uri")] = None,
     as_of: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="scoring date (its midnight, UTC)")
                      ] = None,
-    output: Annotated[Path, typer.Option()] = Path("data/scores/scores.parquet"),
-    csv: Annotated[Path | None, typer.Option(help="also write a CSV (e.g. for a CRM)")] = None,
+    output: Annotated[str, typer.Option(help="Parquet file (a Parquet folder on Spark; URIs allowed there)")
+                      ] = "data/scores/scores.parquet",
+    csv: Annotated[str | None, typer.Option(help="also write a CSV (e.g. for a CRM)")] = None,
     report: Annotated[Path, typer.Option()] = Path("reports/segment_report.json"),
     manifest: Annotated[Path | None, typer.Option(help="run manifest JSON; default: beside --output")] = None,
     truth: Annotated[Path | None, typer.Option(help="known personas (simulated data): report segment macro-F1")
                      ] = None,
+    engine: EngineOption = None,
+    spark_master: SparkMasterOption = None,
 ) -> None:
     """Score every active customer: churn probability, risk tier, segment, action, priority.
 
@@ -163,8 +189,9 @@ def score(
     from churnlens.stages import run_score
     from churnlens.tracking import ModelNotFoundError
 
-    loaded_params = _params(params)
-    previous = pd.read_parquet(output, columns=["customer_id", "segment"]) if output.exists() else None
+    loaded_params = _with_engine(_params(params), engine, spark_master)
+    local_output = "://" not in output and Path(output).exists()
+    previous = pd.read_parquet(output, columns=["customer_id", "segment"]) if local_output else None
     known = pd.read_parquet(truth, columns=["customer_id", "persona"]) if truth is not None and truth.exists() else None
     try:
         result = run_score(loaded_params, canonical_dir, model or loaded_params.score.model_uri, output, report,

@@ -243,7 +243,18 @@ class ScoreConfig(_Section):
         return self
 
 
+class EngineConfig(_Section):
+    """What computes features and scores: DuckDB on this machine, or an Apache Spark cluster."""
+
+    name: Literal["duckdb", "spark"] = "duckdb"
+    spark_master: str | None = Field(
+        None, description="Spark master URL; null = spark-submit's master, else local[*]"
+    )
+    spark_driver_memory: str = Field("4g", description="driver heap of a session churnlens starts itself")
+
+
 class Params(_Section):
+    engine: EngineConfig = EngineConfig()
     simulate: SimulateConfig = SimulateConfig()
     ingest: IngestConfig
     features: FeaturesConfig = FeaturesConfig()

@@ -83,7 +83,8 @@ class Feature:
 
 
 def _days(a: str, b: str) -> str:
-    return f"(epoch({a}) - epoch({b})) / {DAY_SECONDS}"
+    # Microseconds, not epoch(): seconds would drop sub-second parts on some engines.
+    return f"(epoch_us({a}) - epoch_us({b})) / {DAY_SECONDS * 1e6}"
 
 
 def _windowed(template: Feature, windows: tuple[int, ...]) -> list[Feature]:
@@ -223,8 +224,8 @@ def feature_definitions(windows: tuple[int, ...] = (30, 90, 365)) -> list[Featur
                 requires=("contract_type",), categorical=True),
         Feature("days_to_contract_end", sc, "customers",
                 f"CASE WHEN contract_term_months > 0 AND signup_date <= cutoff THEN "
-                f"contract_term_months * 30.4375 - fmod({_days('cutoff', 'signup_date')}, "
-                f"contract_term_months * 30.4375) END",
+                f"contract_term_months * 30.4375 - ({_days('cutoff', 'signup_date')}) % "
+                f"(contract_term_months * 30.4375) END",
                 "Days until the current contract term renews (terms repeat from signup).",
                 requires=("contract_term_months", "signup_date")),
         Feature("autopay", sc, "customers", "CAST(autopay AS DOUBLE)",
@@ -453,6 +454,30 @@ def _has_cancellations(available: dict[str, set[str]]) -> bool:
     return "customers" in available and "cancellation_date" in available["customers"]
 
 
+def assembly_sql(plan: FeaturePlan, rows: str, raw_columns: list[str], with_labels: bool,
+                 customers_table: str | None) -> str:
+    """The SQL side of the definitions, shared by every engine: from ``rows`` (customer_id,
+    cutoff and the engine's raw columns: running purchase statistics, window sums, distinct
+    counts, latest events, churned) to the public features: history, profile, 'last' and derived
+    expressions, cast to the output types, sorted by (customer_id, cutoff)."""
+    selected = []
+    for f in plan.features:
+        if f.kind in ("history", "customers"):
+            selected.append(f"{f.expression} AS {quote_name(f.name)}")
+        elif f.kind == "last":
+            selected.append(f"{_last_expression(f)} AS {quote_name(f.name)}")
+    derived = _inline_derived(plan.features)
+    outputs = [f"CAST({derived.get(f.name, quote_name(f.name))} AS {'VARCHAR' if f.categorical else 'DOUBLE'}) "
+               f"AS {quote_name(f.name)}" for f in plan.public]
+    profile = f"LEFT JOIN {customers_table} c ON c.customer_id = r.customer_id" if customers_table else ""
+    columns = ", ".join(["r.customer_id", "r.cutoff"] + [f"r.{quote_name(c)}" for c in raw_columns] + selected)
+    return f"""
+        WITH base AS (SELECT {columns} FROM ({rows}) r {profile})
+        SELECT customer_id, cutoff, {', '.join(outputs)}{', churned' if with_labels else ''}
+        FROM base ORDER BY customer_id, cutoff
+    """
+
+
 _US_PER_DAY = 86_400_000_000
 _NEVER = np.iinfo(np.int64).max
 
@@ -630,25 +655,13 @@ class _Engine:
                                         ).cast(pa.timestamp("us"))
             elif not name.endswith("__valid"):
                 arrays[name] = pa.array(values)
-        self.con.register("block_rows", pa.table(arrays))
-        selected = []
-        for f in self.plan.features:
-            if f.kind in ("history", "customers"):
-                selected.append(f"{f.expression} AS {quote_name(f.name)}")
-            elif f.kind == "last":
-                selected.append(f"{_last_expression(f)} AS {quote_name(f.name)}")
-        derived = _inline_derived(self.plan.features)
-        outputs = [f"CAST({derived.get(f.name, quote_name(f.name))} AS {'VARCHAR' if f.categorical else 'DOUBLE'}) "
-                   f"AS {quote_name(f.name)}" for f in self.plan.public]
-        profile = "LEFT JOIN customers USING (customer_id)" if "customers" in self.available else ""
-        result = self.con.sql(f"""
-            WITH base AS (
-                SELECT k.customer_id, b.* EXCLUDE (code){''.join(', ' + s for s in selected)}
-                FROM block_rows b JOIN customer_codes k USING (code) {profile}
-            )
-            SELECT customer_id, cutoff, {', '.join(outputs)}{', churned' if with_labels else ''}
-            FROM base ORDER BY customer_id, cutoff
-        """).to_arrow_table()
+        rows = pa.table(arrays)
+        self.con.register("block_rows", rows)
+        raw = [c for c in rows.column_names if c not in ("code", "cutoff")]
+        customer_rows = f"SELECT k.customer_id, {', '.join(['b.cutoff'] + [f'b.{quote_name(c)}' for c in raw])} " \
+                        "FROM block_rows b JOIN customer_codes k USING (code)"
+        customers = "customers" if "customers" in self.available else None
+        result = self.con.sql(assembly_sql(self.plan, customer_rows, raw, with_labels, customers)).to_arrow_table()
         self.con.unregister("block_rows")
         return result
 

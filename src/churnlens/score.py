@@ -26,36 +26,52 @@ def customer_value(features: pd.DataFrame, config: ScoreConfig) -> pd.Series:
     return yearly * config.value_horizon_days / 365.0
 
 
-def retention_plan(scored: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
-    """Add the playbook action, its expected value saved (priority) and the budgeted campaign.
-
-    priority = churn probability x customer value x action success rate - action cost.
-    The campaign takes customers by descending priority while it is positive and the summed
-    action cost stays within ``campaign_budget``.
-    """
+def plan_actions(scored: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
+    """Per customer: the playbook action for its segment and risk tier, and its expected value
+    saved, priority = churn probability x customer value x action success rate - action cost.
+    Row by row, so any batch (or Spark partition) gets the same answer."""
     out = scored.copy()
     playbook = {(segment, tier): action for segment, tiers in config.actions.items() for tier, action in tiers.items()}
     chosen = [playbook[(segment, tier)] for segment, tier in zip(out["segment"], out["risk_tier"], strict=True)]
-    out["action"] = [a.action for a in chosen]
+    out["action"] = pd.array([a.action for a in chosen], dtype="string")
     out["action_cost"] = np.array([a.cost for a in chosen], dtype=float)
     out["action_success_rate"] = np.array([a.success_rate for a in chosen], dtype=float)
     out["priority"] = (out["churn_probability"] * out["customer_value"] * out["action_success_rate"]
                        - out["action_cost"])
-    # Ties broken by customer id so reruns rank identically.
-    out = out.sort_values(["priority", "customer_id"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    return out
+
+
+def select_campaign(planned: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
+    """Rank by priority and take customers while it is positive and the summed action cost stays
+    within ``campaign_budget``. Ties are broken by customer id so reruns rank identically."""
+    out = planned.sort_values(["priority", "customer_id"], ascending=[False, True], kind="stable")
+    out = out.reset_index(drop=True)
     worthwhile = (out["priority"] > 0) & (out["action_cost"] <= config.campaign_budget)
     spent = out["action_cost"].where(worthwhile, 0.0).cumsum()
     out["in_campaign"] = worthwhile & (spent <= config.campaign_budget)
     return out
 
 
+def retention_plan(scored: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
+    """Add the playbook action, its priority and the budgeted campaign (see the two steps)."""
+    return select_campaign(plan_actions(scored, config), config)
+
+
 def build_scores(features: pd.DataFrame, probability: np.ndarray, segments: pd.DataFrame, config: ScoreConfig,
                  as_of: pd.Timestamp, model_name: str, model_version: str,
                  reasons: pd.Series | None = None) -> pd.DataFrame:
-    """One row per active customer, ranked by expected value saved.
+    """One row per active customer, ranked by expected value saved, with the budgeted campaign.
 
     ``reasons`` (aligned with ``features``) names what drives each customer's risk; empty where absent.
     """
+    scored = score_rows(features, probability, segments, config, as_of, model_name, model_version, reasons)
+    return select_campaign(scored, config)[SCORE_COLUMNS]
+
+
+def score_rows(features: pd.DataFrame, probability: np.ndarray, segments: pd.DataFrame, config: ScoreConfig,
+               as_of: pd.Timestamp, model_name: str, model_version: str,
+               reasons: pd.Series | None = None) -> pd.DataFrame:
+    """Everything of :func:`build_scores` that depends on one customer only (no campaign)."""
     if not features["customer_id"].reset_index(drop=True).equals(segments["customer_id"]):
         raise ValueError("score: segments and features must list the same customers in the same order")
     scored = pd.DataFrame({
@@ -73,7 +89,7 @@ def build_scores(features: pd.DataFrame, probability: np.ndarray, segments: pd.D
     scored["top_reasons"] = scored["top_reasons"].astype("string")
     scored["model_name"] = model_name
     scored["model_version"] = str(model_version)
-    return retention_plan(scored, config)[SCORE_COLUMNS]
+    return plan_actions(scored, config)
 
 
 def segment_report(scores: pd.DataFrame, previous: pd.DataFrame | None = None) -> dict:

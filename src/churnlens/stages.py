@@ -48,23 +48,61 @@ def canonical_tables(canonical_dir: Path) -> dict[str, str | None]:
     return {name: str(path) if path.is_file() else None for name, path in tables.items()}
 
 
-def run_features(params: Params, canonical_dir: Path, snapshots_path: Path, report_path: Path) -> dict:
+def run_features(params: Params, canonical_dir: Path | str, snapshots_path: Path | str, report_path: Path) -> dict:
+    """Snapshots at every cutoff of the grid, on the configured engine, and their report."""
     import duckdb
 
     config = params.features
-    tables = canonical_tables(canonical_dir)
+    if params.engine.name == "spark":
+        return _run_features_spark(params, str(canonical_dir), str(snapshots_path), report_path)
+    tables = canonical_tables(Path(canonical_dir))
     data_start, data_end = ft.data_span(tables)
+    cutoffs, complete = _cutoffs(config, data_start, data_end)
+    plan = ft.write_snapshots(tables, cutoffs, config, Path(snapshots_path), label_complete_until=data_end)
+    with duckdb.connect() as con:
+        per_cutoff = con.execute(
+            f"SELECT cutoff, count(*), avg(CAST(churned AS DOUBLE)) FROM read_parquet('{snapshots_path}') "
+            "GROUP BY cutoff ORDER BY cutoff").fetchall()
+    return _features_report(data_start, data_end, cutoffs, complete, plan, per_cutoff, report_path)
+
+
+def _spark():
+    try:
+        from churnlens import spark
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"engine spark needs pyspark ({exc}); install it with pip install 'churnlens[spark]' "
+                         "or use --engine duckdb") from None
+    return spark
+
+
+def _run_features_spark(params: Params, canonical_dir: str, snapshots_path: str, report_path: Path) -> dict:
+    from pyspark.sql import functions as F
+
+    spark = _spark()
+
+    session = spark.session(params.engine.spark_master, params.engine.spark_driver_memory)
+    tables = spark.canonical_tables(session, canonical_dir)
+    data_start, data_end = spark.data_span(tables)
+    cutoffs, complete = _cutoffs(params.features, data_start, data_end)
+    plan = spark.write_snapshots(session, tables, cutoffs, params.features, snapshots_path, data_end)
+    per_cutoff = (session.read.parquet(snapshots_path).groupBy("cutoff")
+                  .agg(F.count("*"), F.avg(F.col("churned").cast("double"))).orderBy("cutoff").collect())
+    return _features_report(data_start, data_end, cutoffs, complete, plan, [tuple(r) for r in per_cutoff],
+                            report_path)
+
+
+def _cutoffs(config, data_start: pd.Timestamp, data_end: pd.Timestamp) -> tuple[list[pd.Timestamp], dict]:
     cutoffs = ft.cutoff_grid(config, data_start, data_end)
     complete = ft.label_complete(cutoffs, config, data_end)
     for cutoff, ok in complete.items():
         if not ok:
             log.info("cutoff %s: label window ends after the data (%s); never used for training",
                      cutoff.date(), data_end)
-    plan = ft.write_snapshots(tables, cutoffs, config, snapshots_path, label_complete_until=data_end)
-    with duckdb.connect() as con:
-        per_cutoff = con.execute(
-            f"SELECT cutoff, count(*), avg(CAST(churned AS DOUBLE)) FROM read_parquet('{snapshots_path}') "
-            "GROUP BY cutoff ORDER BY cutoff").fetchall()
+    return cutoffs, complete
+
+
+def _features_report(data_start: pd.Timestamp, data_end: pd.Timestamp, cutoffs: list[pd.Timestamp], complete: dict,
+                     plan: ft.FeaturePlan, per_cutoff: list[tuple], report_path: Path) -> dict:
     report = {
         "data_start": data_start.isoformat(), "data_end": data_end.isoformat(),
         "rows": int(sum(n for _, n, _ in per_cutoff)), "cutoffs": len(cutoffs),
@@ -297,85 +335,157 @@ def decide_promotion(params: Params, trained: dict, holdout: pd.DataFrame, chall
             "reason": f"champion v{champion_version} is as good or better on {metric}"}
 
 
-def run_score(params: Params, canonical_dir: Path, model_uri: str, output: Path, report_path: Path,
-              as_of: pd.Timestamp | None = None, csv_output: Path | None = None, project_root: Path | None = None,
-              previous: pd.DataFrame | None = None, manifest_path: Path | None = None,
-              truth: pd.DataFrame | None = None, show_progress: bool = False) -> dict:
+def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output: Path | str, report_path: Path,
+              as_of: pd.Timestamp | None = None, csv_output: Path | str | None = None,
+              project_root: Path | None = None, previous: pd.DataFrame | None = None,
+              manifest_path: Path | None = None, truth: pd.DataFrame | None = None,
+              show_progress: bool = False) -> dict:
     """The batch scoring job: features as of one instant, then scores, segments, reasons and the
     retention plan, written atomically, plus a segment report and a run manifest."""
-    from churnlens import plots
-    from churnlens.drift import population_stability
+    if params.engine.name == "spark":
+        return _run_score_spark(params, str(canonical_dir), model_uri, str(output), report_path, as_of,
+                                csv_output, project_root, previous, manifest_path, truth)
 
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-
+    run = _ScoreRun()
     config = params.score
+    canonical_dir, output = Path(canonical_dir), Path(output)
     tables = canonical_tables(canonical_dir)
     data_start, data_end = ft.data_span(tables)
-    instant = as_of if as_of is not None else ft.scoring_cutoff(params.features, data_end)
-    if not data_start < instant <= data_end.normalize() + pd.Timedelta(days=1):
-        raise ValueError(
-            f"score: as-of {instant.date()} is outside the data, which spans {data_start.date()} .. "
-            f"{data_end.date()}; pick a date inside it"
-        )
+    instant = _as_of(params, as_of, data_start, data_end)
     loaded = tracking.load_model(model_uri, project_root)
-    lap("load_model")
+    run.lap("load_model")
     snapshot, _ = ft.compute_snapshots(tables, [instant], params.features, with_labels=False)
-    lap("features")
+    run.lap("features")
     numeric, categorical = loaded.metadata.get("numeric_features", []), loaded.metadata.get("categorical_features", [])
     missing = [c for c in numeric + categorical if c not in snapshot]
     if missing:
         raise ValueError(f"score: model {loaded.name} v{loaded.version} needs features {missing} that the data "
                          "does not provide; retrain on this data or supply the missing tables")
     probability, reasons = _score_in_chunks(loaded, snapshot, numeric, categorical, config, show_progress)
-    lap("predict_and_reasons")
+    run.lap("predict_and_reasons")
     assigned = segments.assign_segments(snapshot, config.segments)
     scores = score.build_scores(snapshot, probability, assigned, config, instant, loaded.name, loaded.version,
                                 reasons)
-    lap("segments_and_plan")
+    run.lap("segments_and_plan")
     io.write_parquet(scores, output)
     if csv_output is not None:
         io.write_csv(scores, csv_output)
-    lap("write")
+    run.lap("write")
+    model_info = {"model_uri": model_uri, "model_name": loaded.name, "model_version": loaded.version,
+                  "model_run_id": loaded.metadata.get("run_id")}
+    data_info = {"canonical_dir": str(canonical_dir), "fingerprint": io.file_fingerprint(canonical_dir),
+                 "first_event": data_start.isoformat(), "last_event": data_end.isoformat()}
+    return _report_score_run(params, run, scores, snapshot, loaded.metadata.get("drift_profile", {}), instant,
+                             model_info, data_info, {"scores": str(output), "csv": str(csv_output) if csv_output
+                                                     else None, "segment_report": str(report_path)},
+                             report_path, manifest_path or output.with_name(output.stem + ".manifest.json"),
+                             previous, truth, engine="duckdb")
 
+
+def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp, data_end: pd.Timestamp
+           ) -> pd.Timestamp:
+    instant = as_of if as_of is not None else ft.scoring_cutoff(params.features, data_end)
+    if not data_start < instant <= data_end.normalize() + pd.Timedelta(days=1):
+        raise ValueError(
+            f"score: as-of {instant.date()} is outside the data, which spans {data_start.date()} .. "
+            f"{data_end.date()}; pick a date inside it"
+        )
+    return instant
+
+
+class _ScoreRun:
+    """Wall-clock time of each step of a scoring run, for the manifest."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._clock, 3)
+        self._clock = now
+
+
+def _run_score_spark(params: Params, canonical_dir: str, model_uri: str, output: str, report_path: Path,
+                     as_of: pd.Timestamp | None, csv_output: Path | str | None, project_root: Path | None,
+                     previous: pd.DataFrame | None, manifest_path: Path | None, truth: pd.DataFrame | None) -> dict:
+    """The same job on Spark; the report and manifest read the written scores back (a few columns)."""
+    import hashlib
+
+    from mlflow.models import Model
+
+    spark = _spark()
+    run = _ScoreRun()
+    session = spark.session(params.engine.spark_master, params.engine.spark_driver_memory)
+    tables = spark.canonical_tables(session, canonical_dir)
+    data_start, data_end = spark.data_span(tables)
+    instant = _as_of(params, as_of, data_start, data_end)
+    scores, snapshot, resolved = spark.score(session, tables, instant, params, model_uri, project_root)
+    spark.write_parquet(scores, output)
+    if csv_output is not None:
+        scores.coalesce(1).write.mode("overwrite").option("header", True).csv(str(csv_output))
+    run.lap("features_score_and_write")
+    written = session.read.parquet(output)
+    needed = ["customer_id", "segment", "churn_probability", "customer_value", "in_campaign", "action_cost",
+              "priority", "top_reasons"]
+    local_scores = written.select(*needed).toPandas()
+    total = len(local_scores)
+    sample = snapshot.sample(fraction=min(1.0, 100_000 / max(total, 1)), seed=0).toPandas()  # drift on a sample
+    spark.release()
+    run.lap("read_back")
+    files = sorted(tables["transactions"].inputFiles())
+    model_info = {"model_uri": model_uri, "model_name": resolved.name, "model_version": resolved.version,
+                  "model_run_id": resolved.run_id}
+    data_info = {"canonical_dir": canonical_dir, "first_event": data_start.isoformat(),
+                 "last_event": data_end.isoformat(),
+                 "fingerprint": "files:" + hashlib.sha256("\n".join(files).encode()).hexdigest()}
+    profile = (Model.load(resolved.uri).metadata or {}).get("drift_profile", {})
+    default_manifest = Path(output).with_name(Path(output).stem + ".manifest.json") if "://" not in output else None
+    return _report_score_run(params, run, local_scores, sample, profile, instant, model_info, data_info,
+                             {"scores": output, "csv": str(csv_output) if csv_output else None,
+                              "segment_report": str(report_path)},
+                             report_path, manifest_path or default_manifest or Path("score.manifest.json"),
+                             previous, truth, engine="spark")
+
+
+def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snapshot: pd.DataFrame, profile: dict,
+                      instant: pd.Timestamp, model_info: dict, data_info: dict, outputs: dict, report_path: Path,
+                      manifest_path: Path, previous: pd.DataFrame | None, truth: pd.DataFrame | None,
+                      engine: str) -> dict:
+    from churnlens import plots
+    from churnlens.drift import population_stability
+
+    config = params.score
     report = score.segment_report(scores, previous)
-    report.update({"as_of": instant.isoformat(), "model_name": loaded.name, "model_version": loaded.version})
+    report.update({"as_of": instant.isoformat(), "model_name": model_info["model_name"],
+                   "model_version": model_info["model_version"]})
     if truth is not None:
-        report["ground_truth"] = segments.agreement_with_truth(assigned, truth)
-    drift = population_stability(loaded.metadata.get("drift_profile", {}), snapshot)
+        report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], truth)
+    drift = population_stability(profile, snapshot)
     drifted = {name: value for name, value in drift.items() if value > config.drift_warning_psi}
     for name, value in drifted.items():
         log.warning("drift: %s has PSI %.2f against the training population (threshold %.2f)", name, value,
                     config.drift_warning_psi)
     if not drift:
-        log.warning("drift: model %s v%s carries no training profile; drift not checked", loaded.name, loaded.version)
+        log.warning("drift: model %s v%s carries no training profile; drift not checked", model_info["model_name"],
+                    model_info["model_version"])
     io.write_json(report, report_path)
     plots.segment_plot(report, report_path.with_suffix(".png"))
+    run.lap("report")
     manifest = {
-        "as_of": instant.isoformat(), "model_uri": model_uri, "model_name": loaded.name,
-        "model_version": loaded.version, "model_run_id": loaded.metadata.get("run_id"),
-        "data": {"canonical_dir": str(canonical_dir), "fingerprint": io.file_fingerprint(canonical_dir),
-                 "first_event": data_start.isoformat(), "last_event": data_end.isoformat()},
+        "as_of": instant.isoformat(), "engine": engine, **model_info, "data": data_info,
         "rows": {"customers_scored": len(scores), "in_campaign": report["campaign_customers"],
                  "with_reasons": int((scores["top_reasons"].fillna("") != "").sum()),
                  "per_segment": {s: v["customers"] for s, v in report["segments"].items()}},
         "segment_mix": {s: v["share"] for s, v in report["segments"].items()},
         "reasons": config.reasons,
-        "drift": {"threshold": config.drift_warning_psi, "psi": drift, "warnings": sorted(drifted)},
-        "outputs": {"scores": str(output), "csv": str(csv_output) if csv_output else None,
-                    "segment_report": str(report_path)},
-        "timings_seconds": timings,
+        "drift": {"threshold": config.drift_warning_psi, "psi": drift, "warnings": sorted(drifted),
+                  "rows_compared": len(snapshot)},
+        "outputs": outputs,
+        "timings_seconds": {**run.timings, "total": round(sum(run.timings.values()), 3)},
         "churnlens_version": _version(),
     }
-    lap("report")
-    manifest["timings_seconds"]["total"] = round(sum(timings.values()), 3)
-    io.write_json(manifest, manifest_path or output.with_name(output.stem + ".manifest.json"))
+    io.write_json(manifest, manifest_path)
     log.info("scored %d customers in %.1f s", len(scores), manifest["timings_seconds"]["total"])
     return report
 

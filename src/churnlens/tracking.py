@@ -205,18 +205,24 @@ class ModelNotFoundError(LookupError):
     """The requested model URI does not resolve in this project's registry or paths."""
 
 
-def load_model(uri: str, project_root: Path | None = None) -> LoadedModel:
-    """Load from ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a local model directory.
+@dataclass(frozen=True)
+class ResolvedModel:
+    uri: str  # a URI MLflow loads from: models:/<name>/<version> or a local folder
+    name: str
+    version: str
+    run_id: str | None
 
-    Only the project's own registry and paths are accepted: no http(s), s3 or runs of other stores.
-    """
-    import mlflow.sklearn
+
+def resolve_model(uri: str, project_root: Path | None = None) -> ResolvedModel:
+    """Check ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a local model directory
+    and pin it to one version. Only the project's own registry and paths are accepted: no
+    http(s), s3 or runs of other stores."""
+    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
 
-    configure()
     if uri.startswith("models:/"):
+        configure()
         reference = uri.removeprefix("models:/")
         name, _, selector = reference.partition("@") if "@" in reference else reference.partition("/")
         client = MlflowClient()
@@ -229,17 +235,26 @@ def load_model(uri: str, project_root: Path | None = None) -> LoadedModel:
                 f"{str(exc).splitlines()[0]}. Run `dvc repro` (train + evaluate) first, or pass --model "
                 "models:/churnlens@challenger or a path such as models/churn_model"
             ) from None
-        pipeline_uri, label, run_id = f"models:/{name}/{version.version}", str(version.version), version.run_id
-    elif "://" in uri:
+        return ResolvedModel(f"models:/{name}/{version.version}", name, str(version.version), version.run_id)
+    if "://" in uri:
         raise ModelNotFoundError(f"model {uri!r}: only models:/ URIs of this project's registry or local paths "
                                  "are loaded")
-    else:
-        path = Path(uri) if Path(uri).is_absolute() or project_root is None else project_root / uri
-        if not (path / "MLmodel").is_file():
-            raise ModelNotFoundError(f"model path {str(path)!r} holds no MLmodel file; run `dvc repro train`")
-        pipeline_uri, name, label, run_id = str(path), path.name, "local", None
-    pipeline = mlflow.sklearn.load_model(pipeline_uri)
-    metadata = {"run_id": run_id, **(Model.load(pipeline_uri).metadata or {})}
-    if label == "local":
-        name, label = metadata.get("registered_model_name", name), metadata.get("registered_version", "local")
-    return LoadedModel(pipeline, name, label, metadata)
+    path = Path(uri) if Path(uri).is_absolute() or project_root is None else project_root / uri
+    if not (path / "MLmodel").is_file():
+        raise ModelNotFoundError(f"model path {str(path)!r} holds no MLmodel file; run `dvc repro train`")
+    from mlflow.models import Model
+
+    metadata = Model.load(str(path)).metadata or {}
+    return ResolvedModel(str(path), metadata.get("registered_model_name", path.name),
+                         str(metadata.get("registered_version", "local")), metadata.get("run_id"))
+
+
+def load_model(uri: str, project_root: Path | None = None) -> LoadedModel:
+    """Load a model :func:`resolve_model` accepts, with its metadata (feature lists, drift profile)."""
+    import mlflow.sklearn
+    from mlflow.models import Model
+
+    resolved = resolve_model(uri, project_root)
+    pipeline = mlflow.sklearn.load_model(resolved.uri)
+    metadata = {**(Model.load(resolved.uri).metadata or {}), "run_id": resolved.run_id}
+    return LoadedModel(pipeline, resolved.name, resolved.version, metadata)

@@ -1,0 +1,255 @@
+"""The features and the batch scoring job on Apache Spark, for data beyond one machine.
+
+Same definitions, different engine: the features are the portable SQL of
+:mod:`churnlens.sqlref` (generated from :func:`churnlens.features.feature_definitions`,
+transpiled to Spark SQL by sqlglot), the model is applied with ``mlflow.pyfunc.spark_udf`` from
+this project's registry, and the per-customer parts of scoring (segments, risk tier, action,
+priority, reasons) run the same pandas functions as the single-machine job inside
+``mapInPandas``. Only the campaign (a budget over the whole ranking) is a Spark window.
+
+Spark itself is the user's: ``local[*]`` by default, any master URL, or an existing session.
+Paths are anything Spark reads and writes (local, HDFS, S3, DBFS).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from churnlens import tracking
+from churnlens.config import FeaturesConfig, Params
+from churnlens.features import FeaturePlan, feature_definitions, plan_features
+from churnlens.sqlref import snapshot_query, to_dialect
+
+from pyspark import StorageLevel
+
+if TYPE_CHECKING:
+    from pyspark import Broadcast
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+CANONICAL_TABLES = ("transactions", "interactions", "customers")
+
+
+def session(master: str | None = None, driver_memory: str = "4g") -> SparkSession:
+    """The active Spark session, or a new one on ``master`` (default ``local[*]``), in UTC.
+    In local mode the driver's heap is the whole engine's memory: Spark's 1g default is too
+    small for the joins of a feature sweep."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.conf.set("spark.sql.session.timeZone", "UTC")
+        return active
+    # Workers must run this interpreter (the one with churnlens and pandas), not the system python.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # Under spark-submit the JVM already knows its master; only a session of our own needs one.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ and master is None
+    master = master or "local[*]"
+    builder = SparkSession.builder.appName("churnlens")
+    if not submitted:
+        builder = builder.master(master)
+    builder = (builder
+               .config("spark.sql.session.timeZone", "UTC")
+               .config("spark.driver.memory", driver_memory)
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+               .config("spark.ui.showConsoleProgress", "false"))
+    if not submitted and master.startswith("local"):
+        # The default 200 shuffle partitions are sized for clusters; here most would be empty.
+        builder = builder.config("spark.sql.shuffle.partitions", str(8 * (os.cpu_count() or 1)))
+    return builder.getOrCreate()
+
+
+def read_tables(spark: SparkSession, paths: dict[str, str | None]) -> dict[str, DataFrame]:
+    """Canonical Parquet tables (absent ones skipped) as Spark DataFrames."""
+    return {name: spark.read.parquet(str(path)) for name, path in paths.items() if path is not None}
+
+
+def canonical_tables(spark: SparkSession, canonical_dir: str) -> dict[str, DataFrame]:
+    """``<canonical_dir>/<table>.parquet`` on any file system Spark reads; optional tables may be absent."""
+    from pyspark.errors import AnalysisException
+
+    tables = {}
+    for name in CANONICAL_TABLES:
+        path = f"{canonical_dir.rstrip('/')}/{name}.parquet"
+        try:
+            tables[name] = spark.read.parquet(path)
+        except AnalysisException as exc:
+            if name == "transactions":
+                raise FileNotFoundError(f"{path}: no canonical transactions ({exc.getMessage().splitlines()[0]}); "
+                                        "run `churnlens ingest` first or point --canonical-dir at them") from None
+    return tables
+
+
+def data_span(tables: dict[str, DataFrame]) -> tuple[pd.Timestamp, pd.Timestamp]:
+    from pyspark.sql import functions as F
+
+    first, last = tables["transactions"].agg(F.min("timestamp"), F.max("timestamp")).first()
+    if first is None:
+        raise ValueError("features: the transactions table is empty")
+    return pd.Timestamp(first), pd.Timestamp(last)
+
+
+def _register(spark: SparkSession, tables: dict[str, DataFrame], cutoffs: list[pd.Timestamp]) -> dict[str, set[str]]:
+    from pyspark.sql import types as T
+
+    if "transactions" not in tables:
+        raise ValueError("features: a transactions table is required")
+    for name, frame in tables.items():
+        frame.createOrReplaceTempView(f"src_{name}")
+    schema = T.StructType([T.StructField("cutoff", T.TimestampType())])
+    rows = [(pd.Timestamp(c).to_pydatetime(),) for c in sorted(set(cutoffs))]
+    spark.createDataFrame(rows, schema).createOrReplaceTempView("cutoffs")
+    return {name: set(frame.columns) for name, frame in tables.items()}
+
+
+def compute_snapshots(spark: SparkSession, tables: dict[str, DataFrame], cutoffs: list[pd.Timestamp],
+                      config: FeaturesConfig, with_labels: bool = True) -> tuple[DataFrame, FeaturePlan]:
+    """Features (and labels) for every active customer at every cutoff, as a Spark DataFrame
+    with the columns, types and order of :func:`churnlens.features.compute_snapshots`."""
+    available = _register(spark, tables, cutoffs)
+    plan = plan_features(feature_definitions(config.windows_days), available)
+    query = snapshot_query(plan, config, available, with_labels)
+    for name, body in query.steps:
+        step = spark.sql(to_dialect(body, "spark"))
+        if name in REUSED_STEPS:
+            # Spark inlines views: without a cache the population (a join of every order to every
+            # cutoff) would be recomputed by each feature family that reads it.
+            step = step.persist(StorageLevel.MEMORY_AND_DISK)
+            _cached.append(step)
+        step.createOrReplaceTempView(name)
+    return spark.sql(to_dialect(query.final, "spark")), plan
+
+
+REUSED_STEPS = {"lines", "orders", "population"}
+_cached: list[DataFrame] = []
+
+
+def release() -> None:
+    """Drop the cached steps of earlier computations (call once their results are written)."""
+    while _cached:
+        _cached.pop().unpersist()
+
+
+def write_parquet(frame: DataFrame, target: str) -> str:
+    """Write a Spark DataFrame as a Parquet dataset (a folder of part files). On a local path it
+    is written beside the target and renamed into place, so a failed job leaves the old output."""
+    import shutil
+    import uuid
+
+    local = "://" not in target or target.startswith("file://")
+    if not local:
+        frame.write.mode("overwrite").parquet(target)  # the cluster's committer makes this atomic
+        return target
+    path = Path(target.removeprefix("file://"))
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    frame.write.parquet(str(staging))
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    staging.rename(path)
+    return str(path)
+
+
+def write_snapshots(spark: SparkSession, tables: dict[str, DataFrame], cutoffs: list[pd.Timestamp],
+                    config: FeaturesConfig, target: str, label_complete_until: pd.Timestamp | None) -> FeaturePlan:
+    from pyspark.sql import functions as F
+
+    snapshots, plan = compute_snapshots(spark, tables, cutoffs, config, with_labels=True)
+    if label_complete_until is None:
+        complete = F.lit(False)
+    else:
+        last = pd.Timestamp(label_complete_until) - pd.Timedelta(days=config.lead_days + config.horizon_days)
+        complete = F.col("cutoff") <= F.lit(last.to_pydatetime())
+    write_parquet(snapshots.withColumn("label_complete", complete), target)
+    release()
+    return plan
+
+
+def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: Broadcast, params_json: str, as_of: str,
+                      name: str, version: str, numeric: list[str], categorical: list[str]) -> Iterator[pd.DataFrame]:
+    """Per Spark partition: the single-machine per-customer scoring on each Arrow batch. The model
+    comes from the driver (broadcast): executors never resolve registry URIs against a store of
+    their own."""
+    import json
+
+    from churnlens import model, score, segments
+    from churnlens.config import parse_params
+
+    config = parse_params(json.loads(params_json)).score
+    pipeline = pipeline.value
+    for batch in batches:
+        batch = batch.reset_index(drop=True)
+        probability = batch["churn_probability"].to_numpy()
+        at_risk = batch[score.risk_tiers(probability, config) != "low"]
+        reasons = (model.top_reasons(model.contributions(pipeline, at_risk, numeric, categorical,
+                                                         approximate=config.reasons == "approximate"))
+                   if len(at_risk) else None)
+        assigned = segments.assign_segments(batch, config.segments)
+        yield score.score_rows(batch, probability, assigned, config, pd.Timestamp(as_of), name, version, reasons)
+
+
+def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp, params: Params, model_uri: str,
+          project_root: Path | None = None) -> tuple[DataFrame, DataFrame, tracking.ResolvedModel]:
+    """The batch scoring job on Spark: one row per active customer, the columns of
+    :data:`churnlens.score.SCORE_COLUMNS`, ranked by priority, with the budgeted campaign.
+    Also returns the feature snapshot it scored (for drift checks) and the model it used."""
+    import json
+
+    import mlflow.pyfunc
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from churnlens import score as single_machine
+
+    import mlflow.sklearn
+
+    resolved = tracking.resolve_model(model_uri, project_root)
+    metadata = mlflow.pyfunc.load_model(resolved.uri).metadata.metadata or {}
+    pipeline = spark.sparkContext.broadcast(mlflow.sklearn.load_model(resolved.uri))
+    numeric, categorical = metadata.get("numeric_features", []), metadata.get("categorical_features", [])
+    snapshot, _ = compute_snapshots(spark, tables, [as_of], params.features, with_labels=False)
+    snapshot = snapshot.persist(StorageLevel.MEMORY_AND_DISK)  # scored, then sampled for the drift check
+    _cached.append(snapshot)
+    missing = [c for c in numeric + categorical if c not in snapshot.columns]
+    if missing:
+        raise ValueError(f"score: model {resolved.name} v{resolved.version} needs features {missing} that the data "
+                         "does not provide; retrain on this data or supply the missing tables")
+    # pyfunc returns [P(stay), P(churn)] per row (the model is logged with predict_proba).
+    predict = mlflow.pyfunc.spark_udf(spark, resolved.uri, result_type=T.ArrayType(T.DoubleType()),
+                                      env_manager="local")
+    typed = snapshot.withColumns({**{c: F.col(c).cast("string") for c in categorical},
+                                  **{c: F.col(c).cast("double") for c in numeric}})
+    with_probability = typed.withColumn("churn_probability", predict(*categorical, *numeric)[1])
+    rows_schema = T.StructType([
+        T.StructField("customer_id", T.StringType()), T.StructField("as_of", T.TimestampType()),
+        T.StructField("churn_probability", T.DoubleType()), T.StructField("segment", T.StringType()),
+        T.StructField("segment_margin", T.DoubleType()), T.StructField("segment_driver", T.StringType()),
+        T.StructField("customer_value", T.DoubleType()), T.StructField("risk_tier", T.StringType()),
+        T.StructField("top_reasons", T.StringType()), T.StructField("model_name", T.StringType()),
+        T.StructField("model_version", T.StringType()), T.StructField("action", T.StringType()),
+        T.StructField("action_cost", T.DoubleType()), T.StructField("action_success_rate", T.DoubleType()),
+        T.StructField("priority", T.DoubleType()),
+    ])
+    arguments = (pipeline, json.dumps(params.model_dump(mode="json")), pd.Timestamp(as_of).isoformat(),
+                 resolved.name, resolved.version, numeric, categorical)
+    rows = with_probability.mapInPandas(lambda batches: _score_partitions(batches, *arguments), rows_schema)
+    # The campaign: by priority (ties by customer id), while worthwhile and within the budget.
+    budget = params.score.campaign_budget
+    ranking = Window.orderBy(F.col("priority").desc(), F.col("customer_id").asc()).rowsBetween(
+        Window.unboundedPreceding, Window.currentRow)
+    worthwhile = (F.col("priority") > 0) & (F.col("action_cost") <= budget)
+    ranked = (rows.withColumn("_worthwhile", worthwhile)
+              .withColumn("_spent", F.sum(F.when(F.col("_worthwhile"), F.col("action_cost")).otherwise(0.0))
+                          .over(ranking))
+              .withColumn("in_campaign", F.col("_worthwhile") & (F.col("_spent") <= budget)))
+    scores = ranked.select(*single_machine.SCORE_COLUMNS).orderBy(F.col("priority").desc(), F.col("customer_id"))
+    return scores, snapshot, resolved
