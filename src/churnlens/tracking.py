@@ -251,10 +251,13 @@ def resolve_model(uri: str, project_root: Path | None = None) -> ResolvedModel:
 
 def load_model(uri: str, project_root: Path | None = None) -> LoadedModel:
     """Load a model :func:`resolve_model` accepts, with its metadata (feature lists, drift profile)."""
+    return load_resolved(resolve_model(uri, project_root))
+
+
+def load_resolved(resolved: ResolvedModel) -> LoadedModel:
     import mlflow.sklearn
     from mlflow.models import Model
 
-    resolved = resolve_model(uri, project_root)
     pipeline = mlflow.sklearn.load_model(resolved.uri)
     metadata = {**(Model.load(resolved.uri).metadata or {}), "run_id": resolved.run_id}
     return LoadedModel(pipeline, resolved.name, resolved.version, metadata)
