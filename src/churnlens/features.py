@@ -361,55 +361,62 @@ def _register_sources(con: duckdb.DuckDBPyConnection, tables: dict[str, pd.DataF
     return available
 
 
-def _prepare_events(con: duckdb.DuckDBPyConnection, available: dict[str, set[str]]) -> None:
-    """Canonical event tables keyed by a dense customer code, stored in code order so that one
-    block of customers is a cheap range scan (DuckDB skips the other row groups)."""
+Step = tuple[str, str]  # (relation name, the SELECT that defines it)
+EVENT_RELATIONS = ("lines", "orders", "interactions")
+
+
+def event_steps(available: dict[str, set[str]]) -> list[Step]:
+    """The canonical event relations as portable SQL over the ``src_`` tables, keyed by
+    customer_id: the one definition of a line, a purchase (order) and an interaction, shared by
+    every engine. Steps come in dependency order."""
     tx = available["transactions"]
     is_return = "is_return" if "is_return" in tx else "amount < 0"
     optional = [c for c in ("unit_price", "list_price", "product_id", "category") if c in tx]
-    price_ratio, price_join = "NULL::DOUBLE AS price_ratio", ""
+    steps: list[Step] = []
+    price_ratio, price_join = "CAST(NULL AS DOUBLE) AS price_ratio", ""
     if {"unit_price", "category"} <= tx:
         # Point-in-time price level: the category's median price in the calendar month *before* the
         # line's month, so a line's ratio depends on earlier data only, never on the cutoff.
-        con.execute(f"""
-            CREATE OR REPLACE TABLE category_month_median AS
+        steps.append(("category_month_median", f"""
             SELECT category, date_trunc('month', timestamp) + INTERVAL 1 MONTH AS month,
                    median(unit_price) AS median_price
-            FROM src_transactions WHERE NOT ({is_return}) AND unit_price > 0 GROUP BY ALL
-        """)
+            FROM src_transactions WHERE NOT ({is_return}) AND unit_price > 0
+            GROUP BY category, date_trunc('month', timestamp) + INTERVAL 1 MONTH"""))
         price_ratio = "t.unit_price / nullif(m.median_price, 0) AS price_ratio"
         price_join = ("LEFT JOIN category_month_median m ON m.category = t.category "
                       "AND m.month = date_trunc('month', t.timestamp)")
+    steps.append(("lines", f"""
+        SELECT t.customer_id, t.timestamp AS ts, t.amount, {is_return} AS is_return
+               {''.join(', t.' + c for c in optional)}, {price_ratio}
+        FROM src_transactions t {price_join}"""))
+    # Without order ids, lines of one customer at the same instant form one order.
+    order_key = "coalesce(order_id, CAST(timestamp AS VARCHAR))" if "order_id" in tx else "CAST(timestamp AS VARCHAR)"
+    # A purchase is an order holding at least one non-return line; returns alone are not purchases.
+    steps.append(("orders", f"""
+        SELECT customer_id, min(timestamp) AS ts, sum(CASE WHEN NOT ({is_return}) THEN amount END) AS value
+        FROM src_transactions GROUP BY customer_id, {order_key}
+        HAVING sum(CASE WHEN NOT ({is_return}) THEN 1 ELSE 0 END) > 0"""))
+    if "interactions" in available:
+        value = "value" if "value" in available["interactions"] else "CAST(NULL AS DOUBLE) AS value"
+        steps.append(("interactions", f"SELECT customer_id, timestamp AS ts, type, {value} FROM src_interactions"))
+    return steps
+
+
+def _prepare_events(con: duckdb.DuckDBPyConnection, available: dict[str, set[str]]) -> None:
+    """The event relations of :func:`event_steps` as tables keyed by a dense customer code, stored
+    in code order so that one block of customers is a cheap range scan (DuckDB skips the other
+    row groups)."""
     # Codes follow customer_id order, so output sorted by code is sorted by customer.
     con.execute("""
         CREATE OR REPLACE TABLE customer_codes AS
         SELECT customer_id, CAST(row_number() OVER (ORDER BY customer_id) - 1 AS INTEGER) AS code
         FROM (SELECT DISTINCT customer_id FROM src_transactions)
     """)
-    con.execute(f"""
-        CREATE OR REPLACE TABLE lines AS
-        SELECT k.code, t.timestamp AS ts, t.amount, {is_return} AS is_return
-               {''.join(', t.' + c for c in optional)}, {price_ratio}
-        FROM src_transactions t JOIN customer_codes k USING (customer_id) {price_join}
-        ORDER BY k.code
-    """)
-    # Without order ids, lines of one customer at the same instant form one order.
-    order_key = "coalesce(order_id, CAST(timestamp AS VARCHAR))" if "order_id" in tx else "CAST(timestamp AS VARCHAR)"
-    # A purchase is an order holding at least one non-return line; returns alone are not purchases.
-    con.execute(f"""
-        CREATE OR REPLACE TABLE orders AS
-        SELECT k.code, min(t.timestamp) AS ts, sum(t.amount) FILTER (NOT {is_return}) AS value
-        FROM src_transactions t JOIN customer_codes k USING (customer_id) GROUP BY k.code, {order_key}
-        HAVING count(*) FILTER (NOT {is_return}) > 0
-        ORDER BY k.code
-    """)
-    if "interactions" in available:
-        value = "i.value" if "value" in available["interactions"] else "NULL::DOUBLE AS value"
-        con.execute(f"""
-            CREATE OR REPLACE TABLE interactions AS
-            SELECT k.code, i.timestamp AS ts, i.type, {value}
-            FROM src_interactions i JOIN customer_codes k USING (customer_id) ORDER BY k.code
-        """)
+    for name, body in event_steps(available):
+        if name in EVENT_RELATIONS:
+            body = (f"SELECT k.code, e.* EXCLUDE (customer_id) FROM ({body}) e "
+                    "JOIN customer_codes k USING (customer_id) ORDER BY k.code")
+        con.execute(f"CREATE OR REPLACE TABLE {name} AS {body}")
     if "customers" in available:
         con.execute("CREATE OR REPLACE TABLE customers AS SELECT * FROM src_customers")
 
@@ -442,15 +449,16 @@ def _last_expression(feature: Feature) -> str:
     return re.sub(r"\bts\b", ts, re.sub(r"\bvalue\b", value, feature.expression))
 
 
-def _labels(config: FeaturesConfig, available: dict[str, set[str]]) -> None:
-    if config.label == "cancellation" and not _has_cancellations(available):
+def check_label_source(config: FeaturesConfig, available: dict[str, set[str]]) -> None:
+    """A contractual label needs cancellation dates; say so before any work is done."""
+    if config.label == "cancellation" and not has_cancellations(available):
         raise ValueError(
             f"features.label={config.label!r} needs a customers table with cancellation_date; map it in "
             "ingest.customers.columns or use label: no_purchase"
         )
 
 
-def _has_cancellations(available: dict[str, set[str]]) -> bool:
+def has_cancellations(available: dict[str, set[str]]) -> bool:
     return "customers" in available and "cancellation_date" in available["customers"]
 
 
@@ -517,7 +525,7 @@ class _Engine:
         (customer_id, cutoff) order. A block is sized so that its dense customers x instants
         arrays, its output rows and its share of the events each stay within a bound."""
         if with_labels:
-            _labels(self.config, self.available)
+            check_label_source(self.config, self.available)
         n_instants = len(self._instants(with_labels))
         lines = self.con.execute("SELECT count(*) FROM lines").fetchall()[0][0]
         per_customer = max(lines, 1) / max(self.n_customers, 1)
@@ -562,7 +570,7 @@ class _Engine:
 
         # Population: a purchase at or before the cutoff, the latest within the lookback, not cancelled.
         cancelled_at = np.full(n, _NEVER, dtype=np.int64)
-        if _has_cancellations(self.available):
+        if has_cancellations(self.available):
             rows = self.con.execute(f"""
                 SELECT k.code - {low} AS code, epoch_us(min(c.cancellation_date)) AS t FROM customers c
                 JOIN customer_codes k USING (customer_id)

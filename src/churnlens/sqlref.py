@@ -22,117 +22,87 @@ from churnlens.config import FeaturesConfig
 from churnlens.features import (
     Feature,
     FeaturePlan,
+    Step,
     _last_columns,
     assembly_sql,
+    check_label_source,
+    event_steps,
+    has_cancellations,
     quote_name,
 )
 
 
-def _events(available: dict[str, set[str]]) -> list[str]:
-    """CTEs for the canonical event relations (lines, orders with gaps, interactions)."""
-    tx = available["transactions"]
-    is_return = "is_return" if "is_return" in tx else "amount < 0"
-    optional = [c for c in ("unit_price", "list_price", "product_id", "category") if c in tx]
-    ctes, price_ratio, price_join = [], "CAST(NULL AS DOUBLE) AS price_ratio", ""
-    if {"unit_price", "category"} <= tx:
-        ctes.append(f"""category_month_median AS (
-            SELECT category, date_trunc('month', timestamp) + INTERVAL 1 MONTH AS month,
-                   median(unit_price) AS median_price
-            FROM src_transactions WHERE NOT ({is_return}) AND unit_price > 0
-            GROUP BY category, date_trunc('month', timestamp) + INTERVAL 1 MONTH)""")
-        price_ratio = "t.unit_price / nullif(m.median_price, 0) AS price_ratio"
-        price_join = ("LEFT JOIN category_month_median m ON m.category = t.category "
-                      "AND m.month = date_trunc('month', t.timestamp)")
-    ctes.append(f"""lines AS (
-        SELECT t.customer_id, t.timestamp AS ts, t.amount, {is_return} AS is_return
-               {''.join(', t.' + c for c in optional)}, {price_ratio}
-        FROM src_transactions t {price_join})""")
-    order_key = "coalesce(order_id, CAST(timestamp AS VARCHAR))" if "order_id" in tx else "CAST(timestamp AS VARCHAR)"
-    ctes.append(f"""orders AS (
-        SELECT customer_id, min(timestamp) AS ts, sum(CASE WHEN NOT ({is_return}) THEN amount END) AS value
-        FROM src_transactions GROUP BY customer_id, {order_key}
-        HAVING sum(CASE WHEN NOT ({is_return}) THEN 1 ELSE 0 END) > 0)""")
-    ctes.append("""order_gaps AS (
-        SELECT customer_id, ts, value,
-               (epoch_us(ts) - epoch_us(lag(ts) OVER (PARTITION BY customer_id ORDER BY ts))) / 86400000000.0 AS gap
-        FROM orders)""")
-    if "interactions" in available:
-        value = "value" if "value" in available["interactions"] else "CAST(NULL AS DOUBLE) AS value"
-        ctes.append(f"""interactions AS (
-            SELECT customer_id, timestamp AS ts, type, {value} FROM src_interactions)""")
-    return ctes
-
-
 def _cancellations(available: dict[str, set[str]]) -> str | None:
-    if "customers" in available and "cancellation_date" in available["customers"]:
+    if has_cancellations(available):
         return ("SELECT customer_id, min(cancellation_date) AS cancelled_at FROM src_customers "
                 "WHERE cancellation_date IS NOT NULL GROUP BY customer_id")
     return None
 
 
-def _population(config: FeaturesConfig, available: dict[str, set[str]]) -> list[str]:
+def _population(config: FeaturesConfig, available: dict[str, set[str]]) -> list[Step]:
     cancellations = _cancellations(available)
     join = f"LEFT JOIN ({cancellations}) k ON k.customer_id = h.customer_id" if cancellations else ""
     still_customer = "AND (k.cancelled_at IS NULL OR k.cancelled_at > h.cutoff)" if cancellations else ""
     return [
-        """history AS (
+        ("order_gaps", """
+            SELECT customer_id, ts, value,
+                   (epoch_us(ts) - epoch_us(lag(ts) OVER (PARTITION BY customer_id ORDER BY ts))) / 86400000000.0
+                     AS gap
+            FROM orders"""),
+        ("history", """
             SELECT o.customer_id, c.cutoff, count(*) AS n_orders, min(o.ts) AS first_ts, max(o.ts) AS last_ts,
                    coalesce(sum(o.gap), 0) AS gap_sum, coalesce(sum(o.gap * o.gap), 0) AS gap_sq_sum
             FROM order_gaps o JOIN cutoffs c ON o.ts <= c.cutoff
-            GROUP BY o.customer_id, c.cutoff)""",
-        f"""population AS (
+            GROUP BY o.customer_id, c.cutoff"""),
+        ("population", f"""
             SELECT h.* FROM history h {join}
-            WHERE h.last_ts > h.cutoff - INTERVAL {config.active_lookback_days} DAY {still_customer})""",
+            WHERE h.last_ts > h.cutoff - INTERVAL {config.active_lookback_days} DAY {still_customer}"""),
     ]
 
 
-def _window_cte(source: str, features: list[Feature]) -> str:
+def _window_step(source: str, features: list[Feature]) -> Step:
     nearest = min(f.offset_days for f in features)
     farthest = max(f.offset_days + f.window_days for f in features)
     sums = [f"sum(CASE WHEN e.ts > p.cutoff - INTERVAL {f.offset_days + f.window_days} DAY "
             f"AND e.ts <= p.cutoff - INTERVAL {f.offset_days} DAY THEN ({f.expression}) ELSE 0 END) "
             f"AS {quote_name(f.name)}" for f in features]
-    return f"""w_{source} AS (
+    return f"w_{source}", f"""
         SELECT p.customer_id, p.cutoff, {', '.join(sums)}
         FROM population p LEFT JOIN {source} e ON e.customer_id = p.customer_id
              AND e.ts <= p.cutoff - INTERVAL {nearest} DAY AND e.ts > p.cutoff - INTERVAL {farthest} DAY
-        GROUP BY p.customer_id, p.cutoff)"""
+        GROUP BY p.customer_id, p.cutoff"""
 
 
-def _last_ctes(feature: Feature, alias: str) -> list[str]:
+def _last_steps(feature: Feature, alias: str) -> list[Step]:
     """The latest matching event in (cutoff - window, cutoff]; ties at one instant take the largest value."""
     ts_column, value_column = (quote_name(c) for c in _last_columns(feature))
     return [
-        f"""{alias}_at AS (
+        (f"{alias}_at", f"""
             SELECT p.customer_id, p.cutoff, max(e.ts) AS latest
             FROM population p JOIN {feature.source} e ON e.customer_id = p.customer_id
                  AND e.ts <= p.cutoff AND e.ts > p.cutoff - INTERVAL {feature.window_days} DAY
             WHERE {feature.where}
-            GROUP BY p.customer_id, p.cutoff)""",
-        f"""{alias} AS (
+            GROUP BY p.customer_id, p.cutoff"""),
+        (alias, f"""
             SELECT l.customer_id, l.cutoff, l.latest AS {ts_column}, max(CAST(e.value AS DOUBLE)) AS {value_column}
             FROM {alias}_at l JOIN {feature.source} e ON e.customer_id = l.customer_id AND e.ts = l.latest
             WHERE {feature.where}
-            GROUP BY l.customer_id, l.cutoff, l.latest)""",
+            GROUP BY l.customer_id, l.cutoff, l.latest"""),
     ]
 
 
-def _distinct_cte(feature: Feature, alias: str) -> str:
-    return f"""{alias} AS (
+def _distinct_step(feature: Feature, alias: str) -> Step:
+    return alias, f"""
         SELECT p.customer_id, p.cutoff, count(DISTINCT e.{feature.expression}) AS {quote_name(feature.name)}
         FROM population p LEFT JOIN lines e ON e.customer_id = p.customer_id AND NOT e.is_return
              AND e.ts <= p.cutoff AND e.ts > p.cutoff - INTERVAL {feature.window_days} DAY
-        GROUP BY p.customer_id, p.cutoff)"""
+        GROUP BY p.customer_id, p.cutoff"""
 
 
-def _labels_cte(config: FeaturesConfig, available: dict[str, set[str]]) -> str:
+def _labels_step(config: FeaturesConfig, available: dict[str, set[str]]) -> Step:
+    check_label_source(config, available)
     lead, end, horizon = config.lead_days, config.lead_days + config.horizon_days, config.horizon_days
     cancellations = _cancellations(available)
-    if config.label == "cancellation" and cancellations is None:
-        raise ValueError(
-            f"features.label={config.label!r} needs a customers table with cancellation_date; map it in "
-            "ingest.customers.columns or use label: no_purchase"
-        )
     cancelled = (f"(k.cancelled_at > w.cutoff + INTERVAL {lead} DAY "
                  f"AND k.cancelled_at <= w.cutoff + INTERVAL {end} DAY)") if cancellations else "false"
     rule = {"no_purchase": "w.purchases = 0", "cancellation": f"coalesce({cancelled}, false)",
@@ -141,7 +111,7 @@ def _labels_cte(config: FeaturesConfig, available: dict[str, set[str]]) -> str:
         rule = f"({rule} OR w.spend < {config.partial_churn_below} * w.spend_before)"
     inside = f"o.ts > p.cutoff + INTERVAL {lead} DAY AND o.ts <= p.cutoff + INTERVAL {end} DAY"
     join = f"LEFT JOIN ({cancellations}) k ON k.customer_id = w.customer_id" if cancellations else ""
-    return f"""labels AS (
+    return "labels", f"""
         SELECT w.customer_id, w.cutoff, {rule} AS churned
         FROM (SELECT p.customer_id, p.cutoff,
                      sum(CASE WHEN {inside} THEN 1 ELSE 0 END) AS purchases,
@@ -149,7 +119,7 @@ def _labels_cte(config: FeaturesConfig, available: dict[str, set[str]]) -> str:
                      coalesce(sum(CASE WHEN o.ts <= p.cutoff THEN o.value END), 0) AS spend_before
               FROM population p LEFT JOIN orders o ON o.customer_id = p.customer_id
                    AND o.ts > p.cutoff - INTERVAL {horizon} DAY AND o.ts <= p.cutoff + INTERVAL {end} DAY
-              GROUP BY p.customer_id, p.cutoff) w {join})"""
+              GROUP BY p.customer_id, p.cutoff) w {join}"""
 
 
 @dataclass(frozen=True)
@@ -158,7 +128,7 @@ class SnapshotQuery:
     sources) and a final SELECT over them. Engines without CTE materialisation (Spark) register
     the steps one by one and cache the ones read many times."""
 
-    steps: list[tuple[str, str]]
+    steps: list[Step]
     final: str
 
     def sql(self) -> str:
@@ -166,31 +136,25 @@ class SnapshotQuery:
         return f"WITH {', '.join(f'{name} AS ({body})' for name, body in self.steps)} SELECT * FROM ({self.final})"
 
 
-def _named(cte: str) -> tuple[str, str]:
-    """'name AS (body)' -> (name, body)."""
-    name, _, rest = cte.strip().partition(" AS (")
-    return name.strip(), rest.rstrip().removesuffix(")")
-
-
 def snapshot_query(plan: FeaturePlan, config: FeaturesConfig, available: dict[str, set[str]],
                    with_labels: bool) -> SnapshotQuery:
     """The same rows and columns as the DuckDB sweep, as portable SQL (DuckDB dialect)."""
-    ctes = [*_events(available), *_population(config, available)]
-    joins: list[tuple[str, list[str]]] = []  # (cte, its raw columns)
+    steps = [*event_steps(available), *_population(config, available)]
+    joins: list[tuple[str, list[str]]] = []  # (step, its raw columns)
     for source in ("orders", "lines", "interactions"):
         group = [f for f in plan.features if f.kind == "window" and f.source == source]
         if group:
-            ctes.append(_window_cte(source, group))
+            steps.append(_window_step(source, group))
             joins.append((f"w_{source}", [f.name for f in group]))
     for index, feature in enumerate(plan.features):
         if feature.kind == "last":
-            ctes += _last_ctes(feature, f"l{index}")
+            steps += _last_steps(feature, f"l{index}")
             joins.append((f"l{index}", list(_last_columns(feature))))
         elif feature.kind == "distinct":
-            ctes.append(_distinct_cte(feature, f"d{index}"))
+            steps.append(_distinct_step(feature, f"d{index}"))
             joins.append((f"d{index}", [feature.name]))
     if with_labels:
-        ctes.append(_labels_cte(config, available))
+        steps.append(_labels_step(config, available))
         joins.append(("labels", ["churned"]))
     history = ["n_orders", "first_ts", "last_ts", "gap_sum", "gap_sq_sum"]
     columns = ["p.customer_id", "p.cutoff"] + [f"p.{c}" for c in history]
@@ -204,7 +168,7 @@ def snapshot_query(plan: FeaturePlan, config: FeaturesConfig, available: dict[st
     rows = f"SELECT {', '.join(columns)} FROM population p {joined}"
     raw = history + [n for _, names in joins for n in names]
     customers = "src_customers" if "customers" in available else None
-    return SnapshotQuery([_named(c) for c in ctes], assembly_sql(plan, rows, raw, with_labels, customers))
+    return SnapshotQuery(steps, assembly_sql(plan, rows, raw, with_labels, customers))
 
 
 def snapshot_sql(plan: FeaturePlan, config: FeaturesConfig, available: dict[str, set[str]],
