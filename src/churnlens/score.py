@@ -20,6 +20,19 @@ def risk_tiers(probability: pd.Series | np.ndarray, config: ScoreConfig) -> np.n
     return np.where(p >= config.risk_tiers["high"], "high", np.where(p >= config.risk_tiers["medium"], "medium", "low"))
 
 
+def at_risk_reasons(pipeline: object, frame: pd.DataFrame, probability: np.ndarray, numeric: list[str],
+                    categorical: list[str], config: ScoreConfig) -> pd.Series | None:
+    """Top reasons of the medium/high-risk rows of ``frame`` (indexed like it), None if there are
+    none. Reasons cost a TreeSHAP pass, so they are computed only where someone will act."""
+    from churnlens import model
+
+    at_risk = frame[risk_tiers(probability, config) != "low"]
+    if not len(at_risk):
+        return None
+    return model.top_reasons(model.contributions(pipeline, at_risk, numeric, categorical,
+                                                 approximate=config.reasons == "approximate"))
+
+
 def customer_value(features: pd.DataFrame, config: ScoreConfig) -> pd.Series:
     """Value proxy: spend over the last year, scaled to ``value_horizon_days``; never negative."""
     yearly = features["spend_365d"].astype("float64").fillna(0.0).clip(lower=0.0)

@@ -67,10 +67,10 @@ def index_components(features: pd.DataFrame) -> dict[str, dict[str, pd.Series]]:
 
 def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame:
     """customer_id, the three indices, segment, margin and the component that decided it."""
-    components = index_components(features)
+    components = {name: pd.concat(parts, axis=1) for name, parts in index_components(features).items()}
     out = pd.DataFrame({"customer_id": features["customer_id"].to_numpy()}, index=features.index)
     for index_name, parts in components.items():
-        out[index_name] = pd.concat(parts, axis=1).mean(axis=1, skipna=True)
+        out[index_name] = parts.mean(axis=1, skipna=True)
     indices = out[list(INDEX_OF_SEGMENT.values())]
     # An index without a single observed component is unknown, and unknown never wins.
     scores = indices.fillna(-1.0).to_numpy()
@@ -83,8 +83,8 @@ def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame
     # The driver: the strongest observed component of the winning index (first one on ties).
     drivers = np.full(len(out), "", dtype=object)
     for segment, index_name in INDEX_OF_SEGMENT.items():
-        names = np.array(list(components[index_name]), dtype=object)
-        values = pd.concat(components[index_name], axis=1).to_numpy(dtype="float64")
+        names = np.array(list(components[index_name].columns), dtype=object)
+        values = components[index_name].to_numpy(dtype="float64")
         observed = ~np.isnan(values).all(axis=1)
         strongest = names[np.argmax(np.nan_to_num(values, nan=-np.inf), axis=1)]
         wins = (out["segment"].to_numpy() == segment) & observed

@@ -116,6 +116,9 @@ def compute_snapshots(spark: SparkSession, tables: dict[str, DataFrame], cutoffs
     available = _register(spark, tables, cutoffs)
     plan = plan_features(feature_definitions(config.windows_days), available)
     query = snapshot_query(plan, config, available, with_labels)
+    # The views below replace those of any earlier computation: drop its cached steps too, or
+    # they would pin storage memory that Spark never evicts for execution.
+    release()
     for name, body in query.steps:
         step = spark.sql(to_dialect(body, "spark"))
         if name in REUSED_STEPS:
@@ -180,7 +183,7 @@ def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: Broadcast, para
     their own."""
     import json
 
-    from churnlens import model, score, segments
+    from churnlens import score, segments
     from churnlens.config import parse_params
 
     config = parse_params(json.loads(params_json)).score
@@ -188,16 +191,13 @@ def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: Broadcast, para
     for batch in batches:
         batch = batch.reset_index(drop=True)
         probability = batch["churn_probability"].to_numpy()
-        at_risk = batch[score.risk_tiers(probability, config) != "low"]
-        reasons = (model.top_reasons(model.contributions(pipeline, at_risk, numeric, categorical,
-                                                         approximate=config.reasons == "approximate"))
-                   if len(at_risk) else None)
+        reasons = score.at_risk_reasons(pipeline, batch, probability, numeric, categorical, config)
         assigned = segments.assign_segments(batch, config.segments)
         yield score.score_rows(batch, probability, assigned, config, pd.Timestamp(as_of), name, version, reasons)
 
 
 def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp, params: Params, model_uri: str,
-          project_root: Path | None = None) -> tuple[DataFrame, DataFrame, tracking.ResolvedModel]:
+          project_root: Path | None = None) -> tuple[DataFrame, DataFrame, tracking.LoadedModel]:
     """The batch scoring job on Spark: one row per active customer, the columns of
     :data:`churnlens.score.SCORE_COLUMNS`, ranked by priority, with the budgeted campaign.
     Also returns the feature snapshot it scored (for drift checks) and the model it used."""
@@ -210,18 +210,17 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
 
     from churnlens import score as single_machine
 
-    import mlflow.sklearn
-
     resolved = tracking.resolve_model(model_uri, project_root)
-    metadata = mlflow.pyfunc.load_model(resolved.uri).metadata.metadata or {}
-    pipeline = spark.sparkContext.broadcast(mlflow.sklearn.load_model(resolved.uri))
+    loaded = tracking.load_resolved(resolved)
+    pipeline = spark.sparkContext.broadcast(loaded.pipeline)
+    metadata = loaded.metadata
     numeric, categorical = metadata.get("numeric_features", []), metadata.get("categorical_features", [])
     snapshot, _ = compute_snapshots(spark, tables, [as_of], params.features, with_labels=False)
     snapshot = snapshot.persist(StorageLevel.MEMORY_AND_DISK)  # scored, then sampled for the drift check
     _cached.append(snapshot)
     missing = [c for c in numeric + categorical if c not in snapshot.columns]
     if missing:
-        raise ValueError(f"score: model {resolved.name} v{resolved.version} needs features {missing} that the data "
+        raise ValueError(f"score: model {loaded.name} v{loaded.version} needs features {missing} that the data "
                          "does not provide; retrain on this data or supply the missing tables")
     # pyfunc returns [P(stay), P(churn)] per row (the model is logged with predict_proba).
     predict = mlflow.pyfunc.spark_udf(spark, resolved.uri, result_type=T.ArrayType(T.DoubleType()),
@@ -240,7 +239,7 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
         T.StructField("priority", T.DoubleType()),
     ])
     arguments = (pipeline, json.dumps(params.model_dump(mode="json")), pd.Timestamp(as_of).isoformat(),
-                 resolved.name, resolved.version, numeric, categorical)
+                 loaded.name, loaded.version, numeric, categorical)
     rows = with_probability.mapInPandas(lambda batches: _score_partitions(batches, *arguments), rows_schema)
     # The campaign: by priority (ties by customer id), while worthwhile and within the budget.
     budget = params.score.campaign_budget
@@ -252,4 +251,4 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
                           .over(ranking))
               .withColumn("in_campaign", F.col("_worthwhile") & (F.col("_spent") <= budget)))
     scores = ranked.select(*single_machine.SCORE_COLUMNS).orderBy(F.col("priority").desc(), F.col("customer_id"))
-    return scores, snapshot, resolved
+    return scores, snapshot, loaded

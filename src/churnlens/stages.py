@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from churnlens import features as ft
-from churnlens import io, score, segments, tracking
-from churnlens.config import Params, ScoreConfig
+from churnlens import drift, io, score, segments, tracking
+from churnlens.config import FeaturesConfig, Params, ScoreConfig
 from churnlens.ingest import run_ingest
 from churnlens.simulate import simulate
 
@@ -79,7 +79,6 @@ def _run_features_spark(params: Params, canonical_dir: str, snapshots_path: str,
     from pyspark.sql import functions as F
 
     spark = _spark()
-
     session = spark.session(params.engine.spark_master, params.engine.spark_driver_memory)
     tables = spark.canonical_tables(session, canonical_dir)
     data_start, data_end = spark.data_span(tables)
@@ -91,7 +90,7 @@ def _run_features_spark(params: Params, canonical_dir: str, snapshots_path: str,
                             report_path)
 
 
-def _cutoffs(config, data_start: pd.Timestamp, data_end: pd.Timestamp) -> tuple[list[pd.Timestamp], dict]:
+def _cutoffs(config: FeaturesConfig, data_start: pd.Timestamp, data_end: pd.Timestamp) -> tuple[list[pd.Timestamp], dict]:
     cutoffs = ft.cutoff_grid(config, data_start, data_end)
     complete = ft.label_complete(cutoffs, config, data_end)
     for cutoff, ok in complete.items():
@@ -154,13 +153,11 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
                 if f.name in set(lists.numeric + lists.categorical)]
         temporary.write_text(ft.feature_catalog_markdown(used), encoding="utf-8")
     example = model.model_input(train_rows.head(50), lists.numeric, lists.categorical)
-    from churnlens.drift import drift_profile
-
     metadata = {"numeric_features": lists.numeric, "categorical_features": lists.categorical,
                 "holdout_cutoff": split.as_dict()["holdout"],
                 # The reference population for drift checks: the latest training snapshot, which is
                 # closest in time to what will be scored (pooled cutoffs mix younger histories in).
-                "drift_profile": drift_profile(train_rows[train_rows["cutoff"] == train_rows["cutoff"].max()],
+                "drift_profile": drift.drift_profile(train_rows[train_rows["cutoff"] == train_rows["cutoff"].max()],
                                                lists.numeric, lists.categorical)}
     registered = tracking.log_training_run(
         experiment=params.train.experiment_name, model_name=params.train.registered_model_name,
@@ -376,10 +373,8 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
     data_info = {"canonical_dir": str(canonical_dir), "fingerprint": io.file_fingerprint(canonical_dir),
                  "first_event": data_start.isoformat(), "last_event": data_end.isoformat()}
     return _report_score_run(params, run, scores, snapshot, loaded.metadata.get("drift_profile", {}), instant,
-                             model_info, data_info, {"scores": str(output), "csv": str(csv_output) if csv_output
-                                                     else None, "segment_report": str(report_path)},
-                             report_path, manifest_path or output.with_name(output.stem + ".manifest.json"),
-                             previous, truth, engine="duckdb")
+                             model_info, data_info, str(output), csv_output, report_path, manifest_path, previous,
+                             truth, engine="duckdb")
 
 
 def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp, data_end: pd.Timestamp
@@ -412,15 +407,13 @@ def _run_score_spark(params: Params, canonical_dir: str, model_uri: str, output:
     """The same job on Spark; the report and manifest read the written scores back (a few columns)."""
     import hashlib
 
-    from mlflow.models import Model
-
     spark = _spark()
     run = _ScoreRun()
     session = spark.session(params.engine.spark_master, params.engine.spark_driver_memory)
     tables = spark.canonical_tables(session, canonical_dir)
     data_start, data_end = spark.data_span(tables)
     instant = _as_of(params, as_of, data_start, data_end)
-    scores, snapshot, resolved = spark.score(session, tables, instant, params, model_uri, project_root)
+    scores, snapshot, loaded = spark.score(session, tables, instant, params, model_uri, project_root)
     spark.write_parquet(scores, output)
     if csv_output is not None:
         scores.coalesce(1).write.mode("overwrite").option("header", True).csv(str(csv_output))
@@ -434,26 +427,23 @@ def _run_score_spark(params: Params, canonical_dir: str, model_uri: str, output:
     spark.release()
     run.lap("read_back")
     files = sorted(tables["transactions"].inputFiles())
-    model_info = {"model_uri": model_uri, "model_name": resolved.name, "model_version": resolved.version,
-                  "model_run_id": resolved.run_id}
+    model_info = {"model_uri": model_uri, "model_name": loaded.name, "model_version": loaded.version,
+                  "model_run_id": loaded.metadata.get("run_id")}
     data_info = {"canonical_dir": canonical_dir, "first_event": data_start.isoformat(),
                  "last_event": data_end.isoformat(),
                  "fingerprint": "files:" + hashlib.sha256("\n".join(files).encode()).hexdigest()}
-    profile = (Model.load(resolved.uri).metadata or {}).get("drift_profile", {})
-    default_manifest = Path(output).with_name(Path(output).stem + ".manifest.json") if "://" not in output else None
-    return _report_score_run(params, run, local_scores, sample, profile, instant, model_info, data_info,
-                             {"scores": output, "csv": str(csv_output) if csv_output else None,
-                              "segment_report": str(report_path)},
-                             report_path, manifest_path or default_manifest or Path("score.manifest.json"),
-                             previous, truth, engine="spark")
+    return _report_score_run(params, run, local_scores, sample, loaded.metadata.get("drift_profile", {}), instant,
+                             model_info, data_info, output, csv_output, report_path, manifest_path, previous, truth,
+                             engine="spark")
 
 
 def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snapshot: pd.DataFrame, profile: dict,
-                      instant: pd.Timestamp, model_info: dict, data_info: dict, outputs: dict, report_path: Path,
-                      manifest_path: Path, previous: pd.DataFrame | None, truth: pd.DataFrame | None,
-                      engine: str) -> dict:
+                      instant: pd.Timestamp, model_info: dict, data_info: dict, output: str,
+                      csv_output: Path | str | None, report_path: Path, manifest_path: Path | None,
+                      previous: pd.DataFrame | None, truth: pd.DataFrame | None, engine: str) -> dict:
+    """Segment report, drift check and run manifest of a scoring run, whichever engine scored.
+    The manifest goes to ``manifest_path``, else beside a local output, else the working folder."""
     from churnlens import plots
-    from churnlens.drift import population_stability
 
     config = params.score
     report = score.segment_report(scores, previous)
@@ -461,12 +451,12 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
                    "model_version": model_info["model_version"]})
     if truth is not None:
         report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], truth)
-    drift = population_stability(profile, snapshot)
-    drifted = {name: value for name, value in drift.items() if value > config.drift_warning_psi}
+    stability = drift.population_stability(profile, snapshot)
+    drifted = {name: value for name, value in stability.items() if value > config.drift_warning_psi}
     for name, value in drifted.items():
         log.warning("drift: %s has PSI %.2f against the training population (threshold %.2f)", name, value,
                     config.drift_warning_psi)
-    if not drift:
+    if not stability:
         log.warning("drift: model %s v%s carries no training profile; drift not checked", model_info["model_name"],
                     model_info["model_version"])
     io.write_json(report, report_path)
@@ -479,12 +469,16 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
                  "per_segment": {s: v["customers"] for s, v in report["segments"].items()}},
         "segment_mix": {s: v["share"] for s, v in report["segments"].items()},
         "reasons": config.reasons,
-        "drift": {"threshold": config.drift_warning_psi, "psi": drift, "warnings": sorted(drifted),
+        "drift": {"threshold": config.drift_warning_psi, "psi": stability, "warnings": sorted(drifted),
                   "rows_compared": len(snapshot)},
-        "outputs": outputs,
+        "outputs": {"scores": output, "csv": str(csv_output) if csv_output else None,
+                    "segment_report": str(report_path)},
         "timings_seconds": {**run.timings, "total": round(sum(run.timings.values()), 3)},
         "churnlens_version": _version(),
     }
+    if manifest_path is None:
+        manifest_path = (Path(output).with_name(Path(output).stem + ".manifest.json") if "://" not in output
+                         else Path("score.manifest.json"))
     io.write_json(manifest, manifest_path)
     log.info("scored %d customers in %.1f s", len(scores), manifest["timings_seconds"]["total"])
     return report
@@ -498,10 +492,7 @@ def _version() -> str:
 
 def _score_in_chunks(loaded: tracking.LoadedModel, snapshot: pd.DataFrame, numeric: list[str],
                      categorical: list[str], config: ScoreConfig, show_progress: bool) -> tuple[np.ndarray, pd.Series | None]:
-    """Probabilities for everyone and reasons for the medium/high-risk, ``chunk_rows`` at a time.
-
-    Reasons cost a TreeSHAP pass, so they are computed only where someone will act.
-    """
+    """Probabilities for everyone and reasons for the medium/high-risk, ``chunk_rows`` at a time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from churnlens import model
@@ -515,9 +506,9 @@ def _score_in_chunks(loaded: tracking.LoadedModel, snapshot: pd.DataFrame, numer
             chunk = snapshot.iloc[start:start + config.chunk_rows]
             chunk_probability = model.churn_probability(loaded.pipeline, chunk, numeric, categorical)
             probability[start:start + len(chunk)] = chunk_probability
-            at_risk = chunk[score.risk_tiers(chunk_probability, config) != "low"]
-            if len(at_risk):
-                reasons.append(model.top_reasons(model.contributions(
-                    loaded.pipeline, at_risk, numeric, categorical, approximate=config.reasons == "approximate")))
+            chunk_reasons = score.at_risk_reasons(loaded.pipeline, chunk, chunk_probability, numeric, categorical,
+                                                  config)
+            if chunk_reasons is not None:
+                reasons.append(chunk_reasons)
             progress.advance(task, len(chunk))
     return probability, (pd.concat(reasons) if reasons else None)

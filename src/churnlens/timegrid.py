@@ -97,11 +97,6 @@ class EventsOnGrid:
         return cell_time[rows, source], cell_value[rows, source]
 
 
-def read(dense: np.ndarray, codes: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """``dense[code, position]`` for each (customer, instant) pair."""
-    return dense[codes, positions]
-
-
 def distinct_in_window(codes: np.ndarray, keys: np.ndarray, times: np.ndarray, cutoffs: np.ndarray,
                        window_us: int, n_customers: int) -> np.ndarray:
     """customers x cutoffs: how many distinct ``keys`` each customer has events of in
