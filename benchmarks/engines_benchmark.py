@@ -24,29 +24,12 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from features_benchmark import OUT, simulate_once
 from measure import measure, table
-
-OUT = Path(__file__).resolve().parent / "out"
-
-
-def data_dir(customers: int) -> Path:
-    return OUT / f"engines_{customers}"
 
 
 def prepare(customers: int) -> Path:
-    from churnlens.config import SimulateConfig
-    from churnlens.simulate import simulate
-
-    folder = data_dir(customers)
-    if not (folder / "transactions.parquet").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        data = simulate(SimulateConfig(n_customers=customers, seed=1))
-        lines = data.transactions.drop(columns=["transaction_id"])
-        lines["is_return"] = lines["quantity"] < 0
-        lines.to_parquet(folder / "transactions.parquet", index=False)
-        data.interactions.to_parquet(folder / "interactions.parquet", index=False)
-        data.customers.to_parquet(folder / "customers.parquet", index=False)
-    return folder
+    return simulate_once(OUT / f"engines_{customers}", n_customers=customers)
 
 
 def cutoffs(folder: Path) -> list[pd.Timestamp]:

@@ -45,6 +45,22 @@ def cutoffs(folder: Path, count: int) -> list[pd.Timestamp]:
     return [end - pd.Timedelta(days=30 * k) for k in range(count)][::-1]
 
 
+def simulate_once(folder: Path, **config: int) -> Path:
+    """Simulated canonical tables (Parquet) in ``folder``, unless they are there already."""
+    from churnlens.config import SimulateConfig
+    from churnlens.simulate import simulate
+
+    if not (folder / "transactions.parquet").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        data = simulate(SimulateConfig(seed=1, **config))
+        lines = data.transactions.drop(columns=["transaction_id"])
+        lines["is_return"] = lines["quantity"] < 0
+        lines.to_parquet(folder / "transactions.parquet", index=False)
+        data.interactions.to_parquet(folder / "interactions.parquet", index=False)
+        data.customers.to_parquet(folder / "customers.parquet", index=False)
+    return folder
+
+
 def prepare(customers: int, days: int, transactions: int) -> Path:
     """Simulate once, then keep whole orders at random until about ``transactions`` lines remain
     (a year of history at 500k customers is ~16M lines; the issue asks for 10M)."""
@@ -52,18 +68,8 @@ def prepare(customers: int, days: int, transactions: int) -> Path:
 
     import duckdb
 
-    from churnlens.config import SimulateConfig
-    from churnlens.simulate import simulate
-
     folder = data_dir(customers, days)
-    if not (folder / "transactions.parquet").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        data = simulate(SimulateConfig(n_customers=customers, n_days=days, customers_per_chunk=10_000, seed=1))
-        lines = data.transactions.drop(columns=["transaction_id"])
-        lines["is_return"] = lines["quantity"] < 0
-        lines.to_parquet(folder / "transactions.parquet", index=False)
-        data.interactions.to_parquet(folder / "interactions.parquet", index=False)
-        data.customers.to_parquet(folder / "customers.parquet", index=False)
+    simulate_once(folder, n_customers=customers, n_days=days, customers_per_chunk=10_000)
     thinned = thinned_dir(customers, days, transactions)
     if not (thinned / "transactions.parquet").exists():
         thinned.mkdir(parents=True, exist_ok=True)
