@@ -63,6 +63,11 @@ def session(master: str | None = None, driver_memory: str = "4g") -> SparkSessio
     if not submitted and master.startswith("local"):
         # The default 200 shuffle partitions are sized for clusters; here most would be empty.
         builder = builder.config("spark.sql.shuffle.partitions", str(8 * (os.cpu_count() or 1)))
+    if not submitted:
+        # The assembly joins a dozen relations in one stage: a sorter per join side, each taking
+        # a whole memory page up front. Default pages (up to 64 MB) exhaust a task's share of
+        # execution memory however small the data ("UNABLE_TO_ACQUIRE_MEMORY ... got 0").
+        builder = builder.config("spark.buffer.pageSize", "2m")
     return builder.getOrCreate()
 
 
