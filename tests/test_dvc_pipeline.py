@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ import yaml
 
 from churnlens.cli import app
 from conftest import PROJECT_ROOT, small_params_dict
+from stage_code import load_package, module_path, stage_use
 
 STAGES = ["simulate", "ingest", "features", "train", "evaluate", "score"]
 
@@ -37,15 +40,58 @@ def test_dvc_yaml_matches_cli_and_params() -> None:
                 assert (PROJECT_ROOT / dep).is_file(), dep
 
 
-def _run(command: list[str], cwd: Path, env: dict) -> str:
+def test_every_stage_declares_the_code_and_params_it_uses() -> None:
+    """Follow each stage's command through the code: every module it runs must be a dep (and
+    nothing else), every params.<section>.<key> it reads must be declared."""
+    pipeline = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    sections = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    modules = load_package(PROJECT_ROOT / "src")
+    problems = []
+    for name, stage in pipeline.items():
+        used = stage_use(modules, ("churnlens.cli", name), sections)
+        code = {module_path(modules, m, PROJECT_ROOT) for m in used.modules}
+        declared_code = {d for d in stage["deps"] if d.startswith("src/")}
+        if code - declared_code:
+            problems.append(f"{name}: runs {sorted(code - declared_code)} but does not list them in deps")
+        if declared_code - code:
+            problems.append(f"{name}: lists {sorted(declared_code - code)} in deps but never runs them")
+        declared_params = set(stage.get("params", []))
+        for section, key in sorted(used.params, key=str):
+            if section not in declared_params and f"{section}.{key}" not in declared_params:
+                problems.append(f"{name}: reads params {section}{'.' + key if key else ''} without declaring it")
+    assert not problems, "\n".join(problems)
+
+
+def test_only_the_headline_numbers_are_metrics() -> None:
+    pipeline = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    metrics = [next(iter(m)) if isinstance(m, dict) else m for stage in pipeline.values()
+               for m in stage.get("metrics", [])]
+    assert metrics and all(path.startswith("metrics/") for path in metrics)
+    ignored = subprocess.run(["git", "check-ignore", *metrics], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert ignored.stdout == "", f"headline metrics must be committed, not git-ignored: {ignored.stdout}"
+
+
+def _run(command: list[str], cwd: Path, env: dict, stderr: bool = True) -> str:
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
+    return result.stdout + result.stderr if stderr else result.stdout
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("repo")
+DATA_OUTPUTS = ("data/raw", "data/truth", "data/canonical", "data/quarantine", "data/features",
+                "data/scores/scores.parquet", "metrics/evaluate.json", "metrics/score.json")
+
+
+def _digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under the pipeline's data outputs, by path relative to ``root``."""
+    files = [p for out in DATA_OUTPUTS for p in ([root / out] if (root / out).is_file()
+                                                 else sorted((root / out).rglob("*")))]
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in files if p.is_file() and p.name != ".gitignore"}
+
+
+def _new_repo(root: Path) -> dict:
+    """A git + DVC repository holding this project's pipeline on the small data set, with an
+    MLflow store of its own."""
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(PROJECT_ROOT / name, root / name)
     shutil.copytree(PROJECT_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -58,7 +104,20 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     _run(["dvc", "init", "-q"], root, env)
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "init"], root, env)
-    return root, env
+    return env
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
+    """The pipeline run once and committed the DVC way (dvc.lock and the headline metrics in
+    git); returns the repository, its environment and the digests of the first run's outputs."""
+    root = tmp_path_factory.mktemp("repo")
+    env = _new_repo(root)
+    _run(["dvc", "repro"], root, env)
+    digests = _digests(root)
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "pipeline run"], root, env)
+    return root, env, digests
 
 
 def _client(env: dict, monkeypatch: pytest.MonkeyPatch):
@@ -75,9 +134,7 @@ def _client(env: dict, monkeypatch: pytest.MonkeyPatch):
 
 @pytest.mark.e2e
 def test_dvc_repro_end_to_end(repo, monkeypatch) -> None:
-    root, env = repo
-    _run(["dvc", "repro"], root, env)
-
+    root, env, _ = repo
     champion = _client(env, monkeypatch).get_model_version_by_alias("churnlens", "champion")
     assert str(champion.version) == "1"
 
@@ -85,8 +142,9 @@ def test_dvc_repro_end_to_end(repo, monkeypatch) -> None:
     snapshots = pd.read_parquet(root / "data/features/snapshots.parquet")
     assert scores["customer_id"].is_unique and len(scores) > 50
     assert scores["churn_probability"].between(0, 1).all() and scores["segment"].notna().all()
-    assert set(scores["customer_id"]) <= set(snapshots["customer_id"]) | set(
-        pd.read_parquet(root / "data/canonical/transactions.parquet")["customer_id"])
+    assert set(scores["customer_id"]) <= set(pd.read_parquet(root / "data/canonical/transactions.parquet",
+                                                             columns=["customer_id"])["customer_id"])
+    assert set(scores["customer_id"]) & set(snapshots["customer_id"])
     assert (root / "models/churn_model/MLmodel").is_file()
 
     # A second repro reruns nothing.
@@ -95,32 +153,73 @@ def test_dvc_repro_end_to_end(repo, monkeypatch) -> None:
     for stage in STAGES:
         assert f"Running stage '{stage}'" not in second
 
-    metrics = _run(["dvc", "metrics", "show", "--json"], root, env)
-    assert "roc_auc" in metrics
+    # `git status` is clean after a run: every output is either DVC's or committed.
+    assert _run(["git", "status", "--porcelain"], root, env) == ""
+    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], root, env, stderr=False))
+    numbers = [v for file in metrics["workspace"]["data"].values() for v in file["data"].values()]
+    assert 0.5 < metrics["workspace"]["data"]["metrics/evaluate.json"]["data"]["roc_auc"] <= 1
+    assert len(numbers) <= 8
 
 
 @pytest.mark.e2e
-def test_changing_a_train_param_reruns_only_train_and_after(repo) -> None:
-    root, env = repo
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["train"]["xgboost"]["max_depth"] = 3
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    output = _run(["dvc", "repro"], root, env)
-    ran = [stage for stage in STAGES if f"Running stage '{stage}'" in output]
-    assert ran == ["train", "evaluate", "score"]
+def test_an_experiment_reruns_train_and_after_and_compares_with_main(repo) -> None:
+    root, env, _ = repo
+    ran = _run(["dvc", "exp", "run", "-n", "shallow", "-S", "train.xgboost.max_depth=1"], root, env)
+    assert [stage for stage in STAGES if f"Running stage '{stage}'" in ran] == ["train", "evaluate", "score"]
+    try:
+        shown = json.loads(_run(["dvc", "exp", "show", "--json"], root, env, stderr=False))
+        rows = {_experiment_name(entry): _headline(entry) for entry in _experiment_rows(shown)}
+        assert {"workspace", "shallow"} <= set(rows)
+        main = next(values for name, values in rows.items() if name not in ("workspace", "shallow"))
+        assert rows["shallow"]["roc_auc"] != main["roc_auc"], "a depth-1 model must change the holdout AUC"
+
+        diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD", "--json"], root, env, stderr=False))
+        change = diff["metrics/evaluate.json"]["roc_auc"]
+        assert change["old"] == main["roc_auc"] and change["new"] == rows["shallow"]["roc_auc"]
+
+        plots = root / "plots_diff"
+        _run(["dvc", "plots", "diff", "HEAD", "--out", str(plots)], root, env)
+        page = (plots / "index.html").read_text()
+        assert "roc.png" in page and "HEAD" in page and "workspace" in page
+        assert "cdn" not in page.lower() and "<script src=\"http" not in page
+    finally:
+        _run(["git", "checkout", "--", "."], root, env)
+        _run(["dvc", "checkout", "--force"], root, env)
+
+
+def _experiment_rows(shown: list[dict]) -> list[dict]:
+    rows = []
+    for entry in shown:
+        rows.append(entry)
+        for experiment in entry.get("experiments") or []:
+            rows.extend(experiment.get("revs", []))
+    return rows
+
+
+def _experiment_name(entry: dict) -> str:
+    return entry.get("name") or entry["rev"]
+
+
+def _headline(entry: dict) -> dict:
+    return entry["data"]["metrics"]["metrics/evaluate.json"]["data"]
 
 
 @pytest.mark.e2e
-def test_dvc_experiment_with_a_changed_param(repo) -> None:
-    root, env = repo
-    _run(["dvc", "exp", "run", "-n", "shallow", "-S", "train.xgboost.max_depth=2"], root, env)
-    shown = _run(["dvc", "exp", "show", "--json"], root, env)
-    assert "shallow" in shown and "roc_auc" in shown
+def test_same_data_params_and_seed_give_the_same_bytes(repo, tmp_path) -> None:
+    """A second checkout in another folder, with its own MLflow store, reproduces every data
+    output and the headline metrics byte for byte."""
+    _, _, first = repo
+    env = _new_repo(tmp_path)
+    _run(["dvc", "repro"], tmp_path, env)
+    second = _digests(tmp_path)
+    assert set(second) == set(first)
+    differing = sorted(path for path in first if first[path] != second[path])
+    assert not differing, f"outputs differ between two runs: {differing}"
 
 
 @pytest.mark.e2e
 def test_training_run_records_current_lineage(repo, monkeypatch) -> None:
-    root, env = repo
+    root, env, _ = repo
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     features_md5 = next(o["md5"] for o in lock["features"]["outs"] if o["path"] == "data/features")
     client = _client(env, monkeypatch)

@@ -148,11 +148,13 @@ def evaluate(
     train_report: Annotated[Path, typer.Option()] = Path("reports/train.json"),
     metrics: Annotated[Path, typer.Option()] = Path("reports/metrics.json"),
     plots_dir: Annotated[Path, typer.Option()] = Path("reports/plots"),
+    headline: Annotated[Path | None, typer.Option(help="the few headline metrics (JSON) that DVC compares")
+                        ] = None,
 ) -> None:
     """Holdout metrics against baselines, plots, and champion/challenger promotion."""
     from churnlens.stages import run_evaluate
 
-    result = run_evaluate(_params(params), snapshots, model_dir, train_report, metrics, plots_dir)
+    result = run_evaluate(_params(params), snapshots, model_dir, train_report, metrics, plots_dir, headline)
     m = result["model"]
     log.info("holdout %s: ROC AUC %.3f, PR AUC %.3f, lift@10%% %.2f; promotion: %s", result["holdout_cutoff"],
              m["roc_auc"], m["pr_auc"], m["top_decile_lift"], result["promotion"]["reason"])
@@ -170,8 +172,11 @@ def score(
     output: Annotated[str, typer.Option(help="Parquet file (a Parquet folder on Spark; URIs allowed there)")
                       ] = "data/scores/scores.parquet",
     csv: Annotated[str | None, typer.Option(help="also write a CSV (e.g. for a CRM)")] = None,
-    report: Annotated[Path, typer.Option()] = Path("reports/segment_report.json"),
+    report: Annotated[Path | None, typer.Option(help="segment report JSON (and a PNG beside it); default: "
+                                                     "beside --output")] = None,
     manifest: Annotated[Path | None, typer.Option(help="run manifest JSON; default: beside --output")] = None,
+    headline: Annotated[Path | None, typer.Option(help="the headline segment metrics (JSON) that DVC compares")
+                        ] = None,
     truth: Annotated[Path | None, typer.Option(help="known personas (simulated data): report segment macro-F1")
                      ] = None,
     engine: EngineOption = None,
@@ -196,7 +201,8 @@ def score(
     try:
         result = run_score(loaded_params, canonical_dir, model or loaded_params.score.model_uri, output, report,
                            pd.Timestamp(as_of) if as_of else None, csv, Path.cwd(), previous=previous,
-                           manifest_path=manifest, truth=known, show_progress=sys.stderr.isatty())
+                           manifest_path=manifest, truth=known, show_progress=sys.stderr.isatty(),
+                           headline_path=headline)
     except (ModelNotFoundError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     log.info("scored %d customers as of %s with %s v%s; campaign: %d customers", result["customers"],

@@ -133,3 +133,29 @@ def bgnbd_baseline(train_rows: pd.DataFrame, holdout: pd.DataFrame, horizon_days
     latest = train_rows[train_rows["cutoff"] == train_rows["cutoff"].max()]
     model = fit_bgnbd(*rfm_inputs(latest))
     return -model.expected_purchases(horizon_days / DAYS_PER_UNIT, *rfm_inputs(holdout))
+
+
+HEADLINE_METRICS = ("roc_auc", "pr_auc", "brier", "ece", "top_decile_lift")
+
+
+def headline_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The few holdout numbers worth comparing across experiments: the model's own, and the best
+    baseline's ROC AUC to read them against. Rounded to 4 places so that a diff shows a change
+    in the model, not float noise."""
+    model = results["model"]
+    headline = {name: round(float(model[name]), 4) for name in HEADLINE_METRICS if name in model}
+    baselines = [values["roc_auc"] for name, values in results.items() if name != "model"]
+    if baselines:
+        headline["best_baseline_roc_auc"] = round(float(max(baselines)), 4)
+    return headline
+
+
+def curve_table(name: str, model_curves: dict[str, pd.DataFrame],
+                baseline_curves: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
+    """One curve of the model and of every baseline in one long table (``scorer`` says whose), so
+    the plot data compares them like the PNG does."""
+    parts = [model_curves[name].assign(scorer="model")]
+    parts += [curves_of[name].assign(scorer=baseline) for baseline, curves_of in baseline_curves.items()
+              if name in curves_of]
+    table = pd.concat(parts, ignore_index=True)
+    return table[["scorer", *[c for c in table.columns if c != "scorer"]]]

@@ -392,8 +392,11 @@ def event_steps(available: dict[str, set[str]]) -> list[Step]:
     # Without order ids, lines of one customer at the same instant form one order.
     order_key = "coalesce(order_id, CAST(timestamp AS VARCHAR))" if "order_id" in tx else "CAST(timestamp AS VARCHAR)"
     # A purchase is an order holding at least one non-return line; returns alone are not purchases.
+    # The order value is summed in exact decimal arithmetic: a float sum depends on the order in
+    # which a parallel engine meets the lines, and the same data must give the same bytes.
     steps.append(("orders", f"""
-        SELECT customer_id, min(timestamp) AS ts, sum(CASE WHEN NOT ({is_return}) THEN amount END) AS value
+        SELECT customer_id, min(timestamp) AS ts,
+               CAST(sum(CASE WHEN NOT ({is_return}) THEN CAST(amount AS DECIMAL(38, 9)) END) AS DOUBLE) AS value
         FROM src_transactions GROUP BY customer_id, {order_key}
         HAVING sum(CASE WHEN NOT ({is_return}) THEN 1 ELSE 0 END) > 0"""))
     if "interactions" in available:
@@ -406,7 +409,9 @@ def _prepare_events(con: duckdb.DuckDBPyConnection, available: dict[str, set[str
     """The event relations of :func:`event_steps` as tables keyed by a dense customer code, stored
     in code order so that one block of customers is a cheap range scan (DuckDB skips the other
     row groups)."""
-    # Codes follow customer_id order, so output sorted by code is sorted by customer.
+    # Codes follow customer_id order, so output sorted by code is sorted by customer. Events are
+    # stored in a total order (code first, then every column), because the grid sums them in
+    # storage order and a float sum in another order can differ in its last bits.
     con.execute("""
         CREATE OR REPLACE TABLE customer_codes AS
         SELECT customer_id, CAST(row_number() OVER (ORDER BY customer_id) - 1 AS INTEGER) AS code
@@ -415,7 +420,7 @@ def _prepare_events(con: duckdb.DuckDBPyConnection, available: dict[str, set[str
     for name, body in event_steps(available):
         if name in EVENT_RELATIONS:
             body = (f"SELECT k.code, e.* EXCLUDE (customer_id) FROM ({body}) e "
-                    "JOIN customer_codes k USING (customer_id) ORDER BY k.code")
+                    "JOIN customer_codes k USING (customer_id) ORDER BY ALL")
         con.execute(f"CREATE OR REPLACE TABLE {name} AS {body}")
     if "customers" in available:
         con.execute("CREATE OR REPLACE TABLE customers AS SELECT * FROM src_customers")

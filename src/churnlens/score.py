@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from churnlens.config import ScoreConfig
+from churnlens.config import PERSONAS, ScoreConfig
 
 SCORE_COLUMNS = [
     "customer_id", "as_of", "churn_probability", "risk_tier", "top_reasons", "segment", "segment_margin",
@@ -128,3 +128,15 @@ def segment_report(scores: pd.DataFrame, previous: pd.DataFrame | None = None) -
         report["stability"] = {"customers_in_both_runs": len(both),
                                "changed_segment": int((both["segment"] != both["segment_previous"]).sum())}
     return report
+
+
+
+def segment_headline(report: dict) -> dict[str, float]:
+    """The scoring run's headline numbers: the share of scored customers placed in one of the
+    three loyalty segments and, where personas are known (simulated data), the segments' macro-F1."""
+    placed = sum(values["customers"] for segment, values in report["segments"].items()
+                 if segment in PERSONAS)
+    headline = {"segment_coverage": round(placed / report["customers"], 4) if report["customers"] else 0.0}
+    if "macro_f1" in report.get("ground_truth", {}):
+        headline["segment_macro_f1"] = round(float(report["ground_truth"]["macro_f1"]), 4)
+    return headline

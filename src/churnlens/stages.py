@@ -66,19 +66,19 @@ def run_features(params: Params, canonical_dir: Path | str, snapshots_path: Path
     return _features_report(data_start, data_end, cutoffs, complete, plan, per_cutoff, report_path)
 
 
-def _spark():
-    try:
-        from churnlens import spark
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"engine spark needs pyspark ({exc}); install it with pip install 'churnlens[spark]' "
-                         "or use --engine duckdb") from None
-    return spark
+def _require_pyspark() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is None:
+        raise ValueError("engine spark needs pyspark; install it with pip install 'churnlens[spark]' "
+                         "or use --engine duckdb")
 
 
 def _run_features_spark(params: Params, canonical_dir: str, snapshots_path: str, report_path: Path) -> dict:
+    _require_pyspark()
     from pyspark.sql import functions as F
 
-    spark = _spark()
+    from churnlens import spark
     session = spark.session(params.engine.spark_master, params.engine.spark_driver_memory)
     tables = spark.canonical_tables(session, canonical_dir)
     data_start, data_end = spark.data_span(tables)
@@ -214,7 +214,7 @@ def _score_holdout(pipeline: object, metadata: dict, holdout: pd.DataFrame) -> n
 
 
 def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_report: Path, metrics_path: Path,
-                 plots_dir: Path) -> dict:
+                 plots_dir: Path, headline_path: Path | None = None) -> dict:
     from churnlens import evaluate as ev
     from churnlens import model, plots
 
@@ -265,14 +265,19 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
                   .reset_index())
     io.write_csv(importance, plots_dir / "importance.csv")
     plots.importance_plot(importance, plots_dir / "importance.png")
-    for name, frame in curves.items():
-        io.write_csv(frame, plots_dir / f"{name}.csv")
+    # A rescaled rank is no probability: reliability data only for the baselines that are.
+    probability_baselines = {b: c for b, c in baseline_curves.items() if baseline_scores[b][1]}
+    for name in curves:
+        io.write_csv(ev.curve_table(name, curves, probability_baselines if name == "calibration" else baseline_curves),
+                     plots_dir / f"{name}.csv")
     plots.evaluation_plots(curves, baseline_curves, holdout_cutoff.date().isoformat(), plots_dir)
 
     per_segment = segment_metrics(holdout, y, probability, params)
     payload = {"holdout_cutoff": holdout_cutoff.date().isoformat(), **results, **comparison, "promotion": promotion,
                "per_segment": per_segment}
     io.write_json(payload, metrics_path)
+    if headline_path is not None:
+        io.write_json(ev.headline_metrics(results), headline_path)
     flat = {f"holdout_{name}_{k}": v for name, values in results.items() for k, v in values.items()}
     flat.update({f"holdout_segment_{segment}_{k}": v for segment, values in per_segment.items()
                  for k, v in values.items()})
@@ -332,16 +337,17 @@ def decide_promotion(params: Params, trained: dict, holdout: pd.DataFrame, chall
             "reason": f"champion v{champion_version} is as good or better on {metric}"}
 
 
-def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output: Path | str, report_path: Path,
-              as_of: pd.Timestamp | None = None, csv_output: Path | str | None = None,
-              project_root: Path | None = None, previous: pd.DataFrame | None = None,
-              manifest_path: Path | None = None, truth: pd.DataFrame | None = None,
-              show_progress: bool = False) -> dict:
+def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output: Path | str,
+              report_path: Path | None = None, as_of: pd.Timestamp | None = None,
+              csv_output: Path | str | None = None, project_root: Path | None = None,
+              previous: pd.DataFrame | None = None, manifest_path: Path | None = None,
+              truth: pd.DataFrame | None = None, show_progress: bool = False, headline_path: Path | None = None
+              ) -> dict:
     """The batch scoring job: features as of one instant, then scores, segments, reasons and the
     retention plan, written atomically, plus a segment report and a run manifest."""
     if params.engine.name == "spark":
         return _run_score_spark(params, str(canonical_dir), model_uri, str(output), report_path, as_of,
-                                csv_output, project_root, previous, manifest_path, truth)
+                                csv_output, project_root, previous, manifest_path, truth, headline_path)
 
     run = _ScoreRun()
     config = params.score
@@ -374,7 +380,7 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
                  "first_event": data_start.isoformat(), "last_event": data_end.isoformat()}
     return _report_score_run(params, run, scores, snapshot, loaded.metadata.get("drift_profile", {}), instant,
                              model_info, data_info, str(output), csv_output, report_path, manifest_path, previous,
-                             truth, engine="duckdb")
+                             truth, engine="duckdb", headline_path=headline_path)
 
 
 def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp, data_end: pd.Timestamp
@@ -401,13 +407,15 @@ class _ScoreRun:
         self._clock = now
 
 
-def _run_score_spark(params: Params, canonical_dir: str, model_uri: str, output: str, report_path: Path,
+def _run_score_spark(params: Params, canonical_dir: str, model_uri: str, output: str, report_path: Path | None,
                      as_of: pd.Timestamp | None, csv_output: Path | str | None, project_root: Path | None,
-                     previous: pd.DataFrame | None, manifest_path: Path | None, truth: pd.DataFrame | None) -> dict:
+                     previous: pd.DataFrame | None, manifest_path: Path | None, truth: pd.DataFrame | None,
+                     headline_path: Path | None) -> dict:
     """The same job on Spark; the report and manifest read the written scores back (a few columns)."""
     import hashlib
 
-    spark = _spark()
+    _require_pyspark()
+    from churnlens import spark
     run = _ScoreRun()
     session = spark.session(params.engine.spark_master, params.engine.spark_driver_memory)
     tables = spark.canonical_tables(session, canonical_dir)
@@ -434,13 +442,14 @@ def _run_score_spark(params: Params, canonical_dir: str, model_uri: str, output:
                  "fingerprint": "files:" + hashlib.sha256("\n".join(files).encode()).hexdigest()}
     return _report_score_run(params, run, local_scores, sample, loaded.metadata.get("drift_profile", {}), instant,
                              model_info, data_info, output, csv_output, report_path, manifest_path, previous, truth,
-                             engine="spark")
+                             engine="spark", headline_path=headline_path)
 
 
 def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snapshot: pd.DataFrame, profile: dict,
                       instant: pd.Timestamp, model_info: dict, data_info: dict, output: str,
-                      csv_output: Path | str | None, report_path: Path, manifest_path: Path | None,
-                      previous: pd.DataFrame | None, truth: pd.DataFrame | None, engine: str) -> dict:
+                      csv_output: Path | str | None, report_path: Path | None, manifest_path: Path | None,
+                      previous: pd.DataFrame | None, truth: pd.DataFrame | None, engine: str,
+                      headline_path: Path | None = None) -> dict:
     """Segment report, drift check and run manifest of a scoring run, whichever engine scored.
     The manifest goes to ``manifest_path``, else beside a local output, else the working folder."""
     from churnlens import plots
@@ -459,6 +468,7 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
     if not stability:
         log.warning("drift: model %s v%s carries no training profile; drift not checked", model_info["model_name"],
                     model_info["model_version"])
+    report_path = report_path or _beside(output, "segment_report.json")
     io.write_json(report, report_path)
     plots.segment_plot(report, report_path.with_suffix(".png"))
     run.lap("report")
@@ -476,12 +486,19 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
         "timings_seconds": {**run.timings, "total": round(sum(run.timings.values()), 3)},
         "churnlens_version": _version(),
     }
-    if manifest_path is None:
-        manifest_path = (Path(output).with_name(Path(output).stem + ".manifest.json") if "://" not in output
-                         else Path("score.manifest.json"))
-    io.write_json(manifest, manifest_path)
+    io.write_json(manifest, manifest_path or _beside(output, "manifest.json"))
+    if headline_path is not None:
+        io.write_json(score.segment_headline(report), headline_path)
     log.info("scored %d customers in %.1f s", len(scores), manifest["timings_seconds"]["total"])
     return report
+
+
+def _beside(output: str, suffix: str) -> Path:
+    """Where a scoring run's side files go unless told: next to a local output (so a run outside
+    DVC never writes into the pipeline's tracked reports), else the working folder."""
+    if "://" in output:
+        return Path(f"scores.{suffix}")
+    return Path(output).with_name(f"{Path(output).stem}.{suffix}")
 
 
 def _version() -> str:
