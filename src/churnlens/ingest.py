@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import glob
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from churnlens.config import IngestConfig, TableSource
-from churnlens.io import atomic_path, write_json
+from churnlens.io import atomic_path, remove_stale_temporaries, write_json
 from churnlens.schemas import INTERACTION_TYPES, TABLES, pandera_schema
 
 log = logging.getLogger(__name__)
@@ -458,8 +459,9 @@ def run_ingest(config: IngestConfig, base: Path, canonical_dir: Path, quarantine
     sources = {name: getattr(config, name) for name in TABLES if getattr(config, name) is not None}
     report: dict = {"tables": {}}
     canonical_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(canonical_dir, ".ingest.")  # the database of a killed run
     # A database file (not memory) so DuckDB can spill: a 10M-row export stays within memory_limit.
-    with tempfile.TemporaryDirectory(prefix=".ingest-", dir=canonical_dir) as work, \
+    with tempfile.TemporaryDirectory(prefix=f".ingest.{os.getpid()}.", dir=canonical_dir) as work, \
             duckdb.connect(str(Path(work) / "ingest.duckdb")) as con:
         con.execute("SET TimeZone = 'UTC'")
         con.execute(f"SET memory_limit = {literal(config.memory_limit)}")
