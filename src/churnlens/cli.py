@@ -104,6 +104,8 @@ def _user_errors(command: Callable) -> Callable:
                 raise _fail(_store_message(exc)) from None
             if type(exc).__module__.split(".")[0] == "duckdb":
                 raise _fail(f"DuckDB: {str(exc).splitlines()[0]}") from None
+            if isinstance(exc, ImportError):
+                raise _fail(f"a Python package is missing: {exc}; install it into this environment") from None
             if isinstance(exc, ValueError | LookupError | RuntimeError):
                 raise _fail(exc) from None
             raise

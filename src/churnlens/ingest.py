@@ -138,6 +138,11 @@ def raw_source(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, 
 
 def _parse_error(table: str, files: list[str], source: TableSource, exc: Exception) -> IngestError:
     shown = files if len(files) < 4 else [*files[:3], "..."]
+    message = str(exc).splitlines()[0]
+    if "Could not write" in message or "No space left" in message or "File too large" in message:
+        # Not the input's fault: the disk (or quota) under the output folder is full.
+        return IngestError(f"ingest.{table}: cannot write DuckDB's working files beside the canonical output: "
+                           f"{message}. Free disk space there, or give --canonical-dir on a disk with room")
     return IngestError(
         f"ingest.{table}: cannot parse {shown} as {source.format}: {str(exc).splitlines()[0]}. "
         f"Check ingest.{table}.format and ingest.{table}.csv (delim, quote, encoding, header)"

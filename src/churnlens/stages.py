@@ -138,6 +138,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     split = model.temporal_split(snapshots, params.features, params.train)
     train_rows, validation_rows = model.rows_at(snapshots, split.train), model.rows_at(snapshots, split.validation)
     _require_both_classes(train_rows[model.LABEL], "training cutoffs")
+    _require_both_classes(validation_rows[model.LABEL], "validation cutoffs")
     tuned = model.tune(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
     params = params.model_copy(update={"train": tuned.config})
     fitted = model.fit_with_early_stopping(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
