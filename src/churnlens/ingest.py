@@ -277,8 +277,10 @@ def _duplicate_flag(table: str, source: TableSource, mapping: dict[str, str], fo
     keyed = (table == "transactions" and "order_id" in mapping) or table == "customers"
     if source.deduplicate == "none" or (source.deduplicate == "auto" and not keyed):
         return "false"
-    id_column = mapping["customer_id"]
-    columns = ", ".join("c_customer_id" if c == id_column else f"trim({quote(c)})" for c in found)
+    # Ids compare as their canonical (trimmed, normalised) text; other columns as written.
+    ids = {source_column: f"c_{canonical}" for canonical, source_column in mapping.items()
+           if any(c.name == canonical and c.kind == "id" for c in TABLES[table])}
+    columns = ", ".join(ids.get(c, quote(c)) for c in found)
     return f"row_number() OVER (PARTITION BY {columns} ORDER BY {SOURCE_FILE}, {SOURCE_ROW}) > 1"
 
 
