@@ -68,3 +68,43 @@ def test_windows_must_increase() -> None:
     raw["features"]["windows_days"] = [90, 30]
     with pytest.raises(ConfigError, match=r"features\.windows_days: .*strictly increasing"):
         parse_params(raw)
+
+
+def test_boolean_for_a_number_is_rejected() -> None:
+    raw = project_params_dict()
+    raw["train"]["xgboost"]["n_estimators"] = True
+    with pytest.raises(ConfigError, match=r"train\.xgboost: .*n_estimators: expected a number, got True"):
+        parse_params(raw)
+
+
+def test_duplicate_yaml_key_is_rejected(tmp_path: Path) -> None:
+    text = (PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8").replace(
+        "  seed: 7\n", "  seed: 7\n  seed: 8\n", 1)
+    (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"(?s)duplicate key 'seed'.*line \d+"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_plausible_dates_must_be_ordered() -> None:
+    raw = project_params_dict()
+    raw["ingest"].update({"earliest_plausible_date": "2024-01-01", "latest_plausible_date": "2020-01-01"})
+    with pytest.raises(ConfigError, match=r"ingest: .*latest_plausible_date \(2020-01-01\) must be after "
+                                          r"earliest_plausible_date \(2024-01-01\)"):
+        parse_params(raw)
+
+
+def test_unknown_time_zone_names_its_key() -> None:
+    raw = project_params_dict()
+    raw["ingest"]["transactions"]["source_timezone"] = "Europe/Berln"
+    with pytest.raises(ConfigError, match=r"ingest\.transactions\.source_timezone: .*unknown time zone "
+                                          r"'Europe/Berln'") as error:
+        parse_params(raw)
+    assert "1 invalid parameter" in str(error.value)
+
+
+@pytest.mark.parametrize("memory", ["lots", "4 g", "-1g", "4.5g"])
+def test_spark_driver_memory_must_be_a_jvm_size(memory: str) -> None:
+    raw = project_params_dict()
+    raw["engine"]["spark_driver_memory"] = memory
+    with pytest.raises(ConfigError, match=r"engine\.spark_driver_memory: String should match pattern"):
+        parse_params(raw)

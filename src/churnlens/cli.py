@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import functools
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from churnlens.config import ConfigError, Params, load_params, parse_params
 
@@ -37,16 +44,84 @@ def _params(paths: list[Path]) -> Params:
     try:
         return load_params(*paths)
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _print_error(str(exc))
         raise typer.Exit(2) from None
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
+def _print_error(message: str) -> None:
+    from churnlens.tracking import redact
+
+    # User text (keys, column names, paths) may hold "[/x]", which rich would read as markup.
+    console.print(f"[red]error:[/red] {escape(redact(message))}")
+
+
+def _fail(exc: Exception | str) -> typer.Exit:
+    _print_error(str(exc))
     return typer.Exit(1)
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free space (or point the output elsewhere) and run again",
+    errno.EFBIG: "the file grew past the size this process may write (disk quota or ulimit -f)",
+    errno.EDQUOT: "the disk quota is used up: free space and run again",
+    errno.EACCES: "no permission: make the folder writable or choose another output path",
+    errno.EPERM: "no permission: make the folder writable or choose another output path",
+    errno.EROFS: "the file system is read-only: choose an output path on a writable one",
+    errno.ENOENT: "not found: check the path, or run the earlier stages first (`dvc repro`)",
+    errno.EISDIR: "is a folder: give a file path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+}
+
+
+def _os_error_message(exc: OSError) -> str:
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "a file"
+    hint = _OS_HINTS.get(exc.errno or -1, exc.strerror or str(exc))
+    detail = f" ({exc.strerror})" if exc.strerror and exc.errno in _OS_HINTS else ""
+    return f"{where}: {hint}{detail}"
+
+
+def _from_store(exc: BaseException) -> bool:
+    return any(k.__module__.split(".")[0] in ("sqlalchemy", "mlflow") for k in type(exc).__mro__)
+
+
+def _user_errors(command: Callable) -> Callable:
+    """Every error a user can cause ends as one message and exit code 1, never a traceback."""
+
+    @functools.wraps(command)
+    def guarded(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except ConfigError as exc:
+            _print_error(str(exc))
+            raise typer.Exit(2) from None
+        except Exception as exc:
+            log.debug("traceback (shown with --verbose)", exc_info=True)
+            if isinstance(exc, OSError):
+                raise _fail(_os_error_message(exc)) from None
+            if _from_store(exc):
+                raise _fail(_store_message(exc)) from None
+            if type(exc).__module__.split(".")[0] == "duckdb":
+                raise _fail(f"DuckDB: {str(exc).splitlines()[0]}") from None
+            if isinstance(exc, ImportError):
+                raise _fail(f"a Python package is missing: {exc}; install it into this environment") from None
+            if isinstance(exc, ValueError | LookupError | RuntimeError):
+                raise _fail(exc) from None
+            raise
+
+    return guarded
+
+
+def _store_message(exc: BaseException) -> str:
+    from churnlens.tracking import tracking_uri_shown
+
+    return (f"tracking store {tracking_uri_shown()}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+            "If the store is corrupt, restore it or move it aside (a new one is created); or set MLFLOW_TRACKING_URI")
+
+
 @app.command()
+@_user_errors
 def simulate(
     params: ParamsOption = DEFAULT_PARAMS,
     raw_dir: Annotated[Path, typer.Option(help="where the raw tables go")] = Path("data/raw"),
@@ -61,6 +136,7 @@ def simulate(
 
 
 @app.command()
+@_user_errors
 def ingest(
     params: ParamsOption = DEFAULT_PARAMS,
     base: Annotated[Path, typer.Option(help="folder the source paths in params are relative to")] = Path("."),
@@ -100,6 +176,7 @@ def _with_engine(params: Params, engine: str | None, spark_master: str | None) -
 
 
 @app.command()
+@_user_errors
 def features(
     params: ParamsOption = DEFAULT_PARAMS,
     canonical_dir: Annotated[str, typer.Option(help="folder (or URI, on Spark) of canonical Parquet")
@@ -122,6 +199,7 @@ def features(
 
 
 @app.command()
+@_user_errors
 def train(
     params: ParamsOption = DEFAULT_PARAMS,
     snapshots: Annotated[Path, typer.Option()] = Path("data/features/snapshots.parquet"),
@@ -141,6 +219,7 @@ def train(
 
 
 @app.command()
+@_user_errors
 def evaluate(
     params: ParamsOption = DEFAULT_PARAMS,
     snapshots: Annotated[Path, typer.Option()] = Path("data/features/snapshots.parquet"),
@@ -161,6 +240,7 @@ def evaluate(
 
 
 @app.command()
+@_user_errors
 def score(
     params: ParamsOption = DEFAULT_PARAMS,
     canonical_dir: Annotated[str, typer.Option(help="folder (or URI, on Spark) of canonical Parquet")
@@ -195,9 +275,10 @@ def score(
     from churnlens.tracking import ModelNotFoundError
 
     loaded_params = _with_engine(_params(params), engine, spark_master)
+    _check_score_paths(loaded_params.engine.name, output, csv, report, manifest, truth)
     local_output = "://" not in output and Path(output).exists()
     previous = pd.read_parquet(output, columns=["customer_id", "segment"]) if local_output else None
-    known = pd.read_parquet(truth, columns=["customer_id", "persona"]) if truth is not None and truth.exists() else None
+    known = pd.read_parquet(truth, columns=["customer_id", "persona"]) if truth is not None else None
     try:
         result = run_score(loaded_params, canonical_dir, model or loaded_params.score.model_uri, output, report,
                            pd.Timestamp(as_of) if as_of else None, csv, Path.cwd(), previous=previous,
@@ -209,7 +290,25 @@ def score(
              result["as_of"], result["model_name"], result["model_version"], result["campaign_customers"])
 
 
+def _check_score_paths(engine: str, output: str, csv: str | None, report: Path, manifest: Path | None,
+                      truth: Path | None) -> None:
+    """Refuse outputs that cannot be written before scoring, so no output is replaced while another fails."""
+    from churnlens.io import ensure_writable
+
+    if truth is not None and not truth.is_file():
+        raise FileNotFoundError(errno.ENOENT, "not found", str(truth))
+    local = [Path(p) for p in (output, csv) if p is not None and "://" not in p]
+    if engine == "duckdb":
+        if Path(output).suffix != ".parquet":
+            raise ValueError(f"--output {output}: the scores are written as Parquet; give a path ending in .parquet")
+        if csv is not None and Path(csv).suffix != ".csv":
+            raise ValueError(f"--csv {csv}: give a path ending in .csv")
+        ensure_writable(*local)
+    ensure_writable(report, report.with_suffix(".png"), *([manifest] if manifest else []))
+
+
 @app.command()
+@_user_errors
 def catalog(output: Annotated[Path, typer.Option()] = Path("docs/features.md"),
             params: ParamsOption = DEFAULT_PARAMS) -> None:
     """Regenerate the feature catalog from the feature definitions."""
@@ -223,19 +322,52 @@ def catalog(output: Annotated[Path, typer.Option()] = Path("docs/features.md"),
 
 
 @app.command()
+@_user_errors
 def ui(
     port: Annotated[int, typer.Option()] = 5000,
     host: Annotated[str, typer.Option(help="bind address; keep 127.0.0.1 unless you know why")] = "127.0.0.1",
 ) -> None:
     """Start the MLflow UI on the project's tracking store (127.0.0.1 by default)."""
-    from churnlens.tracking import DEFAULT_TRACKING_URI
+    from churnlens.tracking import DEFAULT_TRACKING_URI, redact
 
     store = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host", host,
                "--port", str(port), "--workers", "1"]
-    console.print(f"MLflow UI on http://{host}:{port} (store {store}); Ctrl-C to stop")
-    raise typer.Exit(subprocess.call(command, env=env))
+    console.print(escape(f"MLflow UI on http://{host}:{port} (store {redact(store)}); Ctrl-C to stop"))
+    raise typer.Exit(_serve(command, env))
+
+
+def _serve(command: list[str], env: dict[str, str]) -> int:
+    """Run the server in a process group of its own and take the whole group down when this
+    process is stopped (Ctrl-C, kill, a closed terminal): the server's workers would outlive it."""
+    server = subprocess.Popen(command, env=env, start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        _stop_group(server)
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    try:
+        return server.wait()
+    finally:
+        _stop_group(server)
+
+
+def _stop_group(server: subprocess.Popen, grace: float = 10.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        server.poll()
+        try:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

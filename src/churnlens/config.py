@@ -8,6 +8,8 @@ path and the expected value in the message, instead of deep inside a stage.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import zoneinfo
 from pathlib import Path
 from typing import Literal
 
@@ -19,12 +21,31 @@ SEGMENTS = (*PERSONAS, "insufficient_history")
 RISK_TIERS = ("low", "medium", "high")
 
 
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+
+
 class ConfigError(ValueError):
     """A parameter file is missing, malformed or holds an invalid value."""
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, raw: object) -> object:
+        # pydantic reads `true` as 1 for an int field; in a params file that is always a slip.
+        if isinstance(raw, dict):
+            for name, info in cls.model_fields.items():
+                if isinstance(raw.get(name), bool) and _is_number(info.annotation):
+                    raise ValueError(f"{name}: expected a number, got {raw[name]!r} (a boolean)")
+        return raw
+
+
+def _is_number(annotation: object) -> bool:
+    return annotation in (int, float) or any(a in (int, float) for a in getattr(annotation, "__args__", ()))
 
 
 # --------------------------------------------------------------------------- simulate
@@ -93,6 +114,24 @@ class TableSource(_Section):
     type_constant: str | None = Field(None, description="canonical type for every row (single-type sources)")
     true_values: tuple[str, ...] = Field(("true", "t", "yes", "y", "1"), description="text read as true (any case)")
     false_values: tuple[str, ...] = Field(("false", "f", "no", "n", "0"), description="text read as false")
+    id_format: Literal["text", "integer_like"] = Field(
+        "text", description="integer_like: '13000.0' -> '13000' (float exports); other non-integers are quarantined"
+    )
+    null_ids: tuple[str, ...] = Field(
+        ("nan", "null", "none", "na", "n/a", "<na>", "nat", "-"),
+        description="id texts meaning 'no id' (any case): quarantined as missing_customer_id",
+    )
+    deduplicate: Literal["auto", "rows", "none"] = Field(
+        "auto", description="auto: drop exact duplicate rows only when an order id (transactions) or the "
+        "customer id (customers) makes them the same record; rows: always; none: never"
+    )
+
+    @field_validator("source_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if value not in _time_zones():
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Europe/Berlin' or 'UTC'")
+        return value
 
 
 class IngestConfig(_Section):
@@ -106,6 +145,15 @@ class IngestConfig(_Section):
     )
     max_abs_amount: float = Field(1_000_000.0, gt=0)
     memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$", description="DuckDB memory cap; spills beyond")
+
+    @model_validator(mode="after")
+    def _plausible_range(self) -> IngestConfig:
+        if self.latest_plausible_date is not None and self.latest_plausible_date <= self.earliest_plausible_date:
+            raise ValueError(
+                f"latest_plausible_date ({self.latest_plausible_date}) must be after earliest_plausible_date "
+                f"({self.earliest_plausible_date}); every row would be quarantined"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- features
@@ -250,7 +298,10 @@ class EngineConfig(_Section):
     spark_master: str | None = Field(
         None, description="Spark master URL; null = spark-submit's master, else local[*]"
     )
-    spark_driver_memory: str = Field("4g", description="driver heap of a session churnlens starts itself")
+    spark_driver_memory: str = Field(
+        "4g", pattern=r"^\d+([kKmMgGtTpP][bB]?|[bB])?$",
+        description="driver heap of a session churnlens starts itself, a JVM size such as 4g or 512m",
+    )
 
 
 class Params(_Section):
@@ -294,11 +345,30 @@ def _deep_merge(base: dict, overlay: dict) -> dict:
     return merged
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (the earlier value would be silently ignored); keep one",
+                key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found; run from the project root or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import glob
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from churnlens.config import IngestConfig, TableSource
-from churnlens.io import atomic_path, write_json
+from churnlens.io import atomic_path, remove_stale_temporaries, write_json
 from churnlens.schemas import INTERACTION_TYPES, TABLES, pandera_schema
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class TableReport:
     accepted: int = 0
     duplicates_removed: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
+    customer_ids_normalised: int = 0
 
     @property
     def quarantined_total(self) -> int:
@@ -55,6 +57,7 @@ class TableReport:
             "duplicates_removed": self.duplicates_removed,
             "quarantined": self.quarantined_total,
             "quarantined_by_reason": dict(sorted(self.quarantined.items())),
+            "customer_ids_normalised": self.customer_ids_normalised,
         }
 
 
@@ -135,6 +138,11 @@ def raw_source(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, 
 
 def _parse_error(table: str, files: list[str], source: TableSource, exc: Exception) -> IngestError:
     shown = files if len(files) < 4 else [*files[:3], "..."]
+    message = str(exc).splitlines()[0]
+    if "Could not write" in message or "No space left" in message or "File too large" in message:
+        # Not the input's fault: the disk (or quota) under the output folder is full.
+        return IngestError(f"ingest.{table}: cannot write DuckDB's working files beside the canonical output: "
+                           f"{message}. Free disk space there, or give --canonical-dir on a disk with room")
     return IngestError(
         f"ingest.{table}: cannot parse {shown} as {source.format}: {str(exc).splitlines()[0]}. "
         f"Check ingest.{table}.format and ingest.{table}.csv (delim, quote, encoding, header)"
@@ -170,24 +178,56 @@ def check_mapping(table: str, source: TableSource, found: list[str]) -> dict[str
 
 
 def _number(expr: str, decimal: str) -> str:
+    """A number in the declared notation, else NULL (quarantined): never a guess between the two.
+
+    With a decimal comma, "12.50" is not read as 1250: a dot is only a thousands separator in
+    groups of three ("1.234,5"); anything else in the other notation is rejected.
+    """
     text = f"trim(CAST({expr} AS VARCHAR))"
     if decimal == ",":
-        text = f"replace(replace({text}, '.', ''), ',', '.')"
+        comma = r"[+-]?(\d+|\d{1,3}(\.\d{3})+)(,\d+)?"
+        return (f"CASE WHEN regexp_full_match({text}, '{comma}') "
+                f"THEN TRY_CAST(replace(replace({text}, '.', ''), ',', '.') AS DOUBLE) END")
     return f"TRY_CAST({text} AS DOUBLE)"
 
 
+# A time followed by an offset or a zone name ("+02", "+0200", "Z", "UTC", "CEST",
+# "America/New_York"): the text says which zone it is in, so source_timezone must not apply.
+_ZONED = r"\d\d:\d\d(:\d\d(\.\d*)?)?\s*([+-]\d\d(:?\d\d)?|[A-Za-z][A-Za-z0-9_+/-]*)$"
+
+
 def _timestamp(expr: str, source: TableSource) -> str:
+    """UTC time of a timestamp text; NULL (quarantined) when it cannot be read unambiguously.
+
+    Declared formats are applied as written: a format with %z / %Z reads the zone from the text,
+    one without reads it in ``source_timezone`` and rejects a text that carries a zone. Without
+    formats, ISO 8601 text with an offset or a zone name is converted from that zone (an unknown
+    name such as "CEST" is rejected, not read as local time); naive text is read in ``source_timezone``.
+    """
     text = f"nullif(trim(CAST({expr} AS VARCHAR)), '')"
+    source_zone = literal(source.source_timezone)
     if source.timestamp_formats:
-        formats = "[" + ", ".join(literal(f) for f in source.timestamp_formats) + "]"
-        parsed = f"try_strptime({text}, {formats})"
-    else:
-        parsed = f"TRY_CAST({text} AS TIMESTAMP)"
-    # An explicit offset in the text wins; naive values are read in the source's time zone.
-    with_offset = f"TRY_CAST({text} AS TIMESTAMPTZ)"
-    has_offset = rf"regexp_matches({text}, '([+-]\d\d:?\d\d|Z|UTC)$')"
-    naive_utc = f"timezone('UTC', timezone({literal(source.source_timezone)}, {parsed}))"
-    return f"CASE WHEN {has_offset} THEN timezone('UTC', {with_offset}) ELSE {naive_utc} END"
+        parsed = [
+            f"timezone('UTC', try_strptime({text}, {literal(f)}))" if "%z" in f or "%Z" in f
+            else f"timezone('UTC', timezone({source_zone}, try_strptime({text}, {literal(f)})))"
+            for f in source.timestamp_formats
+        ]
+        return parsed[0] if len(parsed) == 1 else f"coalesce({', '.join(parsed)})"
+    # DuckDB reads "+0200" only when it follows the time directly.
+    zoned = rf"regexp_replace({text}, '\s+([+-]\d\d(:?\d\d)?)$', '\1')"
+    naive_utc = f"timezone('UTC', timezone({source_zone}, TRY_CAST({text} AS TIMESTAMP)))"
+    return (f"CASE WHEN regexp_matches({text}, '{_ZONED}') "
+            f"THEN timezone('UTC', TRY_CAST({zoned} AS TIMESTAMPTZ)) ELSE {naive_utc} END")
+
+
+def _customer_id(expr: str, source: TableSource) -> str:
+    """The trimmed id; NULL for empty and null-like texts ("nan", "NULL"); with ``id_format:
+    integer_like``, "13000.0" becomes "13000" so two exports of one id join."""
+    text = f"nullif(trim(CAST({expr} AS VARCHAR)), '')"
+    nulls = ", ".join(literal(v.lower()) for v in source.null_ids) or "NULL"
+    if source.id_format == "integer_like":
+        text = rf"CASE WHEN regexp_full_match({text}, '[+-]?\d+\.0*') THEN split_part({text}, '.', 1) ELSE {text} END"
+    return f"CASE WHEN lower({text}) IN ({nulls}) THEN NULL ELSE {text} END"
 
 
 def _bool(expr: str, source: TableSource) -> str:
@@ -204,12 +244,15 @@ def canonical_expressions(table: str, source: TableSource, mapping: dict[str, st
         if column.name not in mapping:
             continue
         raw = quote(mapping[column.name])
+        if column.name == "customer_id":
+            expressions[column.name] = _customer_id(raw, source)
+            continue
         expressions[column.name] = {
             "id": f"nullif(trim(CAST({raw} AS VARCHAR)), '')",
             "text": f"nullif(trim(CAST({raw} AS VARCHAR)), '')",
             "timestamp": _timestamp(raw, source),
             "float": _number(raw, source.decimal),
-            "int": f"CAST(round({_number(raw, source.decimal)}) AS BIGINT)",
+            "int": f"TRY_CAST(round({_number(raw, source.decimal)}) AS BIGINT)",
             "bool": _bool(raw, source),
         }[column.kind]
     if table == "transactions" and "amount" not in expressions:
@@ -225,11 +268,30 @@ def canonical_expressions(table: str, source: TableSource, mapping: dict[str, st
     return expressions
 
 
-def _quarantine_rules(table: str, mapping: dict[str, str], config: IngestConfig, today: dt.date) -> list[tuple[str, str]]:
+def _duplicate_flag(table: str, source: TableSource, mapping: dict[str, str], found: list[str]) -> str:
+    """SQL flag of a row that repeats an earlier one (compared as trimmed text, ids normalised).
+
+    Identical lines of a log without order ids can be separate purchases (two coffees), so
+    ``auto`` removes them only where a key makes them one record: an order id, or a customer profile.
+    """
+    keyed = (table == "transactions" and "order_id" in mapping) or table == "customers"
+    if source.deduplicate == "none" or (source.deduplicate == "auto" and not keyed):
+        return "false"
+    # Ids compare as their canonical (trimmed, normalised) text; other columns as written.
+    ids = {source_column: f"c_{canonical}" for canonical, source_column in mapping.items()
+           if any(c.name == canonical and c.kind == "id" for c in TABLES[table])}
+    columns = ", ".join(ids.get(c, quote(c)) for c in found)
+    return f"row_number() OVER (PARTITION BY {columns} ORDER BY {SOURCE_FILE}, {SOURCE_ROW}) > 1"
+
+
+def _quarantine_rules(table: str, source: TableSource, mapping: dict[str, str], config: IngestConfig,
+                      today: dt.date) -> list[tuple[str, str]]:
     """(reason, condition on canonical c_* columns and raw text) in priority order."""
     earliest = literal(config.earliest_plausible_date.isoformat())
     latest = literal(((config.latest_plausible_date or today) + dt.timedelta(days=1)).isoformat())
     rules = [("missing_customer_id", "c_customer_id IS NULL")]
+    if source.id_format == "integer_like":
+        rules.append(("non_integer_customer_id", r"NOT regexp_full_match(c_customer_id, '[+-]?\d+')"))
     for column in TABLES[table]:
         if column.name not in mapping or column.name == "customer_id":
             continue
@@ -245,6 +307,8 @@ def _quarantine_rules(table: str, mapping: dict[str, str], config: IngestConfig,
         elif column.kind in ("float", "int", "bool"):
             rules.append((f"non_numeric_{column.name}" if column.kind != "bool" else f"invalid_{column.name}",
                           f"{raw} IS NOT NULL AND {name} IS NULL"))
+            if column.kind == "float" and column.name != "amount":  # amount: absurd_amount below
+                rules.append((f"non_finite_{column.name}", f"isinf({name}) OR isnan({name})"))
     if table == "transactions":
         rules.append(("missing_amount", "c_amount IS NULL"))
         rules.append(("absurd_amount", f"abs(c_amount) > {config.max_abs_amount} OR isinf(c_amount) OR isnan(c_amount)"))
@@ -275,29 +339,28 @@ def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource
     mapping = check_mapping(table, source, found)
     expressions = canonical_expressions(table, source, mapping)
 
-    source_columns = ", ".join(quote(c) for c in found)
     canonical = ", ".join(f"{expr} AS {quote('c_' + name)}" for name, expr in expressions.items())
+    duplicate = _duplicate_flag(table, source, mapping, found)
     customer_rank = (", row_number() OVER (PARTITION BY c_customer_id ORDER BY _source_file, _source_row) "
                      "AS _customer_rank") if table == "customers" else ""
     try:
         con.execute(f"""
             CREATE OR REPLACE TABLE {parsed} AS
             SELECT *{customer_rank} FROM (
-                SELECT *, {canonical},
-                       row_number() OVER (PARTITION BY {source_columns}
-                                          ORDER BY {SOURCE_FILE}, {SOURCE_ROW}) > 1 AS _duplicate
-                FROM ({raw}))
+                SELECT *, {duplicate} AS _duplicate FROM (SELECT *, {canonical} FROM ({raw})))
         """)
         if _source_format(table, source, files) == "csv":
-            con.execute(f"INSERT INTO {rejects} SELECT s.file_path, e.line, e.csv_line, "
-                        "'malformed_csv_line: ' || e.error_message FROM reject_errors e "
-                        "JOIN reject_scans s USING (scan_id, file_id)")
+            # DuckDB logs one error per missing column; a line is one row, quarantined once.
+            con.execute(f"INSERT INTO {rejects} SELECT s.file_path, e.line, any_value(e.csv_line), "
+                        "'malformed_csv_line: ' || string_agg(DISTINCT e.error_message, '; ' "
+                        "ORDER BY e.error_message) FROM reject_errors e "
+                        "JOIN reject_scans s USING (scan_id, file_id) GROUP BY s.file_path, e.line")
     except duckdb.Error as exc:
         raise _parse_error(table, files, source, exc) from None
     if table == "customers":
         # An exact duplicate of a customer row is a duplicate, not a conflicting record.
         con.execute(f"UPDATE {parsed} SET _customer_rank = 1 WHERE _duplicate")
-    rules = _quarantine_rules(table, mapping, config, today or dt.datetime.now(dt.UTC).date())
+    rules = _quarantine_rules(table, source, mapping, config, today or dt.datetime.now(dt.UTC).date())
     reason_sql = "CASE " + " ".join(f"WHEN {cond} THEN {literal(reason)}" for reason, cond in rules) + " END"
     con.execute(f"CREATE OR REPLACE VIEW {judged} AS SELECT *, {reason_sql} AS {REASON} "
                 f"FROM {parsed} WHERE NOT _duplicate")
@@ -328,6 +391,10 @@ def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource
                          f"(SELECT {REASON} FROM {judged} UNION ALL SELECT {REASON} FROM {rejects}) GROUP BY r"
                          ).fetchall()
     report.quarantined = {reason: count for reason, count in counts if reason}
+    if source.id_format == "integer_like":
+        raw_id = f"trim(CAST({quote(mapping['customer_id'])} AS VARCHAR))"
+        report.customer_ids_normalised = con.execute(
+            f"SELECT count(*) FROM {judged} WHERE {REASON} IS NULL AND c_customer_id <> {raw_id}").fetchone()[0]
     report.accepted = sum(count for reason, count in counts if not reason)
 
     if report.rows_read != report.accepted + report.quarantined_total + report.duplicates_removed:
@@ -399,8 +466,9 @@ def run_ingest(config: IngestConfig, base: Path, canonical_dir: Path, quarantine
     sources = {name: getattr(config, name) for name in TABLES if getattr(config, name) is not None}
     report: dict = {"tables": {}}
     canonical_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(canonical_dir, ".ingest.")  # the database of a killed run
     # A database file (not memory) so DuckDB can spill: a 10M-row export stays within memory_limit.
-    with tempfile.TemporaryDirectory(prefix=".ingest-", dir=canonical_dir) as work, \
+    with tempfile.TemporaryDirectory(prefix=f".ingest.{os.getpid()}.", dir=canonical_dir) as work, \
             duckdb.connect(str(Path(work) / "ingest.duckdb")) as con:
         con.execute("SET TimeZone = 'UTC'")
         con.execute(f"SET memory_limit = {literal(config.memory_limit)}")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,23 +15,79 @@ from pathlib import Path
 import pandas as pd
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def honour_umask(path: Path) -> None:
+    """Give a file made by mkstemp/mkdtemp (always 0600/0700) the mode the user's umask asks for."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, prefix: str) -> None:
+    """Remove ``<prefix><pid>.*`` entries in ``folder`` left by a process that no longer runs.
+
+    Temporaries sit beside their output (same file system, so the final rename is atomic);
+    one left by a killed run would otherwise be picked up by DVC as part of an output folder.
+    """
+    if not folder.is_dir():
+        return
+    for entry in folder.glob(f"{glob.escape(prefix)}*"):
+        pid = entry.name.removeprefix(prefix).split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` only on success.
 
     A crash or kill mid-write leaves the previous ``target`` (or none) and at most a hidden
-    ``.tmp`` file, never a partial output under the real name.
+    ``.tmp`` file, never a partial output under the real name; the next write of ``target``
+    removes that leftover. The output gets the mode the umask asks for (0644 under 022).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f"{suffix}.tmp", dir=target.parent)
+    prefix = f".{target.name}."
+    remove_stale_temporaries(target.parent, prefix)
+    handle, name = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}.", suffix=f"{suffix}.tmp", dir=target.parent)
     os.close(handle)
     temporary = Path(name)
     try:
         yield temporary
+        if temporary.exists():
+            honour_umask(temporary)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def ensure_writable(*targets: str | Path) -> None:
+    """Fail before any work when an output cannot be written: a folder where a file goes, or a
+    folder the user may not write to (so no output is replaced while another one fails)."""
+    for target in map(Path, targets):
+        if target.is_dir():
+            raise IsADirectoryError(21, "is a folder; give a file path", str(target))
+        folder = target.parent
+        while not folder.exists():
+            folder = folder.parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "folder is not writable", str(folder))
 
 
 def write_parquet(frame: pd.DataFrame, target: str | Path) -> Path:

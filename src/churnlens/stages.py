@@ -131,10 +131,14 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     from churnlens import model
 
     started = time.perf_counter()
+    _require_inputs(snapshots_path, features_report)
+    tracking.check_store()  # a broken store should fail now, not after the training
     snapshots = pd.read_parquet(snapshots_path)
     lists = FeatureLists.from_report(io.read_json(features_report))
     split = model.temporal_split(snapshots, params.features, params.train)
     train_rows, validation_rows = model.rows_at(snapshots, split.train), model.rows_at(snapshots, split.validation)
+    _require_both_classes(train_rows[model.LABEL], "training cutoffs")
+    _require_both_classes(validation_rows[model.LABEL], "validation cutoffs")
     tuned = model.tune(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
     params = params.model_copy(update={"train": tuned.config})
     fitted = model.fit_with_early_stopping(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
@@ -164,17 +168,30 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
         params={"features": params.features.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
                 "split": split.as_dict()},
         metrics=metrics, tags=tags, pipeline=fitted.pipeline, example=example, metadata=metadata,
-        artifacts={"features": features_report, "features/catalog": catalog},
+        artifacts={"features": features_report, "features/catalog": catalog}, model_dir=model_dir,
     )
-    tracking.save_model_dir(fitted.pipeline, example,
-                            {**metadata, "registered_model_name": registered.name,
-                             "registered_version": registered.version, "run_id": registered.run_id},
-                            model_dir)
     report = {"run_id": registered.run_id, "model_name": registered.name, "model_version": registered.version,
               "split": split.as_dict(), "metrics": metrics, "tuning_trials": tuned.trials,
               "chosen_xgboost": params.train.xgboost.model_dump()}
     io.write_json(report, report_path)
     return report
+
+
+def _require_inputs(*paths: Path) -> None:
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(2, "not found; run the earlier stages first (`dvc repro` or `churnlens features`)",
+                                ", ".join(missing))
+
+
+def _require_both_classes(labels: pd.Series, where: str) -> None:
+    """A classifier needs churners and stayers; say so instead of scikit-learn's class error."""
+    classes = sorted(labels.dropna().astype(int).unique().tolist())
+    if len(classes) < 2:
+        raise ValueError(
+            f"train: every labelled customer in the {where} has churned={classes[0] if classes else 'nothing'} "
+            "(e.g. every customer bought once, or the data is shorter than features.horizon_days); a churn model "
+            "needs both outcomes. Use a longer history, a shorter features.horizon_days, or earlier cutoffs")
 
 
 def backtest(snapshots: pd.DataFrame, lists: FeatureLists, params: Params) -> dict[str, float]:

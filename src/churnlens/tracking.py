@@ -6,9 +6,11 @@ default, ``sqlite:///mlflow.db`` in the working directory (the project root unde
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +27,27 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHAMPION, CHALLENGER = "champion", "challenger"
 # skops refuses unknown types; these are the only module prefixes a churnlens pipeline may hold.
 TRUSTED_MODULE_PREFIXES = ("sklearn.", "xgboost.", "numpy.", "builtins.", "collections.")
+# Built-ins a fitted pipeline holds as data; any other built-in (eval, exec, getattr, ...) is code.
+TRUSTED_BUILTINS = frozenset({"builtins.dict", "builtins.list", "builtins.tuple", "builtins.set", "builtins.str",
+                              "builtins.int", "builtins.float", "builtins.bool", "builtins.bytes", "builtins.slice",
+                              "builtins.type", "builtins.NoneType", "builtins.frozenset", "builtins.complex",
+                              "builtins.bytearray", "builtins.object"})
+MODEL_DIGEST_TAG = "model_sha256"
+
+
+class UntrustedModelError(ValueError):
+    """A model would have to run code it carries (pickle) or holds types churnlens does not expect."""
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of any URI in it (user:password@, token=...) replaced by ***."""
+    text = re.sub(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s'\"]+@", r"\1***@", text)
+    return re.sub(r"(?i)\b(password|passwd|pwd|token|secret|key|api_key|access_key)=[^&\s'\"]+", r"\1=***", text)
+
+
+def tracking_uri_shown() -> str:
+    """The tracking store's URI as it may be printed (credentials redacted)."""
+    return redact(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
 def configure() -> str:
@@ -83,10 +106,15 @@ def _trusted_types(pipeline: object) -> list[str]:
     import skops.io
 
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
-    unexpected = [t for t in untrusted if not t.startswith(TRUSTED_MODULE_PREFIXES)]
+    unexpected = _unexpected_types(untrusted)
     if unexpected:
         raise TypeError(f"refusing to trust unexpected types in the model pipeline: {unexpected}")
     return untrusted
+
+
+def _unexpected_types(types: list[str]) -> list[str]:
+    return [t for t in types if not t.startswith(TRUSTED_MODULE_PREFIXES)
+            or (t.startswith("builtins.") and t not in TRUSTED_BUILTINS)]
 
 
 def _requirements() -> list[str]:
@@ -116,30 +144,86 @@ def _model_kwargs(pipeline: object, example: pd.DataFrame, metadata: dict) -> di
     }
 
 
-def save_model_dir(pipeline: object, example: pd.DataFrame, metadata: dict, target: Path) -> None:
-    """Write the model in MLflow format to ``target`` atomically (a DVC output)."""
+def _staged_model_dir(pipeline: object, example: pd.DataFrame, metadata: dict, target: Path) -> Path:
+    """The model in MLflow format (skops) in a hidden folder beside ``target``; moved in place later.
+
+    Staging folders of killed runs (their process is gone) are removed first.
+    """
     import mlflow.sklearn
 
+    from churnlens.io import remove_stale_temporaries
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_stale_temporaries(target.parent, f".{target.name}.")
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.sklearn.save_model(pipeline, staging / "model", serialization_format="skops",
+                                  **_model_kwargs(pipeline, example, metadata))
+    return staging
+
+
+def _move_into_place(staging: Path, target: Path, metadata: dict) -> None:
+    from mlflow.models import Model
+
+    from churnlens.io import honour_umask
+
+    model = Model.load(str(staging / "model"))
+    model.metadata = {**(model.metadata or {}), **metadata}
+    model.save(str(staging / "model" / "MLmodel"))
+    for path in [staging / "model", *(staging / "model").rglob("*")]:
+        honour_umask(path)
+    old = target.with_name(f".{target.name}.{os.getpid()}.old")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging / "model", target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model_dir(pipeline: object, example: pd.DataFrame, metadata: dict, target: Path) -> None:
+    """Write the model in MLflow format to ``target`` atomically (a DVC output)."""
+    staging = _staged_model_dir(pipeline, example, metadata, target)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            mlflow.sklearn.save_model(pipeline, staging / "model", **_model_kwargs(pipeline, example, metadata))
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(staging / "model", target)
-        shutil.rmtree(old, ignore_errors=True)
+        _move_into_place(staging, target, {})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def model_digest(model_dir: Path) -> str:
+    """sha256 of the serialized pipeline in an MLflow model folder (what the registry records)."""
+    from mlflow.models import Model
+
+    flavor = Model.load(str(model_dir)).flavors.get("sklearn", {})
+    return hashlib.sha256((model_dir / flavor.get("pickled_model", "model.skops")).read_bytes()).hexdigest()
+
+
+def check_store() -> None:
+    """Fail fast (before any training) when the tracking store cannot be read."""
+    from mlflow import MlflowClient
+
+    configure()
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except Exception as exc:  # sqlalchemy, MLflow and connection errors alike mean the same thing here
+        raise TrackingStoreError(
+            f"tracking store {tracking_uri_shown()} cannot be read: {redact(str(exc).splitlines()[0])}. "
+            "Restore it from a backup or move it aside (a new one is created), or set MLFLOW_TRACKING_URI"
+        ) from None
+
+
+class TrackingStoreError(RuntimeError):
+    """The MLflow tracking store is unreachable or corrupt."""
+
+
 def log_training_run(*, experiment: str, model_name: str, params: dict, metrics: dict[str, float],
                      tags: dict[str, str], pipeline: object, example: pd.DataFrame, metadata: dict,
-                     artifacts: dict[str, Path]) -> RegisteredModel:
-    """Log params, metrics, lineage tags and the model; register it and point ``challenger`` at it."""
+                     artifacts: dict[str, Path], model_dir: Path) -> RegisteredModel:
+    """Log params, metrics, lineage tags and the model; write the model folder; register it and
+    point ``challenger`` at it.
+
+    Order matters for a run killed half-way: a version is registered only once the run's model
+    artifact and the staged model folder are complete, and the alias moves last.
+    """
     import mlflow
     from mlflow import MlflowClient
 
@@ -147,19 +231,29 @@ def log_training_run(*, experiment: str, model_name: str, params: dict, metrics:
     mlflow.set_experiment(experiment)
     # MLflow 3's UI opens an experiment in its GenAI view unless told this is model training.
     mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
-    with mlflow.start_run() as run:
-        mlflow.log_params(flatten(params))
-        mlflow.log_metrics(metrics)
-        mlflow.set_tags(tags)
-        for name, path in artifacts.items():
-            mlflow.log_artifact(str(path), artifact_path=name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            info = mlflow.sklearn.log_model(pipeline, name="model", **_model_kwargs(pipeline, example, metadata))
-    version = mlflow.register_model(info.model_uri, model_name)
-    client = MlflowClient()
-    client.set_registered_model_alias(model_name, CHALLENGER, version.version)
-    client.set_model_version_tag(model_name, version.version, "run_id", run.info.run_id)
+    staging = None
+    try:
+        with mlflow.start_run() as run:
+            mlflow.log_params(flatten(params))
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags(tags)
+            for name, path in artifacts.items():
+                mlflow.log_artifact(str(path), artifact_path=name)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                info = mlflow.sklearn.log_model(pipeline, name="model", serialization_format="skops",
+                                                **_model_kwargs(pipeline, example, metadata))
+            staging = _staged_model_dir(pipeline, example, {**metadata, "run_id": run.info.run_id}, model_dir)
+            digest = model_digest(staging / "model")
+            mlflow.set_tag(MODEL_DIGEST_TAG, digest)
+        version = mlflow.register_model(info.model_uri, model_name,
+                                        tags={"run_id": run.info.run_id, MODEL_DIGEST_TAG: digest})
+        _move_into_place(staging, model_dir, {"registered_model_name": model_name,
+                                              "registered_version": str(version.version)})
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    MlflowClient().set_registered_model_alias(model_name, CHALLENGER, version.version)
     log.info("registered %s version %s as %s", model_name, version.version, CHALLENGER)
     return RegisteredModel(run.info.run_id, model_name, str(version.version), info.model_uri)
 
@@ -216,7 +310,8 @@ class ResolvedModel:
 def resolve_model(uri: str, project_root: Path | None = None) -> ResolvedModel:
     """Check ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a local model directory
     and pin it to one version. Only the project's own registry and paths are accepted: no
-    http(s), s3 or runs of other stores."""
+    http(s), s3 or runs of other stores. A folder's claim to be a registered version is believed
+    only when the registry's record of that version (run id, model digest) matches the folder."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -231,22 +326,47 @@ def resolve_model(uri: str, project_root: Path | None = None) -> ResolvedModel:
                        else client.get_model_version(name, selector))
         except MlflowException as exc:
             raise ModelNotFoundError(
-                f"model {uri!r} not found in the registry at {mlflow.get_tracking_uri()}: "
-                f"{str(exc).splitlines()[0]}. Run `dvc repro` (train + evaluate) first, or pass --model "
-                "models:/churnlens@challenger or a path such as models/churn_model"
+                f"model {uri!r} not found in the registry at {redact(mlflow.get_tracking_uri())}: "
+                f"{redact(str(exc).splitlines()[0])}. Plain `dvc repro` does nothing when the pipeline is up "
+                "to date: run `dvc repro --force train evaluate` to register and promote a model, or pass "
+                "--model models:/churnlens@challenger or a path such as models/churn_model"
             ) from None
         return ResolvedModel(f"models:/{name}/{version.version}", name, str(version.version), version.run_id)
     if "://" in uri:
-        raise ModelNotFoundError(f"model {uri!r}: only models:/ URIs of this project's registry or local paths "
-                                 "are loaded")
+        raise ModelNotFoundError(f"model {redact(uri)!r}: only models:/ URIs of this project's registry or local "
+                                 "paths are loaded")
     path = Path(uri) if Path(uri).is_absolute() or project_root is None else project_root / uri
     if not (path / "MLmodel").is_file():
         raise ModelNotFoundError(f"model path {str(path)!r} holds no MLmodel file; run `dvc repro train`")
     from mlflow.models import Model
 
     metadata = Model.load(str(path)).metadata or {}
-    return ResolvedModel(str(path), metadata.get("registered_model_name", path.name),
-                         str(metadata.get("registered_version", "local")), metadata.get("run_id"))
+    name, version = metadata.get("registered_model_name"), metadata.get("registered_version")
+    if not (name and version):
+        return ResolvedModel(str(path), path.name, "unregistered", metadata.get("run_id"))
+    _verify_claim(path, str(name), str(version), metadata.get("run_id"))
+    return ResolvedModel(str(path), str(name), str(version), metadata.get("run_id"))
+
+
+def _verify_claim(path: Path, name: str, version: str, run_id: str | None) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure()
+    try:
+        record = MlflowClient().get_model_version(name, version)
+    except MlflowException:
+        raise UntrustedModelError(
+            f"model folder {str(path)!r} claims to be {name} v{version}, which the registry at "
+            f"{tracking_uri_shown()} does not know; load it from the registry that trained it, or retrain "
+            "(`dvc repro --force train`)") from None
+    digest = model_digest(path)
+    recorded = record.tags.get(MODEL_DIGEST_TAG)
+    if record.run_id != run_id or recorded != digest:
+        raise UntrustedModelError(
+            f"model folder {str(path)!r} claims to be {name} v{version}, but the registry records "
+            f"run {record.run_id} with digest {recorded} and the folder holds run {run_id} with digest "
+            f"{digest}; use models:/{name}/{version}, or retrain (`dvc repro --force train`)")
 
 
 def load_model(uri: str, project_root: Path | None = None) -> LoadedModel:
@@ -255,9 +375,43 @@ def load_model(uri: str, project_root: Path | None = None) -> LoadedModel:
 
 
 def load_resolved(resolved: ResolvedModel) -> LoadedModel:
-    import mlflow.sklearn
+    import mlflow.artifacts
     from mlflow.models import Model
 
-    pipeline = mlflow.sklearn.load_model(resolved.uri)
-    metadata = {**(Model.load(resolved.uri).metadata or {}), "run_id": resolved.run_id}
+    local = Path(resolved.uri) if not resolved.uri.startswith("models:/") else Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=resolved.uri))
+    pipeline = _load_skops_pipeline(local, resolved.uri)
+    metadata = {**(Model.load(str(local)).metadata or {}), "run_id": resolved.run_id}
     return LoadedModel(pipeline, resolved.name, resolved.version, metadata)
+
+
+def _load_skops_pipeline(model_dir: Path, shown: str) -> object:
+    """The pipeline of an MLflow sklearn model, read with skops and our own list of trusted types.
+
+    Never unpickles: pickle and cloudpickle run whatever code the file names while loading, and
+    the trusted types in the model's own MLmodel file are the model's claim, not ours.
+    """
+    import skops.io
+    from mlflow.models import Model
+
+    flavor = Model.load(str(model_dir)).flavors.get("sklearn")
+    if flavor is None:
+        raise UntrustedModelError(f"model {shown!r} is not a scikit-learn MLflow model; churnlens loads only "
+                                  "the models `churnlens train` writes")
+    serialization = flavor.get("serialization_format", "pickle")
+    if serialization != "skops":
+        raise UntrustedModelError(
+            f"model {shown!r} is serialized with {serialization}, which runs any code the file carries when it "
+            "is loaded; churnlens loads only skops models. Retrain it with `churnlens train` (it writes skops)")
+    if flavor.get("code"):
+        raise UntrustedModelError(f"model {shown!r} ships Python code ({flavor['code']}); refusing to load it")
+    file = (model_dir / flavor.get("pickled_model", "")).resolve()
+    if not file.is_file() or model_dir.resolve() not in file.parents:
+        raise UntrustedModelError(f"model {shown!r}: its model file {flavor.get('pickled_model')!r} is not inside "
+                                  "the model folder")
+    types = skops.io.get_untrusted_types(file=file)
+    unexpected = _unexpected_types(types)
+    if unexpected:
+        raise UntrustedModelError(f"model {shown!r} holds types churnlens does not trust: {unexpected}; only "
+                                  f"{', '.join(TRUSTED_MODULE_PREFIXES)} types are loaded")
+    return skops.io.load(file, trusted=types)
