@@ -16,7 +16,8 @@ import yaml
 from mlflow import MlflowClient
 
 from churnlens import tracking
-from churnlens.tracking import UntrustedModelError, load_model, redact
+from churnlens.redaction import redact
+from churnlens.tracking import UntrustedModelError, load_model
 
 
 def small_pipeline(seed: int = 0):

@@ -49,7 +49,7 @@ def _params(paths: list[Path]) -> Params:
 
 
 def _print_error(message: str) -> None:
-    from churnlens.tracking import redact
+    from churnlens.redaction import redact
 
     # User text (keys, column names, paths) may hold "[/x]", which rich would read as markup.
     console.print(f"[red]error:[/red] {escape(redact(message))}")
@@ -114,7 +114,7 @@ def _user_errors(command: Callable) -> Callable:
 
 
 def _store_message(exc: BaseException) -> str:
-    from churnlens.tracking import tracking_uri_shown
+    from churnlens.redaction import tracking_uri_shown
 
     return (f"tracking store {tracking_uri_shown()}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
             "If the store is corrupt, restore it or move it aside (a new one is created); or set MLFLOW_TRACKING_URI")
@@ -328,7 +328,7 @@ def ui(
     host: Annotated[str, typer.Option(help="bind address; keep 127.0.0.1 unless you know why")] = "127.0.0.1",
 ) -> None:
     """Start the MLflow UI on the project's tracking store (127.0.0.1 by default)."""
-    from churnlens.tracking import DEFAULT_TRACKING_URI, redact
+    from churnlens.redaction import DEFAULT_TRACKING_URI, redact
 
     store = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -10,7 +10,6 @@ import hashlib
 import importlib.metadata
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -21,9 +20,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from churnlens.redaction import DEFAULT_TRACKING_URI, redact, tracking_uri_shown
+
 log = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHAMPION, CHALLENGER = "champion", "challenger"
 # skops refuses unknown types; these are the only module prefixes a churnlens pipeline may hold.
 TRUSTED_MODULE_PREFIXES = ("sklearn.", "xgboost.", "numpy.", "builtins.", "collections.")
@@ -37,17 +37,6 @@ MODEL_DIGEST_TAG = "model_sha256"
 
 class UntrustedModelError(ValueError):
     """A model would have to run code it carries (pickle) or holds types churnlens does not expect."""
-
-
-def redact(text: str) -> str:
-    """``text`` with the credentials of any URI in it (user:password@, token=...) replaced by ***."""
-    text = re.sub(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s'\"]+@", r"\1***@", text)
-    return re.sub(r"(?i)\b(password|passwd|pwd|token|secret|key|api_key|access_key)=[^&\s'\"]+", r"\1=***", text)
-
-
-def tracking_uri_shown() -> str:
-    """The tracking store's URI as it may be printed (credentials redacted)."""
-    return redact(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
 def configure() -> str:
