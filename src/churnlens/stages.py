@@ -30,8 +30,12 @@ def run_simulate(params: Params, raw_dir: Path, truth_path: Path) -> dict[str, i
     data = simulate(params.simulate)
     counts = {}
     for name in CANONICAL_TABLES:
+        target = raw_dir / f"{name}.parquet"
+        if name not in params.simulate.tables:
+            target.unlink(missing_ok=True)  # a withheld table must not be read from an earlier run
+            continue
         frame = getattr(data, name)
-        io.write_parquet(frame, raw_dir / f"{name}.parquet")
+        io.write_parquet(frame, target)
         counts[name] = len(frame)
     io.write_parquet(data.ground_truth, truth_path)
     return counts
