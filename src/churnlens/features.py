@@ -250,7 +250,7 @@ USUAL_PRICED_LINE = f"{PURCHASED} AND usual_price_ratio IS NOT NULL"
 def loyalty_features() -> list[Feature]:
     """Behavioural loyalty signals any purchase log supports (DOMAIN.md, "How the three attitudes
     can show in a bare purchase log"): price drops taken, repeat baskets, cadence regularity."""
-    pf, _it, _em, ec, _df, sc = FAMILIES
+    pf, _it, _em, ec, _df, _sc = FAMILIES
     priced = ("unit_price", "product_id")
     return [
         _count("_usual_priced_lines_365d", ec, "lines", USUAL_PRICED_LINE, 365, internal=True, requires=priced),
@@ -268,11 +268,11 @@ def loyalty_features() -> list[Feature]:
                  "_below_usual_spend_365d / nullif(_usual_priced_spend_365d, 0)",
                  "Share of spend (365 days, lines with a usual price) bought in price drops, as in "
                  "`below_usual_price_share_365d`."),
-        _count("_repeat_lines_365d", sc, "lines", f"{PURCHASED} AND repeat_line", 365, internal=True,
+        _count("_repeat_lines_365d", pf, "lines", f"{PURCHASED} AND repeat_line", 365, internal=True,
                requires=("product_id",)),
-        _count("_product_lines_365d", sc, "lines", f"{PURCHASED} AND product_id IS NOT NULL", 365, internal=True,
+        _count("_product_lines_365d", pf, "lines", f"{PURCHASED} AND product_id IS NOT NULL", 365, internal=True,
                requires=("product_id",)),
-        _derived("repeat_line_share_365d", sc, "_repeat_lines_365d / nullif(_product_lines_365d, 0)",
+        _derived("repeat_line_share_365d", pf, "_repeat_lines_365d / nullif(_product_lines_365d, 0)",
                  "Habit: share of purchased lines (365 days) on products this customer had bought before "
                  "(at an earlier instant, any time in their history)."),
         _derived("purchase_gap_cv", pf, "purchase_gap_std_days / nullif(mean_purchase_gap_days, 0)",

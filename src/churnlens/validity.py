@@ -47,6 +47,28 @@ def line_flags(transactions: pd.DataFrame | str) -> pd.DataFrame:
         """).df()
 
 
+def joined_log(history: str, outcomes: str, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The canonical transactions the scores were computed from (lines up to ``as_of``) and the
+    later log's lines after ``as_of``: history for the usual prices and earlier purchases, the
+    outcome window after. Both are Parquet files, folders or globs of the canonical schema."""
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        limit = pd.Timestamp(as_of).isoformat()
+        return con.execute(f"""
+            SELECT * FROM read_parquet(?) WHERE timestamp <= TIMESTAMP '{limit}'
+            UNION ALL BY NAME
+            SELECT * FROM read_parquet(?) WHERE timestamp > TIMESTAMP '{limit}'
+        """, [_parquet_glob(history), _parquet_glob(outcomes)]).df()
+
+
+def _parquet_glob(path: str) -> str:
+    from pathlib import Path
+
+    if Path(path).is_dir():
+        return str(Path(path) / "transactions.parquet")
+    return path
+
+
 def construct_validity(assigned: pd.DataFrame, lines: pd.DataFrame, as_of: pd.Timestamp,
                        horizon_days: int) -> pd.DataFrame:
     """Per segment, behaviour in ``(as_of, as_of + horizon_days]`` of the customers assigned at
