@@ -1,0 +1,88 @@
+"""Construct validity of the loyalty segments on a real purchase log (no personas to compare with).
+
+    .venv/bin/python benchmarks/segments_realdata.py [--as-of 2010-09-01]
+
+As-of protocol: the pipeline's own commands (ingest, features, train, evaluate, score) run on the
+shared retail log truncated at the as-of date, so they see nothing after it; then
+`churnlens score --outcomes` reads the full log and reports, per segment, how its customers
+behaved in the ``features.horizon_days`` after the as-of date: the share of lines bought below
+the product's usual price, the share on products bought before, the churn rate and the spend
+change. DOMAIN.md's hypotheses say comparers should buy the most below the usual price, users
+should repeat most and advocates should churn least. Everything is written under
+benchmarks/out/segments_realdata/ (its own MLflow store). The log: ../shared/data/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out" / "segments_realdata"
+OVERLAY = ROOT / "examples" / "online_retail_ii.yaml"
+
+
+def churnlens(*args: str, params: list[Path]) -> None:
+    """One pipeline command in its own process, in OUT, against OUT's MLflow store."""
+    options = [item for path in params for item in ("--params", str(path))]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{OUT / 'mlflow.db'}"}
+    command = [sys.executable, "-m", "churnlens", args[0], *options, *args[1:]]
+    if subprocess.call(command, cwd=OUT, env=env) != 0:
+        raise SystemExit(f"churnlens {args[0]} failed")
+
+
+def truncate(source: Path, target: Path, as_of: str) -> None:
+    """The canonical transactions strictly before the as-of date."""
+    import duckdb
+
+    target.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect() as con:
+        con.execute(f"COPY (SELECT * FROM read_parquet('{source}') WHERE timestamp < TIMESTAMP '{as_of}') "
+                    f"TO '{target / 'transactions.parquet'}' (FORMAT parquet)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--as-of", default="2010-09-01")
+    args = parser.parse_args()
+    from churnlens.config import load_params
+
+    source = load_params(ROOT / "params.yaml", OVERLAY).ingest.transactions.path
+    if not (ROOT / source).exists():
+        raise SystemExit(f"{ROOT / source}: the shared retail log is absent; see ../shared/data/README.md")
+    OUT.mkdir(parents=True, exist_ok=True)
+    params = [ROOT / "params.yaml", OVERLAY]
+    full, truncated = OUT / "full" / "canonical", OUT / "as_of" / "canonical"
+    churnlens("ingest", "--base", str(ROOT), "--canonical-dir", str(full), "--quarantine-dir",
+              str(OUT / "full" / "quarantine"), "--report", str(OUT / "ingest_report.json"), params=params)
+    truncate(full / "transactions.parquet", truncated, args.as_of)
+    snapshots = OUT / "snapshots.parquet"
+    churnlens("features", "--canonical-dir", str(truncated), "--output", str(snapshots), "--report",
+              str(OUT / "features.json"), params=params)
+    churnlens("train", "--snapshots", str(snapshots), "--features-report", str(OUT / "features.json"),
+              "--model-dir", str(OUT / "model"), "--report", str(OUT / "train.json"), params=params)
+    churnlens("evaluate", "--snapshots", str(snapshots), "--model-dir", str(OUT / "model"), "--train-report",
+              str(OUT / "train.json"), "--metrics", str(OUT / "metrics.json"), "--plots-dir", str(OUT / "plots"),
+              params=params)
+    report_path = OUT / "segment_report.json"
+    churnlens("score", "--canonical-dir", str(truncated), "--as-of", args.as_of, "--output",
+              str(OUT / "scores.parquet"), "--report", str(report_path), "--outcomes", str(full), params=params)
+
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    validity = report["construct_validity"]
+    segmented = sum(v["customers"] for s, v in report["segments"].items() if s != "insufficient_history")
+    print(f"\nScored as of {args.as_of}: {report['customers']} customers, {segmented} "
+          f"({segmented / report['customers']:.1%}) in one of the three segments.")
+    print(f"Behaviour in the {validity['horizon_days']} days after the as-of date (outcomes up to "
+          f"{validity['outcomes_end'][:10]}):\n")
+    print(validity["markdown"])
+    print("\n" + "\n".join(f"- {name}: {'holds' if held else 'does NOT hold'}"
+                           for name, held in validity["orderings_hold"].items()))
+
+
+if __name__ == "__main__":
+    main()
