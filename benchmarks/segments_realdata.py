@@ -55,22 +55,31 @@ def main() -> None:
     if not (ROOT / source).exists():
         raise SystemExit(f"{ROOT / source}: the shared retail log is absent; see ../shared/data/README.md")
     OUT.mkdir(parents=True, exist_ok=True)
+    # Nine months before the default as-of date are too short to train a 90-day churn model on
+    # nested label windows: the model trains on a 60-day horizon without backtest folds. It only
+    # feeds the scores' probabilities, never the segments; scoring (and so the construct-validity
+    # window) keeps the overlay's 90 days.
+    short_history = OUT / "short_history.yaml"
+    short_history.write_text("features:\n  horizon_days: 60\ntrain:\n  backtest_folds: 0\n", encoding="utf-8")
     params = [ROOT / "params.yaml", OVERLAY]
+    model_params = [*params, short_history]
     full, truncated = OUT / "full" / "canonical", OUT / "as_of" / "canonical"
     churnlens("ingest", "--base", str(ROOT), "--canonical-dir", str(full), "--quarantine-dir",
               str(OUT / "full" / "quarantine"), "--report", str(OUT / "ingest_report.json"), params=params)
     truncate(full / "transactions.parquet", truncated, args.as_of)
     snapshots = OUT / "snapshots.parquet"
     churnlens("features", "--canonical-dir", str(truncated), "--output", str(snapshots), "--report",
-              str(OUT / "features.json"), params=params)
+              str(OUT / "features.json"), params=model_params)
     churnlens("train", "--snapshots", str(snapshots), "--features-report", str(OUT / "features.json"),
-              "--model-dir", str(OUT / "model"), "--report", str(OUT / "train.json"), params=params)
+              "--model-dir", str(OUT / "model"), "--report", str(OUT / "train.json"), params=model_params)
     churnlens("evaluate", "--snapshots", str(snapshots), "--model-dir", str(OUT / "model"), "--train-report",
               str(OUT / "train.json"), "--metrics", str(OUT / "metrics.json"), "--plots-dir", str(OUT / "plots"),
-              params=params)
+              params=model_params)
     report_path = OUT / "segment_report.json"
-    churnlens("score", "--canonical-dir", str(truncated), "--as-of", args.as_of, "--output",
-              str(OUT / "scores.parquet"), "--report", str(report_path), "--outcomes", str(full), params=params)
+    # The model folder, promoted or not: the segments do not depend on it.
+    churnlens("score", "--canonical-dir", str(truncated), "--model", str(OUT / "model"), "--as-of", args.as_of,
+              "--output", str(OUT / "scores.parquet"), "--report", str(report_path), "--outcomes", str(full),
+              params=params)
 
     report = json.loads(report_path.read_text(encoding="utf-8"))
     validity = report["construct_validity"]
