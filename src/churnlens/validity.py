@@ -34,6 +34,7 @@ def line_flags(transactions: pd.DataFrame | str) -> pd.DataFrame:
     product has no usual price yet) and repeat_line."""
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
         available = _register_sources(con, {"transactions": transactions})
         steps = event_steps(available)
         relations = ", ".join(f"{name} AS ({body})" for name, body in steps)
@@ -53,6 +54,7 @@ def joined_log(history: str, outcomes: str, as_of: pd.Timestamp) -> pd.DataFrame
     outcome window after. Both are Parquet files, folders or globs of the canonical schema."""
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
         limit = pd.Timestamp(as_of).isoformat()
         return con.execute(f"""
             SELECT * FROM read_parquet(?) WHERE timestamp <= TIMESTAMP '{limit}'
