@@ -259,6 +259,9 @@ def score(
                         ] = None,
     truth: Annotated[Path | None, typer.Option(help="known personas (simulated data): report segment macro-F1")
                      ] = None,
+    outcomes: Annotated[Path | None, typer.Option(
+        help="canonical transactions of a later extract: report how each segment behaved in the "
+             "features.horizon_days after the as-of date (construct validity)")] = None,
     engine: EngineOption = None,
     spark_master: SparkMasterOption = None,
 ) -> None:
@@ -283,7 +286,7 @@ def score(
         result = run_score(loaded_params, canonical_dir, model or loaded_params.score.model_uri, output, report,
                            pd.Timestamp(as_of) if as_of else None, csv, Path.cwd(), previous=previous,
                            manifest_path=manifest, truth=known, show_progress=sys.stderr.isatty(),
-                           headline_path=headline)
+                           headline_path=headline, outcomes=outcomes)
     except (ModelNotFoundError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     log.info("scored %d customers as of %s with %s v%s; campaign: %d customers", result["customers"],

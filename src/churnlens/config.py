@@ -84,6 +84,16 @@ class SimulateConfig(_Section):
     price_shock_churn_probability: float = Field(0.08, ge=0, le=1)
     latent_period_days: tuple[int, int] = (30, 120)
     customers_per_chunk: int = Field(5_000, ge=100, description="memory bound of the generator")
+    tables: tuple[Literal["transactions", "interactions", "customers"], ...] = Field(
+        ("transactions", "interactions", "customers"),
+        description="tables written; a bare purchase log is [transactions] (set ingest.<table>: null for the rest)")
+
+    @field_validator("tables")
+    @classmethod
+    def _with_transactions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "transactions" not in value or len(set(value)) != len(value):
+            raise ValueError(f"expected distinct table names including transactions, got {list(value)}")
+        return value
 
     @field_validator("latent_period_days")
     @classmethod
@@ -247,6 +257,22 @@ class SegmentRules(_Section):
     min_orders: int = Field(2, ge=1, description="fewer orders than this -> insufficient_history")
     min_tenure_days: int = Field(60, ge=0)
     min_margin: float = Field(0.0, ge=0, le=1, description="margin under which the segment is flagged low-confidence")
+    contract_lock_in: dict[str, float] = Field(
+        {"annual": 1.0, "monthly": 0.35, "none": 0.0},
+        description="switching-cost component per contract type, in [0, 1]; unmapped types are reported")
+    price_drop_share_full: float = Field(
+        0.4, gt=0, le=1, description="share of lines (and of spend) below the usual price that counts as fully price-driven")
+    repeat_share_full: float = Field(
+        0.5, gt=0, le=1, description="share of lines on products bought before that counts as a fully habitual basket")
+    min_orders_for_cadence: int = Field(4, ge=3, description="purchases needed before gap regularity counts")
+
+    @field_validator("contract_lock_in")
+    @classmethod
+    def _lock_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        outside = {k: v for k, v in value.items() if not 0.0 <= v <= 1.0}
+        if outside:
+            raise ValueError(f"lock-in values must be in [0, 1], got {outside}")
+        return value
 
 
 class RetentionAction(_Section):

@@ -112,6 +112,9 @@ def _derived(name: str, family: Family, expression: str, description: str) -> Fe
 
 
 PURCHASED = "NOT is_return"
+USUAL_PRICE_MONTHS = 3
+USUAL_PRICE_MIN_LINES = 3
+BELOW_USUAL = 0.95  # paid at least 5% under the product's usual price: a price drop, not rounding
 DISCOUNTED = "NOT is_return AND list_price > unit_price"
 
 
@@ -231,12 +234,51 @@ def feature_definitions(windows: tuple[int, ...] = (30, 90, 365)) -> list[Featur
         Feature("autopay", sc, "customers", "CAST(autopay AS DOUBLE)",
                 "1 if the customer pays by autopay / direct debit.", requires=("autopay",)),
         Feature("plan_price", sc, "customers", "plan_price", "Recurring plan price.", requires=("plan_price",)),
+        *loyalty_features(),
     ]
     names = [f.name for f in features]
     duplicated = {n for n in names if names.count(n) > 1}
     if duplicated:
         raise ValueError(f"feature names must be unique; duplicated: {sorted(duplicated)}")
     return features
+
+
+BELOW_USUAL_LINE = f"{PURCHASED} AND usual_price_ratio < {BELOW_USUAL}"
+USUAL_PRICED_LINE = f"{PURCHASED} AND usual_price_ratio IS NOT NULL"
+
+
+def loyalty_features() -> list[Feature]:
+    """Behavioural loyalty signals any purchase log supports (DOMAIN.md, "How the three attitudes
+    can show in a bare purchase log"): price drops taken, repeat baskets, cadence regularity."""
+    pf, _it, _em, ec, _df, _sc = FAMILIES
+    priced = ("unit_price", "product_id")
+    return [
+        _count("_usual_priced_lines_365d", ec, "lines", USUAL_PRICED_LINE, 365, internal=True, requires=priced),
+        _count("_below_usual_lines_365d", ec, "lines", BELOW_USUAL_LINE, 365, internal=True, requires=priced),
+        _derived("below_usual_price_share_365d", ec, "_below_usual_lines_365d / nullif(_usual_priced_lines_365d, 0)",
+                 f"Share of purchased lines (365 days) paid at least {round((1 - BELOW_USUAL) * 100)}% under the "
+                 f"product's usual price: its median unit price in the {USUAL_PRICE_MONTHS} calendar months before "
+                 f"the purchase month (lines of products with fewer than {USUAL_PRICE_MIN_LINES} sales then are "
+                 "left out). Needs no list price."),
+        _sum("_usual_priced_spend_365d", ec, "lines", f"CASE WHEN {USUAL_PRICED_LINE} THEN amount ELSE 0 END", 365,
+             internal=True, requires=priced),
+        _sum("_below_usual_spend_365d", ec, "lines", f"CASE WHEN {BELOW_USUAL_LINE} THEN amount ELSE 0 END", 365,
+             internal=True, requires=priced),
+        _derived("below_usual_spend_share_365d", ec,
+                 "_below_usual_spend_365d / nullif(_usual_priced_spend_365d, 0)",
+                 "Share of spend (365 days, lines with a usual price) bought in price drops, as in "
+                 "`below_usual_price_share_365d`."),
+        _count("_repeat_lines_365d", pf, "lines", f"{PURCHASED} AND repeat_line", 365, internal=True,
+               requires=("product_id",)),
+        _count("_product_lines_365d", pf, "lines", f"{PURCHASED} AND product_id IS NOT NULL", 365, internal=True,
+               requires=("product_id",)),
+        _derived("repeat_line_share_365d", pf, "_repeat_lines_365d / nullif(_product_lines_365d, 0)",
+                 "Habit: share of purchased lines (365 days) on products this customer had bought before "
+                 "(at an earlier instant, any time in their history)."),
+        _derived("purchase_gap_cv", pf, "purchase_gap_std_days / nullif(mean_purchase_gap_days, 0)",
+                 "Cadence irregularity: standard deviation / mean of the days between purchases "
+                 "(0 = perfectly regular)."),
+    ]
 
 
 # --------------------------------------------------------------------------- catalogue
@@ -365,6 +407,19 @@ Step = tuple[str, str]  # (relation name, the SELECT that defines it)
 EVENT_RELATIONS = ("lines", "orders", "interactions")
 
 
+def usual_price_step(is_return: str) -> Step:
+    """A product's usual price for each calendar month: the median unit price of its purchased
+    lines in the ``USUAL_PRICE_MONTHS`` calendar months *before* that month (at least
+    ``USUAL_PRICE_MIN_LINES`` lines, else unknown). Earlier data only, and no list price needed."""
+    shifted = " UNION ALL ".join(
+        f"SELECT product_id, date_trunc('month', timestamp) + INTERVAL {k} MONTH AS month, unit_price "
+        f"FROM src_transactions WHERE NOT ({is_return}) AND unit_price > 0"
+        for k in range(1, USUAL_PRICE_MONTHS + 1))
+    return ("product_usual_price", f"""
+        SELECT product_id, month, median(unit_price) AS usual_price FROM ({shifted}) s
+        GROUP BY product_id, month HAVING count(*) >= {USUAL_PRICE_MIN_LINES}""")
+
+
 def event_steps(available: dict[str, set[str]]) -> list[Step]:
     """The canonical event relations as portable SQL over the ``src_`` tables, keyed by
     customer_id: the one definition of a line, a purchase (order) and an interaction, shared by
@@ -385,10 +440,23 @@ def event_steps(available: dict[str, set[str]]) -> list[Step]:
         price_ratio = "t.unit_price / nullif(m.median_price, 0) AS price_ratio"
         price_join = ("LEFT JOIN category_month_median m ON m.category = t.category "
                       "AND m.month = date_trunc('month', t.timestamp)")
+    # Loyalty-segment measures per line, from a bare purchase log (DOMAIN.md).
+    usual_ratio, usual_join = "CAST(NULL AS DOUBLE) AS usual_price_ratio", ""
+    repeat = "CAST(NULL AS BOOLEAN) AS repeat_line"
+    if {"unit_price", "product_id"} <= tx:
+        steps.append(usual_price_step(is_return))
+        usual_ratio = "t.unit_price / nullif(u.usual_price, 0) AS usual_price_ratio"
+        usual_join = ("LEFT JOIN product_usual_price u ON u.product_id = t.product_id "
+                      "AND u.month = date_trunc('month', t.timestamp)")
+    if "product_id" in tx:
+        # Bought before = an earlier purchase of the product by the same customer; the earliest
+        # purchase is at or before the line, so later events can never change the flag.
+        repeat = (f"t.timestamp > min(CASE WHEN NOT ({is_return}) THEN t.timestamp END) "
+                  "OVER (PARTITION BY t.customer_id, t.product_id) AS repeat_line")
     steps.append(("lines", f"""
         SELECT t.customer_id, t.timestamp AS ts, t.amount, {is_return} AS is_return
-               {''.join(', t.' + c for c in optional)}, {price_ratio}
-        FROM src_transactions t {price_join}"""))
+               {''.join(', t.' + c for c in optional)}, {price_ratio}, {usual_ratio}, {repeat}
+        FROM src_transactions t {price_join} {usual_join}"""))
     # Without order ids, lines of one customer at the same instant form one order.
     order_key = "coalesce(order_id, CAST(timestamp AS VARCHAR))" if "order_id" in tx else "CAST(timestamp AS VARCHAR)"
     # A purchase is an order holding at least one non-return line; returns alone are not purchases.

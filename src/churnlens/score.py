@@ -9,7 +9,7 @@ from churnlens.config import PERSONAS, ScoreConfig
 
 SCORE_COLUMNS = [
     "customer_id", "as_of", "churn_probability", "risk_tier", "top_reasons", "segment", "segment_margin",
-    "segment_driver", "customer_value", "action", "action_cost", "action_success_rate", "priority", "in_campaign",
+    "low_confidence", "segment_driver", "customer_value", "action", "action_cost", "action_success_rate", "priority", "in_campaign",
     "model_name", "model_version",
 ]
 
@@ -93,6 +93,7 @@ def score_rows(features: pd.DataFrame, probability: np.ndarray, segments: pd.Dat
         "churn_probability": np.asarray(probability, dtype=float),
         "segment": segments["segment"].to_numpy(),
         "segment_margin": segments["segment_margin"].to_numpy(),
+        "low_confidence": segments["low_confidence"].to_numpy(dtype=bool),
         "segment_driver": segments["segment_driver"].to_numpy(),
         "customer_value": customer_value(features, config).to_numpy(),
     })
@@ -118,6 +119,8 @@ def segment_report(scores: pd.DataFrame, previous: pd.DataFrame | None = None) -
             "value_at_risk": float(value_at_risk.loc[rows.index].sum()),
             "in_campaign": int(rows["in_campaign"].sum()),
         }
+        if "low_confidence" in rows:
+            per_segment[segment]["low_confidence"] = int(rows["low_confidence"].sum())
     report = {"customers": total, "segments": per_segment,
               "campaign_customers": int(scores["in_campaign"].sum()),
               "campaign_cost": float(scores.loc[scores["in_campaign"], "action_cost"].sum()),

@@ -1,18 +1,23 @@
 """Loyalty segments from interpretable indices built on the feature families (DOMAIN.md).
 
 Three indices in [0, 1], each the mean of the components the data has (a component whose
-feature is missing for a customer is skipped, not guessed):
+feature is missing for a customer is skipped, not guessed). Every index can be computed from a
+bare purchase log (customer, time, product, quantity, price); interaction and profile fields
+enrich it where present:
 
-* advocacy: NPS, referrals, praise vs complaints, buying at full price;
-* switching cost: contract, autopay, products held, tenure;
-* price sensitivity: discount share, promotion response, spend volatility, paying below the
-  category median.
+* advocacy: buying at the product's usual price, exploring products not bought before, stable or
+  growing spend, few returns; NPS, referrals, praise vs complaints where present;
+* switching cost / habit: repeat-basket share, a regular cadence; contract, autopay, products
+  held and tenure where present;
+* price sensitivity: share of lines and of spend bought below the product's usual price;
+  discount share, promotion response and paying below the category median where present.
 
 The segment is the index with the highest value (brand advocate / brand user / brand
-comparer), the margin is its lead over the runner-up, and customers with too little history
-get ``insufficient_history``, as do customers for whom fewer than two indices can be computed
-(e.g. a bare transaction log without interactions or customer profiles). All transforms are fixed functions of one customer's features,
-so a segment never depends on who else is in the batch.
+comparer), the margin is its lead over the runner-up (``low_confidence`` below
+``score.segments.min_margin``), and customers with too little history get
+``insufficient_history``, as do customers for whom fewer than two indices can be computed.
+All transforms are fixed functions of one customer's features (no batch quantiles), so a
+segment never depends on who else is in the batch; they read features only, never personas.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ INDEX_OF_SEGMENT = {
     "brand_user": "switching_cost_index",
     "brand_comparer": "price_sensitivity_index",
 }
-CONTRACT_LOCK_IN = {"annual": 1.0, "monthly": 0.35}
 
 
 def _clip(series: pd.Series) -> pd.Series:
@@ -38,28 +42,58 @@ def _get(frame: pd.DataFrame, name: str) -> pd.Series:
     return frame[name].astype("float64") if name in frame else pd.Series(np.nan, index=frame.index)
 
 
-def index_components(features: pd.DataFrame) -> dict[str, dict[str, pd.Series]]:
+def contract_lock_in(features: pd.DataFrame, rules: SegmentRules) -> pd.Series:
+    """Lock-in of the contract type via ``score.segments.contract_lock_in``; an unmapped type is
+    unknown (NaN, the component is skipped), never a silent zero."""
+    if "contract_type" not in features:
+        return pd.Series(np.nan, index=features.index)
+    return features["contract_type"].map(rules.contract_lock_in).astype("float64")
+
+
+def unknown_contract_types(features: pd.DataFrame, rules: SegmentRules) -> dict[str, int]:
+    """Contract types the params do not map, with their customer counts (for the segment report)."""
+    if "contract_type" not in features:
+        return {}
+    types = features["contract_type"].dropna().astype(str)
+    unmapped = types[~types.isin(list(rules.contract_lock_in))]
+    return {str(name): int(n) for name, n in unmapped.value_counts().sort_index().items()}
+
+
+def index_components(features: pd.DataFrame, rules: SegmentRules) -> dict[str, dict[str, pd.Series]]:
     """Every component, scaled to [0, 1] by a fixed transform; NaN where the feature is unknown."""
     nps = _get(features, "last_nps").fillna(_get(features, "mean_nps_365d"))
-    contract = (features["contract_type"].map(CONTRACT_LOCK_IN).fillna(0.0).astype("float64")
-                if "contract_type" in features else pd.Series(np.nan, index=features.index))
+    below_usual = _clip(_get(features, "below_usual_price_share_365d") / rules.price_drop_share_full)
+    below_usual_spend = _clip(_get(features, "below_usual_spend_share_365d") / rules.price_drop_share_full)
+    repeat = _clip(_get(features, "repeat_line_share_365d") / rules.repeat_share_full)
+    # A gap CV needs a few gaps: with two purchases it is 0 by construction, not "regular".
+    enough_gaps = _get(features, "purchases_lifetime") >= rules.min_orders_for_cadence
+    regular = _clip(1.0 - _get(features, "purchase_gap_cv")).where(enough_gaps)
+    # Full price: below the product's usual price where known, else below the list price.
+    discount = _get(features, "discount_share_365d")
+    full_price = (1.0 - below_usual).fillna(_clip(1.0 - discount * 2.0))
     return {
         "advocacy_index": {
             "nps": _clip((nps - 5.0) / 5.0),
             "referrals": _clip(_get(features, "referrals_365d") / 2.0),
             "praise_vs_complaints": _clip((_get(features, "praise_complaint_balance_365d") + 1.0) / 2.0),
-            "full_price_buying": _clip(1.0 - _get(features, "discount_share_365d") * 2.0),
+            "full_price_buying": full_price,
+            "exploring_new_lines": 1.0 - repeat,
+            "growing_spend": _clip(0.5 + _get(features, "spend_trend_90d") / 2.0),
+            "few_returns": _clip(1.0 - _get(features, "return_rate_365d") * 5.0),
         },
         "switching_cost_index": {
-            "contract": contract,
+            "repeat_basket": repeat,
+            "regular_cadence": regular,
+            "contract": contract_lock_in(features, rules),
             "autopay": _clip(_get(features, "autopay")),
             "products_held": _clip((_get(features, "products_held") - 1.0) / 4.0),
             "tenure": _clip(_get(features, "tenure_days") / (3 * 365.0)),
         },
         "price_sensitivity_index": {
-            "discount_share": _clip(_get(features, "discount_share_365d") * 1.5),
+            "bought_in_price_drops": below_usual,
+            "spend_in_price_drops": below_usual_spend,
+            "discount_share": _clip(discount * 1.5),
             "promotion_response": _clip(_get(features, "campaign_responses_365d") / 6.0),
-            "spend_volatility": _clip(_get(features, "spend_volatility_365d") - 0.5),
             "below_category_price": _clip((1.0 - _get(features, "price_vs_category_median_365d")) * 3.0),
         },
     }
@@ -67,7 +101,7 @@ def index_components(features: pd.DataFrame) -> dict[str, dict[str, pd.Series]]:
 
 def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame:
     """customer_id, the three indices, segment, margin and the component that decided it."""
-    components = {name: pd.concat(parts, axis=1) for name, parts in index_components(features).items()}
+    components = {name: pd.concat(parts, axis=1) for name, parts in index_components(features, rules).items()}
     out = pd.DataFrame({"customer_id": features["customer_id"].to_numpy()}, index=features.index)
     for index_name, parts in components.items():
         out[index_name] = parts.mean(axis=1, skipna=True)

@@ -1,7 +1,11 @@
 """A seeded simulator of a customer base that follows the domain model in DOMAIN.md.
 
 Three personas (brand advocate, brand user, brand comparer) differ in purchase rhythm, spend,
-discount use, interactions, product breadth and switching cost. Churn is a process: a customer
+discount use, interactions, product breadth and switching cost, and each leaves the transaction
+signature DOMAIN.md describes: advocates explore new and distinctive lines at their usual price,
+users repeat a personal basket on a steady cadence, comparers buy whatever is in a price drop,
+at irregular times. Prices are per product (a list price with weekly promotions), so "paid below
+the product's usual price" is observable without the list price. Churn is a process: a customer
 who will leave first goes through a latent switching period in which purchase gaps lengthen,
 spend drifts down, complaints and discount-chasing rise and NPS answers fall. Brand users leave
 mostly at contract renewals, comparers after competitor price moves, advocates rarely.
@@ -34,9 +38,11 @@ class Persona:
     """Behavioural profile of one persona; rates are per day."""
 
     purchase_rate: float
-    order_value: float  # mean list value of a line, relative to category price
+    order_value: float  # mean quantity of a line, relative to the average persona
     spend_sigma: float
-    discount_probability: float
+    price_drop_seeking: float  # chance a line is picked among the products in a price drop
+    repeat_basket: float  # chance a (non-chasing) line repeats a product of the personal basket
+    cadence_regularity: float  # share of purchases on the customer's own fixed cycle (rest at random)
     category_weights: tuple[float, ...]
     visit_rate: float
     support_rate: float
@@ -56,14 +62,16 @@ class Persona:
 _DISTINCTIVE = (6.0, 4.0, 3.0)
 PERSONA_PROFILES: dict[str, Persona] = {
     "brand_advocate": Persona(
-        purchase_rate=1 / 11, order_value=1.15, spend_sigma=0.35, discount_probability=0.06,
+        purchase_rate=1 / 11, order_value=1.15, spend_sigma=0.35, price_drop_seeking=0.03, repeat_basket=0.2,
+        cadence_regularity=0.5,
         category_weights=_DISTINCTIVE + (1.0,) * 9, visit_rate=0.05, support_rate=0.004,
         complaint_rate=0.0006, praise_rate=0.006, referral_rate=0.004, campaign_response_rate=0.002,
         nps_mean=9.2, nps_sd=0.7, annual_contract_share=0.15, monthly_contract_share=0.25,
         autopay_share=0.35, products_held=(1, 3), return_probability=0.015,
     ),
     "brand_user": Persona(
-        purchase_rate=1 / 14, order_value=1.0, spend_sigma=0.3, discount_probability=0.22,
+        purchase_rate=1 / 14, order_value=1.0, spend_sigma=0.3, price_drop_seeking=0.08, repeat_basket=0.85,
+        cadence_regularity=0.85,
         category_weights=(1.5, 1.5, 0.5, 1.5, 2.0, 1.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5),
         visit_rate=0.02, support_rate=0.012, complaint_rate=0.0015, praise_rate=0.0008,
         referral_rate=0.0003, campaign_response_rate=0.006, nps_mean=7.0, nps_sd=1.1,
@@ -71,7 +79,8 @@ PERSONA_PROFILES: dict[str, Persona] = {
         products_held=(2, 6), return_probability=0.02,
     ),
     "brand_comparer": Persona(
-        purchase_rate=1 / 16, order_value=0.85, spend_sigma=0.6, discount_probability=0.6,
+        purchase_rate=1 / 16, order_value=0.85, spend_sigma=0.6, price_drop_seeking=0.6, repeat_basket=0.1,
+        cadence_regularity=0.0,
         category_weights=(0.3, 0.3, 0.2) + (1.0,) * 9, visit_rate=0.04, support_rate=0.006,
         complaint_rate=0.002, praise_rate=0.0003, referral_rate=0.0001, campaign_response_rate=0.02,
         nps_mean=5.5, nps_sd=1.8, annual_contract_share=0.03, monthly_contract_share=0.15,
@@ -82,6 +91,23 @@ PERSONA_PROFILES: dict[str, Persona] = {
 INTERACTION_TYPES = ("visit", "support_contact", "complaint", "praise", "referral", "survey", "campaign_response")
 SURVEY_RATE = 1 / 90
 HISTORY_BEFORE_START_DAYS = 3 * 365
+PROMOTION_WEEK_SHARE = 0.12  # share of (product, week) pairs in a price drop
+PROMOTION_DEPTH = (0.1, 0.4)
+BASKET_SIZE = 6
+CHASE_CANDIDATES = 20  # products a price-drop seeker looks at before taking one
+
+
+@dataclass(frozen=True)
+class Promotions:
+    """Weekly price drops per product (category x product number x week since the start)."""
+
+    active: np.ndarray  # bool
+    depth: np.ndarray  # fraction off the list price where active
+
+    @classmethod
+    def draw(cls, n_days: int, rng: np.random.Generator) -> Promotions:
+        shape = (len(CATEGORIES), PRODUCTS_PER_CATEGORY, n_days // 7 + 1)
+        return cls(rng.random(shape) < PROMOTION_WEEK_SHARE, rng.uniform(*PROMOTION_DEPTH, size=shape))
 
 
 @dataclass(frozen=True)
@@ -193,42 +219,94 @@ def _profile_array(attributes: pd.DataFrame, field: str) -> np.ndarray:
     return values[attributes["persona_index"].to_numpy()]
 
 
-def _transactions(config: SimulateConfig, attributes: pd.DataFrame, alive: np.ndarray, progress: np.ndarray,
-                  customer_ids: np.ndarray, rng: np.random.Generator, order_offset: int) -> pd.DataFrame:
+def _purchase_days(config: SimulateConfig, attributes: pd.DataFrame, alive: np.ndarray, progress: np.ndarray,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(customer row, day) of every order: a share ``cadence_regularity`` of a customer's
+    purchases fall on their own fixed cycle, the rest at random (Poisson) times."""
     size = len(attributes)
     # Individual rhythm: each customer's own rate around the persona's mean.
     base_rate = _profile_array(attributes, "purchase_rate") * rng.gamma(4.0, 1 / 4.0, size=size)
+    regular = _profile_array(attributes, "cadence_regularity")
     day_of_year = (np.arange(config.n_days) + config.start_date.timetuple().tm_yday) % 365
     season = 1.0 + 0.35 * np.exp(-(((day_of_year - 340) / 15.0) ** 2))  # pre-Christmas peak
-    rate = base_rate[:, None] * season[None, :] * alive * (1.0 - 0.8 * progress)
+    staying = alive * (1.0 - 0.8 * progress)
+    rate = ((1.0 - regular) * base_rate)[:, None] * season[None, :] * staying
     rows, days = _events(rate.astype(np.float32), rng)
+    cycle = np.maximum(np.round(1.0 / base_rate), 3).astype(np.int64)
+    phase = rng.integers(0, cycle)
+    on_cycle = (np.arange(config.n_days)[None, :] - phase[:, None]) % cycle[:, None] == 0
+    # On a cycle day a purchase happens with chance ``regular``: the same mean rate as at random.
+    scheduled = on_cycle & (rng.random(on_cycle.shape) < regular[:, None] * staying)
+    cycle_rows, cycle_days = np.nonzero(scheduled)
+    rows, days = np.concatenate([rows, cycle_rows]), np.concatenate([days, cycle_days])
+    order = np.lexsort((days, rows))
+    return rows[order], days[order]
+
+
+def _products(attributes: pd.DataFrame, line_rows: np.ndarray, line_weeks: np.ndarray, line_progress: np.ndarray,
+              promotions: Promotions, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(category index, product number) of every line: a price-drop seeker takes the first of a
+    few products that is on promotion that week; otherwise a line repeats the personal basket or
+    explores a product picked by the persona's category taste."""
+    persona_index = attributes["persona_index"].to_numpy()
+    weights = np.array([PERSONA_PROFILES[name].category_weights for name in PERSONAS])
+    cumulative = (weights / weights.sum(axis=1, keepdims=True)).cumsum(axis=1)
+
+    def categories(rows: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        draw = rng.random(shape)
+        taste = cumulative[persona_index[rows]]
+        if draw.ndim == 2:
+            return (draw[:, :, None] > taste[:, None, :]).sum(axis=2).clip(0, len(CATEGORIES) - 1)
+        return (draw[:, None] > taste).sum(axis=1).clip(0, len(CATEGORIES) - 1)
+
+    customers = np.arange(len(attributes))
+    basket_category = categories(customers, (len(attributes), BASKET_SIZE))
+    basket_product = rng.integers(0, PRODUCTS_PER_CATEGORY, size=(len(attributes), BASKET_SIZE))
+    n = line_rows.size
+    # Price-drop seeking rises and basket loyalty falls in the latent switching period.
+    seeking = np.clip(_profile_array(attributes, "price_drop_seeking")[line_rows] + 0.35 * line_progress, 0, 0.95)
+    repeating = np.clip(_profile_array(attributes, "repeat_basket")[line_rows] - 0.3 * line_progress, 0, 1)
+    draw = rng.random(n)
+    chases = draw < seeking
+    repeats = ~chases & (rng.random(n) < repeating)
+
+    category = categories(line_rows, (n,))
+    product = rng.integers(0, PRODUCTS_PER_CATEGORY, size=n)
+    slot = rng.integers(0, BASKET_SIZE, size=n)
+    category = np.where(repeats, basket_category[line_rows, slot], category)
+    product = np.where(repeats, basket_product[line_rows, slot], product)
+    candidates = rng.integers(0, PRODUCTS_PER_CATEGORY, size=(n, CHASE_CANDIDATES))
+    on_promotion = promotions.active[category[:, None], candidates, line_weeks[:, None]]
+    first_on_promotion = candidates[np.arange(n), np.argmax(on_promotion, axis=1)]
+    product = np.where(chases, first_on_promotion, product)
+    return category, product
+
+
+def _transactions(config: SimulateConfig, attributes: pd.DataFrame, alive: np.ndarray, progress: np.ndarray,
+                  customer_ids: np.ndarray, rng: np.random.Generator, order_offset: int,
+                  promotions: Promotions) -> pd.DataFrame:
+    rows, days = _purchase_days(config, attributes, alive, progress, rng)
     n_orders = rows.size
     order_ids = np.arange(order_offset, order_offset + n_orders)
     order_ts = _timestamps(config.start_date, days, rng)
     order_progress = progress[rows, days]
 
-    # Discount chasing rises in the latent period; spend drifts down.
-    discount_p = np.clip(_profile_array(attributes, "discount_probability")[rows] + 0.35 * order_progress, 0, 0.95)
-    discounted_order = rng.random(n_orders) < discount_p
     lines_per_order = 1 + rng.poisson(0.6, size=n_orders)
     line_order = np.repeat(np.arange(n_orders), lines_per_order)
     n_lines = line_order.size
     line_rows = rows[line_order]
-
-    weights = np.array([PERSONA_PROFILES[name].category_weights for name in PERSONAS])
-    probabilities = weights / weights.sum(axis=1, keepdims=True)
-    cumulative = probabilities.cumsum(axis=1)[attributes["persona_index"].to_numpy()[line_rows]]
-    category_index = (rng.random(n_lines)[:, None] > cumulative).sum(axis=1).clip(0, len(CATEGORIES) - 1)
-    product_number = rng.integers(0, PRODUCTS_PER_CATEGORY, size=n_lines)
-    product_factor = 0.6 + 0.02 * product_number  # products within a category differ in price
-    value_level = _profile_array(attributes, "order_value")[line_rows]
-    sigma = _profile_array(attributes, "spend_sigma")[line_rows]
-    noise = rng.lognormal(-0.5 * sigma**2, sigma)
-    list_price = np.round(CATEGORY_BASE_PRICE[category_index] * product_factor * value_level * noise, 2)
-    list_price = np.maximum(list_price, 0.5)
-    depth = np.where(discounted_order[line_order], rng.uniform(0.1, 0.4, size=n_lines), 0.0)
+    week = days[line_order] // 7
+    category_index, product_number = _products(attributes, line_rows, week, order_progress[line_order], promotions,
+                                               rng)
+    # One list price per product (products within a category differ); promotions lower it for a week.
+    list_price = np.round(CATEGORY_BASE_PRICE[category_index] * (0.6 + 0.02 * product_number), 2)
+    depth = np.where(promotions.active[category_index, product_number, week],
+                     promotions.depth[category_index, product_number, week], 0.0)
     unit_price = np.round(list_price * (1 - depth), 2)
-    quantity = 1 + rng.poisson(0.5 * (1.0 - 0.6 * order_progress[line_order]))
+    # Spend level and volatility show in quantities.
+    sigma = _profile_array(attributes, "spend_sigma")[line_rows]
+    level = _profile_array(attributes, "order_value")[line_rows] * rng.lognormal(-0.5 * sigma**2, sigma)
+    quantity = 1 + rng.poisson(0.6 * level * (1.0 - 0.6 * order_progress[line_order]))
     channel = np.where(rng.random(n_lines) < 0.7, "online", "store")
 
     lines = pd.DataFrame({
@@ -327,7 +405,9 @@ def simulate(config: SimulateConfig) -> SimulatedData:
     """Generate transactions, interactions, customers and the hidden ground truth."""
     root = np.random.SeedSequence(config.seed)
     shock_seed, *chunk_seeds = root.spawn(1 + -(-config.n_customers // config.customers_per_chunk))
-    shocks = price_shock_days(config, np.random.default_rng(shock_seed))
+    market = np.random.default_rng(shock_seed)
+    shocks = price_shock_days(config, market)
+    promotions = Promotions.draw(config.n_days, market)
     parts: dict[str, list[pd.DataFrame]] = {"transactions": [], "interactions": [], "customers": [], "truth": []}
     order_offset = 1
     for chunk, seed in enumerate(chunk_seeds):
@@ -337,7 +417,8 @@ def simulate(config: SimulateConfig) -> SimulatedData:
         attributes = _customer_attributes(config, rng, first, size, shocks)
         customer_ids = customer_id_for(attributes["customer_index"].to_numpy() + 1)
         alive, progress = _latent_progress(attributes, config.n_days)
-        transactions = _transactions(config, attributes, alive, progress, customer_ids, rng, order_offset)
+        transactions = _transactions(config, attributes, alive, progress, customer_ids, rng, order_offset,
+                                     promotions)
         order_offset = int(transactions["order_id"].max()) + 1 if len(transactions) else order_offset
         parts["transactions"].append(transactions)
         parts["interactions"].append(_interactions(config, attributes, alive, progress, customer_ids, rng))

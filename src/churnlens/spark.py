@@ -236,7 +236,8 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
     rows_schema = T.StructType([
         T.StructField("customer_id", T.StringType()), T.StructField("as_of", T.TimestampType()),
         T.StructField("churn_probability", T.DoubleType()), T.StructField("segment", T.StringType()),
-        T.StructField("segment_margin", T.DoubleType()), T.StructField("segment_driver", T.StringType()),
+        T.StructField("segment_margin", T.DoubleType()), T.StructField("low_confidence", T.BooleanType()),
+        T.StructField("segment_driver", T.StringType()),
         T.StructField("customer_value", T.DoubleType()), T.StructField("risk_tier", T.StringType()),
         T.StructField("top_reasons", T.StringType()), T.StructField("model_name", T.StringType()),
         T.StructField("model_version", T.StringType()), T.StructField("action", T.StringType()),

@@ -30,8 +30,12 @@ def run_simulate(params: Params, raw_dir: Path, truth_path: Path) -> dict[str, i
     data = simulate(params.simulate)
     counts = {}
     for name in CANONICAL_TABLES:
+        target = raw_dir / f"{name}.parquet"
+        if name not in params.simulate.tables:
+            target.unlink(missing_ok=True)  # a withheld table must not be read from an earlier run
+            continue
         frame = getattr(data, name)
-        io.write_parquet(frame, raw_dir / f"{name}.parquet")
+        io.write_parquet(frame, target)
         counts[name] = len(frame)
     io.write_parquet(data.ground_truth, truth_path)
     return counts
@@ -358,13 +362,17 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
               report_path: Path | None = None, as_of: pd.Timestamp | None = None,
               csv_output: Path | str | None = None, project_root: Path | None = None,
               previous: pd.DataFrame | None = None, manifest_path: Path | None = None,
-              truth: pd.DataFrame | None = None, show_progress: bool = False, headline_path: Path | None = None
-              ) -> dict:
+              truth: pd.DataFrame | None = None, show_progress: bool = False, headline_path: Path | None = None,
+              outcomes: Path | str | None = None) -> dict:
     """The batch scoring job: features as of one instant, then scores, segments, reasons and the
-    retention plan, written atomically, plus a segment report and a run manifest."""
+    retention plan, written atomically, plus a segment report and a run manifest. ``outcomes``
+    (canonical transactions of a later extract) adds the segments' construct validity: how each
+    segment behaved in the ``features.horizon_days`` after the as-of date."""
+    outcome_sources = _outcomes(outcomes, canonical_dir)
     if params.engine.name == "spark":
         return _run_score_spark(params, str(canonical_dir), model_uri, str(output), report_path, as_of,
-                                csv_output, project_root, previous, manifest_path, truth, headline_path)
+                                csv_output, project_root, previous, manifest_path, truth, headline_path,
+                                outcome_sources)
 
     run = _ScoreRun()
     config = params.score
@@ -397,7 +405,7 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
                  "first_event": data_start.isoformat(), "last_event": data_end.isoformat()}
     return _report_score_run(params, run, scores, snapshot, loaded.metadata.get("drift_profile", {}), instant,
                              model_info, data_info, str(output), csv_output, report_path, manifest_path, previous,
-                             truth, engine="duckdb", headline_path=headline_path)
+                             truth, engine="duckdb", headline_path=headline_path, outcomes=outcome_sources)
 
 
 def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp, data_end: pd.Timestamp
@@ -427,7 +435,7 @@ class _ScoreRun:
 def _run_score_spark(params: Params, canonical_dir: str, model_uri: str, output: str, report_path: Path | None,
                      as_of: pd.Timestamp | None, csv_output: Path | str | None, project_root: Path | None,
                      previous: pd.DataFrame | None, manifest_path: Path | None, truth: pd.DataFrame | None,
-                     headline_path: Path | None) -> dict:
+                     headline_path: Path | None, outcomes: tuple[str, str] | None = None) -> dict:
     """The same job on Spark; the report and manifest read the written scores back (a few columns)."""
     import hashlib
 
@@ -444,7 +452,8 @@ def _run_score_spark(params: Params, canonical_dir: str, model_uri: str, output:
         scores.coalesce(1).write.mode("overwrite").option("header", True).csv(str(csv_output))
     run.lap("features_score_and_write")
     written = session.read.parquet(output)
-    needed = ["customer_id", "segment", "churn_probability", "customer_value", "in_campaign", "action_cost",
+    needed = ["customer_id", "segment", "low_confidence", "churn_probability", "customer_value", "in_campaign",
+              "action_cost",
               "priority", "top_reasons"]
     local_scores = written.select(*needed).toPandas()
     total = len(local_scores)
@@ -459,14 +468,15 @@ def _run_score_spark(params: Params, canonical_dir: str, model_uri: str, output:
                  "fingerprint": "files:" + hashlib.sha256("\n".join(files).encode()).hexdigest()}
     return _report_score_run(params, run, local_scores, sample, loaded.metadata.get("drift_profile", {}), instant,
                              model_info, data_info, output, csv_output, report_path, manifest_path, previous, truth,
-                             engine="spark", headline_path=headline_path)
+                             engine="spark", headline_path=headline_path, outcomes=outcomes)
 
 
 def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snapshot: pd.DataFrame, profile: dict,
                       instant: pd.Timestamp, model_info: dict, data_info: dict, output: str,
                       csv_output: Path | str | None, report_path: Path | None, manifest_path: Path | None,
                       previous: pd.DataFrame | None, truth: pd.DataFrame | None, engine: str,
-                      headline_path: Path | None = None) -> dict:
+                      headline_path: Path | None = None,
+                      outcomes: tuple[str, str] | None = None) -> dict:
     """Segment report, drift check and run manifest of a scoring run, whichever engine scored.
     The manifest goes to ``manifest_path``, else beside a local output, else the working folder."""
     from churnlens import plots
@@ -477,6 +487,14 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
                    "model_version": model_info["model_version"]})
     if truth is not None:
         report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], truth)
+    unknown = segments.unknown_contract_types(snapshot, config.segments)
+    if unknown:
+        report["unknown_contract_types"] = unknown
+        log.warning("segments: contract types %s are not in score.segments.contract_lock_in; their contract "
+                    "component is left out. Map them there", sorted(unknown))
+    if outcomes is not None:
+        report["construct_validity"] = construct_validity_report(scores, *outcomes, instant,
+                                                                 params.features.horizon_days)
     stability = drift.population_stability(profile, snapshot)
     drifted = {name: value for name, value in stability.items() if value > config.drift_warning_psi}
     for name, value in drifted.items():
@@ -516,6 +534,32 @@ def _beside(output: str, suffix: str) -> Path:
     if "://" in output:
         return Path(f"scores.{suffix}")
     return Path(output).with_name(f"{Path(output).stem}.{suffix}")
+
+
+def _outcomes(outcomes: Path | str | None, canonical_dir: Path | str) -> tuple[str, str] | None:
+    """(history, outcomes) transactions for the construct-validity table, or None."""
+    if outcomes is None:
+        return None
+    if not Path(outcomes).exists():
+        raise FileNotFoundError(f"score --outcomes {outcomes}: no such file or folder; give the canonical "
+                                "transactions of a later extract (run `churnlens ingest` on it)")
+    return str(Path(canonical_dir) / "transactions.parquet"), str(outcomes)
+
+
+def construct_validity_report(scores: pd.DataFrame, history: str, outcomes: str, as_of: pd.Timestamp,
+                              horizon_days: int) -> dict:
+    """How each segment behaved in the ``horizon_days`` after ``as_of`` (see :mod:`churnlens.validity`)."""
+    from churnlens import validity
+
+    lines = validity.line_flags(validity.joined_log(history, outcomes, as_of))
+    if lines["ts"].max() < as_of + pd.Timedelta(days=horizon_days):
+        log.warning("construct validity: the outcomes end %s, before the %d-day window after %s closes",
+                    lines["ts"].max(), horizon_days, as_of.date())
+    table = validity.construct_validity(scores[["customer_id", "segment"]], lines, as_of, horizon_days)
+    log.info("construct validity, %d days after %s:\n%s", horizon_days, as_of.date(), validity.markdown(table))
+    return {"horizon_days": horizon_days, "outcomes_end": lines["ts"].max().isoformat(),
+            "per_segment": table.set_index("segment").to_dict(orient="index"),
+            "orderings_hold": validity.orderings(table), "markdown": validity.markdown(table)}
 
 
 def _version() -> str:

@@ -1,0 +1,134 @@
+"""Construct validity of the loyalty segments where no personas exist (real logs).
+
+A segment is an inference from behaviour up to the as-of date; it is worth something only if it
+predicts behaviour after it. DOMAIN.md's hypotheses give three orderings to check in the
+``horizon_days`` after the as-of date:
+
+* brand comparers buy the highest share of lines below the product's usual price;
+* brand users buy the highest share of lines on products they had bought before;
+* brand advocates churn least (no purchase in the window).
+
+The per-line measures are the feature engine's own (:func:`churnlens.features.event_steps`), so
+"below the usual price" and "bought before" mean the same thing here as in the features.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from churnlens.config import PERSONAS
+from churnlens.features import BELOW_USUAL, _register_sources, event_steps
+
+ORDERINGS = {
+    "comparers_buy_most_below_usual_price": ("below_usual_price_share", "brand_comparer", "max"),
+    "users_repeat_most": ("repeat_line_share", "brand_user", "max"),
+    "advocates_churn_least": ("churn_rate", "brand_advocate", "min"),
+}
+
+
+def line_flags(transactions: pd.DataFrame | str) -> pd.DataFrame:
+    """Every line of a canonical transactions table (DataFrame or Parquet path) with the
+    engine's per-line measures: customer_id, ts, amount, is_return, below_usual (NaN where the
+    product has no usual price yet) and repeat_line."""
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
+        available = _register_sources(con, {"transactions": transactions})
+        steps = event_steps(available)
+        relations = ", ".join(f"{name} AS ({body})" for name, body in steps)
+        return con.execute(f"""
+            WITH {relations}
+            SELECT customer_id, ts, amount, is_return,
+                   CASE WHEN usual_price_ratio IS NULL THEN NULL
+                        ELSE CAST(usual_price_ratio < {BELOW_USUAL} AS DOUBLE) END AS below_usual,
+                   CAST(repeat_line AS DOUBLE) AS repeat_line
+            FROM lines ORDER BY customer_id, ts
+        """).df()
+
+
+def joined_log(history: str, outcomes: str, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The canonical transactions the scores were computed from (lines up to ``as_of``) and the
+    later log's lines after ``as_of``: history for the usual prices and earlier purchases, the
+    outcome window after. Both are Parquet files, folders or globs of the canonical schema."""
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
+        limit = pd.Timestamp(as_of).isoformat()
+        return con.execute(f"""
+            SELECT * FROM read_parquet(?) WHERE timestamp <= TIMESTAMP '{limit}'
+            UNION ALL BY NAME
+            SELECT * FROM read_parquet(?) WHERE timestamp > TIMESTAMP '{limit}'
+        """, [_parquet_glob(history), _parquet_glob(outcomes)]).df()
+
+
+def _parquet_glob(path: str) -> str:
+    from pathlib import Path
+
+    if Path(path).is_dir():
+        return str(Path(path) / "transactions.parquet")
+    return path
+
+
+def construct_validity(assigned: pd.DataFrame, lines: pd.DataFrame, as_of: pd.Timestamp,
+                       horizon_days: int) -> pd.DataFrame:
+    """Per segment, behaviour in ``(as_of, as_of + horizon_days]`` of the customers assigned at
+    ``as_of`` (``assigned``: customer_id, segment; ``lines``: :func:`line_flags` rows):
+    customers, the share of purchased lines below the usual price (among lines whose product has
+    one) and on products bought before, the churn rate (no purchase in the window) and the spend
+    change (segment spend in the window / in the ``horizon_days`` before, minus 1)."""
+    as_of = pd.Timestamp(as_of)
+    end = as_of + pd.Timedelta(days=horizon_days)
+    begin = as_of - pd.Timedelta(days=horizon_days)
+    bought = lines[~lines["is_return"].astype(bool) & lines["customer_id"].isin(assigned["customer_id"])]
+    after = bought[(bought["ts"] > as_of) & (bought["ts"] <= end)]
+    before = bought[(bought["ts"] > begin) & (bought["ts"] <= as_of)]
+    rows = []
+    for segment, members in assigned.groupby("segment", sort=True)["customer_id"]:
+        mine_after = after[after["customer_id"].isin(members)]
+        spend_before = before.loc[before["customer_id"].isin(members), "amount"].sum()
+        rows.append({
+            "segment": segment,
+            "customers": len(members),
+            "below_usual_price_share": _mean(mine_after["below_usual"]),
+            "repeat_line_share": _mean(mine_after["repeat_line"]),
+            "churn_rate": float(1.0 - members.isin(mine_after["customer_id"]).mean()),
+            "spend_change": float(mine_after["amount"].sum() / spend_before - 1.0) if spend_before > 0 else np.nan,
+        })
+    return pd.DataFrame(rows, columns=["segment", "customers", "below_usual_price_share", "repeat_line_share",
+                                       "churn_rate", "spend_change"])
+
+
+def _mean(values: pd.Series) -> float:
+    known = values.dropna()
+    return float(known.mean()) if len(known) else np.nan
+
+
+def orderings(table: pd.DataFrame) -> dict[str, bool]:
+    """Whether each of the three hypothesised orderings holds among the three loyalty segments."""
+    three = table[table["segment"].isin(PERSONAS)].set_index("segment")
+    result = {}
+    for name, (column, segment, direction) in ORDERINGS.items():
+        values = three[column].dropna()
+        best = values.idxmax() if direction == "max" else values.idxmin()
+        result[name] = bool(len(values) == len(PERSONAS) and best == segment
+                            and (values == values[best]).sum() == 1)
+    return result
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The table as Markdown, shares and rates as percentages."""
+    lines = ["| segment | customers | lines below usual price | repeat-basket lines | churn rate | spend change |",
+             "|---|---|---|---|---|---|"]
+    for row in table.itertuples(index=False):
+        cells = [_percent(row.below_usual_price_share), _percent(row.repeat_line_share), _percent(row.churn_rate),
+                 _percent(row.spend_change, signed=True)]
+        lines.append(f"| {row.segment} | {row.customers} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _percent(value: float, signed: bool = False) -> str:
+    if value is None or np.isnan(value):
+        return "n/a"
+    return f"{value * 100:+.1f}%" if signed else f"{value * 100:.1f}%"
