@@ -144,7 +144,7 @@ def test_tuning_is_budgeted_seeded_and_keeps_the_best_trial() -> None:
     n = 2000
     frame = pd.DataFrame({"x": rng.normal(size=n), "z": rng.normal(size=n), "c": rng.choice(["a", "b"], n)})
     frame["churned"] = rng.random(n) < 1 / (1 + np.exp(-(frame["x"] * frame["z"] * 2)))
-    config = TrainConfig(seed=1, tuning={"n_trials": 3, "max_seconds": 600},
+    config = TrainConfig(seed=1, tuning={"n_trials": 3},
                          xgboost={"n_estimators": 60, "early_stopping_rounds": 5, "max_depth": 1})
     first = tune(frame.iloc[:1400], frame.iloc[1400:], ["x", "z"], ["c"], config)
     second = tune(frame.iloc[:1400], frame.iloc[1400:], ["x", "z"], ["c"], config)

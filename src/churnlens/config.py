@@ -156,7 +156,6 @@ class TuningConfig(_Section):
     """Random search over XGBoost parameters, judged by validation log loss; 0 trials = off."""
 
     n_trials: int = Field(4, ge=0)
-    max_seconds: float = Field(60.0, gt=0, description="stop starting new trials after this long")
     space: dict[Literal["max_depth", "learning_rate", "min_child_weight", "subsample", "colsample_bytree",
                         "reg_lambda"], list[float]] = {
         "max_depth": [3, 4, 5, 6], "learning_rate": [0.03, 0.05, 0.1], "min_child_weight": [1, 5, 20],
