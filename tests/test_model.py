@@ -39,10 +39,20 @@ def test_holdout_rows_never_reach_training() -> None:
 def test_split_explains_what_is_missing() -> None:
     with pytest.raises(ValueError, match=r"no cutoff has a complete label window"):
         temporal_split(grid(3, 0), FeaturesConfig(), TrainConfig())
-    with pytest.raises(ValueError, match=r"only 1 cutoff\(s\) are fully labelled before the holdout"):
-        temporal_split(grid(5, 4), FeaturesConfig(), TrainConfig())
-    with pytest.raises(ValueError, match=r"no cutoff is fully labelled before the first validation cutoff"):
-        temporal_split(grid(6, 5), FeaturesConfig(), TrainConfig())
+    with pytest.raises(ValueError, match=r"only 2 cutoff\(s\) have a complete label window.*every_days"):
+        temporal_split(grid(5, 2), FeaturesConfig(), TrainConfig())
+
+
+def test_short_history_splits_with_overlapping_labels_and_says_so() -> None:
+    """Six months of weekly cutoffs with a 90-day horizon: no strict split exists, a flagged one does."""
+    cutoffs = pd.date_range("2024-01-01", periods=26, freq="7D")
+    snapshots = pd.DataFrame({"customer_id": "A", "cutoff": cutoffs,
+                              "label_complete": cutoffs + pd.Timedelta(days=90) <= cutoffs[-1]})
+    split = temporal_split(snapshots, FeaturesConfig(horizon_days=90), TrainConfig(validation_cutoffs=1))
+    complete = [c for c in cutoffs if c + pd.Timedelta(days=90) <= cutoffs[-1]]
+    assert split.overlapping_labels and split.as_dict()["overlapping_labels"]
+    assert split.holdout == complete[-1] and split.validation == [complete[-2]] and split.train == complete[:-2]
+    assert not temporal_split(grid(12, 9), FeaturesConfig(), TrainConfig()).overlapping_labels
 
 
 def test_pipeline_learns_a_signal_and_handles_unseen_categories() -> None:
@@ -102,8 +112,8 @@ def test_backtest_folds_never_see_their_future_nor_the_holdout() -> None:
     snapshots = grid(14, complete_until=12)
     features, train = FeaturesConfig(horizon_days=60), TrainConfig(backtest_folds=3)
     final = temporal_split(snapshots, features, train)
-    folds = backtest_splits(snapshots, features, train)
-    assert len(folds) == 3
+    folds, skipped = backtest_splits(snapshots, features, train)
+    assert len(folds) == 3 and skipped == []
     span = pd.Timedelta(days=60)
     tests = [fold.holdout for fold in folds]
     assert tests == sorted(tests) and all(t + span <= final.holdout for t in tests)
@@ -111,7 +121,16 @@ def test_backtest_folds_never_see_their_future_nor_the_holdout() -> None:
         assert all(c + span <= fold.validation[0] for c in fold.train)
         assert all(v + span <= fold.holdout for v in fold.validation)
         assert final.holdout not in fold.train + fold.validation + [fold.holdout]
-    assert backtest_splits(snapshots, features, TrainConfig(backtest_folds=0)) == []
+    assert backtest_splits(snapshots, features, TrainConfig(backtest_folds=0)) == ([], [])
+
+
+def test_backtest_reports_every_fold_it_cannot_run_with_the_reason() -> None:
+    from churnlens.model import backtest_splits
+
+    snapshots = grid(14, complete_until=12)
+    folds, skipped = backtest_splits(snapshots, FeaturesConfig(horizon_days=60), TrainConfig(backtest_folds=8))
+    assert len(folds) + len(skipped) >= 8 - 1 and skipped
+    assert all(fold.reason for fold in skipped)
 
 
 @pytest.mark.parametrize("approximate", [False, True], ids=["exact", "approximate"])

@@ -174,10 +174,16 @@ class TrainConfig(_Section):
     xgboost: XGBoostParams = XGBoostParams()
     tuning: TuningConfig = TuningConfig()
     calibration: Literal["isotonic", "sigmoid", "none"] = Field(
-        "isotonic", description="fitted on the validation cutoffs, never on training rows"
+        "isotonic", description="fitted out of time: on cutoffs whose rows never trained the trees"
     )
     class_weight: Literal["none", "balanced"] = Field(
         "none", description="balanced = weight churners by negatives/positives (scale_pos_weight)"
+    )
+    probability_floor: float = Field(
+        0.005, gt=0, lt=0.5, description="calibrated probabilities stay within [floor, 1 - floor]"
+    )
+    equal_customer_weight: bool = Field(
+        True, description="weight rows 1 / (customer's rows), so dense grids do not favour long-tenured customers"
     )
 
 

@@ -26,20 +26,36 @@ class TemporalSplit:
 
     A training cutoff is used only if its whole label window ends at or before the cutoff it is
     judged on, so no label of a training row was observed after the validation/holdout instant.
+    A short history cannot hold three such generations (with a 90-day horizon that takes 270 days
+    of labelled cutoffs); then ``overlapping_labels`` is set: training and validation cutoffs only
+    precede the holdout, their label windows overlap it, and the holdout figures are optimistic.
     """
 
     train: list[pd.Timestamp]
     validation: list[pd.Timestamp]
     holdout: pd.Timestamp
+    overlapping_labels: bool = False
 
     def as_dict(self) -> dict:
         dates = lambda cs: [c.date().isoformat() for c in cs]  # noqa: E731
         return {"train": dates(self.train), "validation": dates(self.validation),
-                "holdout": self.holdout.date().isoformat()}
+                "holdout": self.holdout.date().isoformat(), "overlapping_labels": self.overlapping_labels}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TemporalSplit:
+        dates = lambda cs: [pd.Timestamp(c) for c in cs]  # noqa: E731
+        return cls(dates(data["train"]), dates(data["validation"]), pd.Timestamp(data["holdout"]),
+                   bool(data.get("overlapping_labels", False)))
 
 
-def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: TrainConfig) -> TemporalSplit:
-    complete = sorted(snapshots.loc[snapshots["label_complete"], "cutoff"].unique())
+def labelled_cutoffs(snapshots: pd.DataFrame) -> list[pd.Timestamp]:
+    """Cutoffs whose whole label window lies inside the data, in time order."""
+    return sorted(pd.Timestamp(c) for c in snapshots.loc[snapshots["label_complete"], "cutoff"].unique())
+
+
+def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: TrainConfig,
+                   allow_overlap: bool = True) -> TemporalSplit:
+    complete = labelled_cutoffs(snapshots)
     incomplete = sorted(set(snapshots["cutoff"].unique()) - set(complete))
     if incomplete:
         log.info("not used for training or evaluation (label window extends past the data): %s",
@@ -47,43 +63,73 @@ def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: Tra
     if not complete:
         raise ValueError("train: no cutoff has a complete label window; add data or shorten features.horizon_days")
     span = pd.Timedelta(days=features.lead_days + features.horizon_days)
-    holdout = pd.Timestamp(complete[-1])
-    labelled_before = lambda instant: [pd.Timestamp(c) for c in complete if pd.Timestamp(c) + span <= instant]  # noqa: E731
+    holdout = complete[-1]
+    labelled_before = lambda instant: [c for c in complete if c + span <= instant]  # noqa: E731
     candidates = labelled_before(holdout)
-    if len(candidates) < train.validation_cutoffs + 1:
+    if len(candidates) >= train.validation_cutoffs + 1:
+        validation = candidates[-train.validation_cutoffs:]
+        training = labelled_before(validation[0])
+        if training:
+            return TemporalSplit(train=training, validation=validation, holdout=holdout)
+    earlier = complete[:-1]
+    if not allow_overlap:
+        raise ValueError(f"no training cutoff's label window closes before a validation cutoff that closes before "
+                         f"{holdout.date()}")
+    if len(earlier) < train.validation_cutoffs + 1:
         raise ValueError(
-            f"train: only {len(candidates)} cutoff(s) are fully labelled before the holdout cutoff "
-            f"{holdout.date()}; need at least {train.validation_cutoffs + 1}. Add cutoffs (features.cutoffs."
-            "every_days) or data, or lower train.validation_cutoffs"
+            f"train: only {len(complete)} cutoff(s) have a complete label window (the last is {holdout.date()}); "
+            f"need at least {train.validation_cutoffs + 2} (train, validation, holdout). Add data, use a denser "
+            "grid (features.cutoffs.every_days, e.g. 7) or a smaller features.cutoffs.min_history_days, or lower "
+            "train.validation_cutoffs"
         )
-    validation = candidates[-train.validation_cutoffs:]
-    training = labelled_before(validation[0])
-    if not training:
-        raise ValueError(
-            f"train: no cutoff is fully labelled before the first validation cutoff {validation[0].date()}; "
-            "add cutoffs or data"
-        )
-    return TemporalSplit(train=training, validation=validation, holdout=holdout)
+    log.warning("train: the history is too short for label windows that close before the cutoff they are "
+                "judged on (%s of data per generation); training and validation cutoffs overlap the holdout's "
+                "label window, so its figures are optimistic", span)
+    return TemporalSplit(train=earlier[:-train.validation_cutoffs], validation=earlier[-train.validation_cutoffs:],
+                         holdout=holdout, overlapping_labels=True)
 
 
-def backtest_splits(snapshots: pd.DataFrame, features: FeaturesConfig, train: TrainConfig) -> list[TemporalSplit]:
+@dataclass(frozen=True)
+class SkippedFold:
+    test_cutoff: pd.Timestamp
+    reason: str
+
+
+def backtest_splits(snapshots: pd.DataFrame, features: FeaturesConfig, train: TrainConfig
+                    ) -> tuple[list[TemporalSplit], list[SkippedFold]]:
     """Expanding-window folds before the holdout: each fold is judged on one earlier cutoff.
 
     Fold k trains on every cutoff whose label window closed before its validation cutoff, which
     in turn closed before the fold's test cutoff; the final holdout cutoff is never a fold's test.
-    Folds that lack enough history are skipped (and logged).
+    Folds that lack enough history are returned as skipped, with the reason.
     """
     final = temporal_split(snapshots, features, train)
     span = pd.Timedelta(days=features.lead_days + features.horizon_days)
-    complete = sorted(pd.Timestamp(c) for c in snapshots.loc[snapshots["label_complete"], "cutoff"].unique())
+    complete = labelled_cutoffs(snapshots)
     candidates = [c for c in complete if c + span <= final.holdout][-train.backtest_folds:] if train.backtest_folds else []
+    if train.backtest_folds and len(candidates) < train.backtest_folds:
+        skipped = [SkippedFold(final.holdout, f"only {len(candidates)} cutoff(s) have labels closed by the holdout "
+                               f"{final.holdout.date()}; {train.backtest_folds - len(candidates)} fold(s) "
+                               "have no test cutoff")]
+    else:
+        skipped = []
     folds = []
     for test_cutoff in candidates:
         try:
-            folds.append(temporal_split(snapshots[snapshots["cutoff"] <= test_cutoff], features, train))
+            # A fold is as strict as the final split: overlapping labels only where nothing else exists.
+            fold = temporal_split(snapshots[snapshots["cutoff"] <= test_cutoff], features, train,
+                                  allow_overlap=final.overlapping_labels)
         except ValueError as exc:
+            skipped.append(SkippedFold(test_cutoff, str(exc)))
             log.info("backtest fold at %s skipped: %s", test_cutoff.date(), exc)
-    return folds
+            continue
+        folds.append(fold)
+    return folds, skipped
+
+
+def refit_cutoffs(snapshots: pd.DataFrame) -> list[pd.Timestamp]:
+    """The deployed model's training cutoffs: every cutoff whose labels closed by the data's end."""
+    return labelled_cutoffs(snapshots)
 
 
 def rows_at(snapshots: pd.DataFrame, cutoffs: list[pd.Timestamp]) -> pd.DataFrame:
@@ -133,6 +179,18 @@ def positive_weight(labels: pd.Series, config: TrainConfig) -> float:
     return float((len(labels) - positives) / positives) if positives else 1.0
 
 
+def customer_weights(rows: pd.DataFrame) -> np.ndarray:
+    """1 / (the customer's rows among ``rows``), scaled to mean 1: a customer present at every
+    cutoff of a dense grid counts as much as one seen at a single cutoff, not many times more."""
+    per_customer = rows.groupby("customer_id", sort=False)["customer_id"].transform("size").to_numpy(dtype=float)
+    weights = 1.0 / per_customer
+    return weights * len(weights) / weights.sum()
+
+
+def row_weights(rows: pd.DataFrame, config: TrainConfig) -> np.ndarray | None:
+    return customer_weights(rows) if config.equal_customer_weight and "customer_id" in rows else None
+
+
 def fit_with_early_stopping(train_rows: pd.DataFrame, validation_rows: pd.DataFrame, numeric: list[str],
                             categorical: list[str], config: TrainConfig) -> FittedModel:
     """Fit on the training cutoffs, stop early on the validation cutoffs, calibrate on them.
@@ -148,15 +206,69 @@ def fit_with_early_stopping(train_rows: pd.DataFrame, validation_rows: pd.DataFr
     validation_x = model_input(validation_rows, numeric, categorical)
     classifier.fit(
         preprocess.transform(model_input(train_rows, numeric, categorical)), train_rows[LABEL].astype(int),
-        eval_set=[(preprocess.transform(validation_x), validation_rows[LABEL].astype(int))], verbose=False,
+        sample_weight=row_weights(train_rows, config),
+        eval_set=[(preprocess.transform(validation_x), validation_rows[LABEL].astype(int))],
+        sample_weight_eval_set=[row_weights(validation_rows, config)] if config.equal_customer_weight else None,
+        verbose=False,
     )
     best = int(classifier.best_iteration) + 1
     logloss = float(classifier.evals_result()["validation_0"]["logloss"][best - 1])
     if config.calibration == "none":
         return FittedModel(pipeline, best, logloss)
-    calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=config.calibration)
-    calibrated.fit(validation_x, validation_rows[LABEL].astype(int))
-    return FittedModel(calibrated, best, logloss)
+    return FittedModel(calibrated(pipeline, validation_rows, numeric, categorical, config), best, logloss)
+
+
+def fit_trees(rows: pd.DataFrame, numeric: list[str], categorical: list[str], config: TrainConfig,
+              n_estimators: int) -> Pipeline:
+    """The same pipeline fitted on ``rows`` with a fixed number of trees (chosen out of time)."""
+    pipeline = build_pipeline(numeric, categorical, config, n_estimators=n_estimators)
+    pipeline.named_steps["classifier"].set_params(scale_pos_weight=positive_weight(rows[LABEL], config))
+    return pipeline.fit(model_input(rows, numeric, categorical), rows[LABEL].astype(int),
+                        classifier__sample_weight=row_weights(rows, config))
+
+
+def calibrated(pipeline: Pipeline, rows: pd.DataFrame, numeric: list[str], categorical: list[str],
+               config: TrainConfig) -> CalibratedClassifierCV:
+    """``pipeline`` (frozen) with a probability calibration fitted on ``rows``, which must be out of
+    time for its trees. Probabilities stay within [floor, 1 - floor]: an isotonic step fitted on a
+    few customers would otherwise promise certainty (p = 0 or 1) that a later season breaks."""
+    floor = config.probability_floor
+    model = CalibratedClassifierCV(FrozenEstimator(pipeline), method=config.calibration)
+    x, y = model_input(rows, numeric, categorical), rows[LABEL].astype(int)
+    model.fit(x, y)
+    if config.calibration == "isotonic":
+        scores = pipeline.predict_proba(x)[:, 1]
+        model.calibrated_classifiers_[0].calibrators[0].set_params(y_min=floor, y_max=1 - floor).fit(scores, y)
+    return model
+
+
+@dataclass(frozen=True)
+class DeployedModel:
+    pipeline: Pipeline | CalibratedClassifierCV
+    train_cutoffs: list[pd.Timestamp]
+    calibration_cutoffs: list[pd.Timestamp]
+
+
+def deployed_model(snapshots: pd.DataFrame, split: TemporalSplit, evaluated: FittedModel, numeric: list[str],
+                   categorical: list[str], config: TrainConfig) -> DeployedModel:
+    """The model that scores today: the evaluated procedure refit on every labelled cutoff.
+
+    The trees see the freshest labels, with the number of trees chosen out of time by the
+    evaluated fit. Its calibration cannot be fitted on its own training rows (in-sample scores
+    are overconfident), so it is fitted on the evaluated trees' out-of-time scores at the latest
+    labelled cutoffs (validation and holdout: neither trained those trees), then applied to the
+    refit trees, which share the settings and the number of trees.
+    """
+    cutoffs = refit_cutoffs(snapshots)
+    trees = fit_trees(rows_at(snapshots, cutoffs), numeric, categorical, config, evaluated.best_iteration)
+    if config.calibration == "none":
+        return DeployedModel(trees, cutoffs, [])
+    out_of_time = [*split.validation, split.holdout]
+    model = calibrated(tree_pipeline(evaluated.pipeline), rows_at(snapshots, out_of_time), numeric, categorical,
+                       config)
+    model.estimator = FrozenEstimator(trees)
+    model.calibrated_classifiers_[0].estimator = FrozenEstimator(trees)
+    return DeployedModel(model, cutoffs, out_of_time)
 
 
 def tree_pipeline(model: Pipeline | CalibratedClassifierCV) -> Pipeline:
