@@ -51,7 +51,15 @@ def test_short_history_splits_with_overlapping_labels_and_says_so() -> None:
     split = temporal_split(snapshots, FeaturesConfig(horizon_days=90), TrainConfig(validation_cutoffs=1))
     complete = [c for c in cutoffs if c + pd.Timedelta(days=90) <= cutoffs[-1]]
     assert split.overlapping_labels and split.as_dict()["overlapping_labels"]
-    assert split.holdout == complete[-1] and split.validation == [complete[-2]] and split.train == complete[:-2]
+    assert split.holdout == complete[-1] and split.validation == split.train == complete[:-1]
+    # Time cannot separate the rows, so customers do: the trees never see a validated or judged customer.
+    customers = pd.DataFrame({"customer_id": [f"c{i}" for i in range(400)]}).merge(
+        pd.DataFrame({"cutoff": cutoffs, "label_complete": snapshots["label_complete"]}), how="cross")
+    trained_on = set(split.train_rows(customers)["customer_id"])
+    judged = set(split.holdout_rows(customers)["customer_id"])
+    assert trained_on.isdisjoint(set(split.validation_rows(customers)["customer_id"]))
+    assert trained_on.isdisjoint(judged) and 60 < len(judged) < 140
+    assert judged == set(split.validation_rows(customers)["customer_id"])
     assert not temporal_split(grid(12, 9), FeaturesConfig(), TrainConfig()).overlapping_labels
 
 
@@ -173,3 +181,49 @@ def test_tuning_is_budgeted_seeded_and_keeps_the_best_trial() -> None:
     assert first.trials[0]["validation_logloss"] >= best["validation_logloss"]
     off = config.model_copy(update={"tuning": config.tuning.model_copy(update={"n_trials": 0})})
     assert tune(frame.iloc[:1400], frame.iloc[1400:], ["x", "z"], ["c"], off).config == off
+
+
+def drifting_snapshots(n_cutoffs: int = 12, per_cutoff: int = 1500, seed: int = 5) -> pd.DataFrame:
+    """Monthly cutoffs whose churn base rate climbs over time; x carries the same signal throughout.
+    The last three cutoffs' labels are not complete yet."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k, cutoff in enumerate(pd.date_range("2024-01-01", periods=n_cutoffs, freq="30D")):
+        x = rng.normal(size=per_cutoff)
+        churned = rng.random(per_cutoff) < 1 / (1 + np.exp(-(2 * x - 2.0 + 0.25 * k)))
+        frames.append(pd.DataFrame({"customer_id": [f"c{i}" for i in range(per_cutoff)], "cutoff": cutoff, "x": x,
+                                    "noise": rng.normal(size=per_cutoff), "churned": churned,
+                                    "label_complete": k < n_cutoffs - 3}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_deployed_refit_trains_on_exactly_the_labelled_cutoffs_and_calibrates_out_of_time() -> None:
+    from churnlens.model import deployed_model
+
+    snapshots = drifting_snapshots()
+    # Make the still-open cutoffs poison: if they reached the refit, x's sign would flip.
+    open_rows = ~snapshots["label_complete"]
+    snapshots.loc[open_rows, "churned"] = snapshots.loc[open_rows, "x"] < 0
+    features, config = FeaturesConfig(horizon_days=60), TrainConfig(calibration="isotonic",
+                                                                     xgboost={"n_estimators": 80, "max_depth": 2})
+    split = temporal_split(snapshots, features, config)
+    evaluated = fit_with_early_stopping(rows_at(snapshots, split.train), rows_at(snapshots, split.validation),
+                                        ["x", "noise"], [], config)
+    deployed = deployed_model(snapshots, split, evaluated, ["x", "noise"], [], config)
+    labelled = sorted(pd.Timestamp(c) for c in snapshots.loc[snapshots["label_complete"], "cutoff"].unique())
+    assert deployed.train_cutoffs == labelled
+    assert deployed.calibration_cutoffs == labelled[-2:]  # the latest labelled cutoffs
+    assert max(split.train) < split.holdout <= max(deployed.train_cutoffs)
+
+    from sklearn.metrics import roc_auc_score
+
+    future = drifting_snapshots(n_cutoffs=9, seed=9)
+    future = future[future["cutoff"] == future["cutoff"].max()]  # the base rate of the latest labelled cutoff
+    probability = churn_probability(deployed.pipeline, future, ["x", "noise"], [])
+    assert roc_auc_score(future["churned"], probability) > 0.8
+    floor = config.probability_floor - 1e-6  # float32 scores
+    assert probability.min() >= floor and probability.max() <= 1 - floor
+    # Calibrated on the latest out-of-time cutoffs, the mean tracks the moved base rate.
+    stale = churn_probability(evaluated.pipeline, future, ["x", "noise"], [])
+    assert abs(probability.mean() - future["churned"].mean()) < 0.03
+    assert abs(probability.mean() - future["churned"].mean()) < abs(stale.mean() - future["churned"].mean())

@@ -20,6 +20,16 @@ log = logging.getLogger(__name__)
 LABEL = "churned"
 
 
+CUSTOMER_GROUPS = 4  # one in four customers is held out where time alone cannot separate the rows
+
+
+def held_out_customers(customer_ids: pd.Series) -> np.ndarray:
+    """A fixed quarter of the customers (by a seeded hash of the id, so the same on every run and
+    every cutoff): never trained on where they serve as validation or calibration rows."""
+    hashed = pd.util.hash_pandas_object(customer_ids.astype(str), index=False).to_numpy()
+    return hashed % CUSTOMER_GROUPS == 0
+
+
 @dataclass(frozen=True)
 class TemporalSplit:
     """Which cutoffs train, validate (early stopping) and hold out the model.
@@ -27,8 +37,10 @@ class TemporalSplit:
     A training cutoff is used only if its whole label window ends at or before the cutoff it is
     judged on, so no label of a training row was observed after the validation/holdout instant.
     A short history cannot hold three such generations (with a 90-day horizon that takes 270 days
-    of labelled cutoffs); then ``overlapping_labels`` is set: training and validation cutoffs only
-    precede the holdout, their label windows overlap it, and the holdout figures are optimistic.
+    of labelled cutoffs); then ``overlapping_labels`` is set: the training cutoffs only precede
+    the holdout and their label windows overlap it, so the customers are split too: trees learn
+    from three quarters of them, the held-out quarter validates (at the training cutoffs) and is
+    judged at the holdout. Their figures are less strict than a purely out-of-time holdout.
     """
 
     train: list[pd.Timestamp]
@@ -46,6 +58,21 @@ class TemporalSplit:
         dates = lambda cs: [pd.Timestamp(c) for c in cs]  # noqa: E731
         return cls(dates(data["train"]), dates(data["validation"]), pd.Timestamp(data["holdout"]),
                    bool(data.get("overlapping_labels", False)))
+
+    def _rows(self, snapshots: pd.DataFrame, cutoffs: list[pd.Timestamp], held_out: bool | None) -> pd.DataFrame:
+        rows = rows_at(snapshots, cutoffs)
+        if not self.overlapping_labels or held_out is None:
+            return rows
+        return rows[held_out_customers(rows["customer_id"]) == held_out]
+
+    def train_rows(self, snapshots: pd.DataFrame) -> pd.DataFrame:
+        return self._rows(snapshots, self.train, held_out=False)
+
+    def validation_rows(self, snapshots: pd.DataFrame) -> pd.DataFrame:
+        return self._rows(snapshots, self.validation, held_out=True)
+
+    def holdout_rows(self, snapshots: pd.DataFrame) -> pd.DataFrame:
+        return self._rows(snapshots, [self.holdout], held_out=True)
 
 
 def labelled_cutoffs(snapshots: pd.DataFrame) -> list[pd.Timestamp]:
@@ -75,18 +102,17 @@ def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: Tra
     if not allow_overlap:
         raise ValueError(f"no training cutoff's label window closes before a validation cutoff that closes before "
                          f"{holdout.date()}")
-    if len(earlier) < train.validation_cutoffs + 1:
+    if len(earlier) < 2:
         raise ValueError(
             f"train: only {len(complete)} cutoff(s) have a complete label window (the last is {holdout.date()}); "
-            f"need at least {train.validation_cutoffs + 2} (train, validation, holdout). Add data, use a denser "
+            "need at least 3 (train, validation, holdout). Add data, use a denser "
             "grid (features.cutoffs.every_days, e.g. 7) or a smaller features.cutoffs.min_history_days, or lower "
             "train.validation_cutoffs"
         )
     log.warning("train: the history is too short for label windows that close before the cutoff they are "
-                "judged on (%s of data per generation); training and validation cutoffs overlap the holdout's "
-                "label window, so its figures are optimistic", span)
-    return TemporalSplit(train=earlier[:-train.validation_cutoffs], validation=earlier[-train.validation_cutoffs:],
-                         holdout=holdout, overlapping_labels=True)
+                "judged on (%s of data per generation); the training labels overlap the holdout's label window, "
+                "so a held-out quarter of the customers validates and is judged instead", span)
+    return TemporalSplit(train=earlier, validation=earlier, holdout=holdout, overlapping_labels=True)
 
 
 @dataclass(frozen=True)
@@ -253,22 +279,27 @@ def deployed_model(snapshots: pd.DataFrame, split: TemporalSplit, evaluated: Fit
                    categorical: list[str], config: TrainConfig) -> DeployedModel:
     """The model that scores today: the evaluated procedure refit on every labelled cutoff.
 
-    The trees see the freshest labels, with the number of trees chosen out of time by the
-    evaluated fit. Its calibration cannot be fitted on its own training rows (in-sample scores
-    are overconfident), so it is fitted on the evaluated trees' out-of-time scores at the latest
-    labelled cutoffs (validation and holdout: neither trained those trees), then applied to the
-    refit trees, which share the settings and the number of trees.
+    The trees see the freshest labels, with the number of trees the evaluated fit chose on rows it
+    did not train on. The calibration cannot be fitted on the refit's own training rows (in-sample
+    scores are overconfident), nor carried over from older trees (their scores lag the base rate
+    the refit already learned). So a twin of the refit, trained on the same cutoffs without the
+    held-out quarter of the customers, scores that quarter at the latest labelled cutoffs
+    (``split.validation`` + holdout, or the holdout alone when that is all there is); the
+    calibration fitted there is applied to the refit's trees.
     """
     cutoffs = refit_cutoffs(snapshots)
-    trees = fit_trees(rows_at(snapshots, cutoffs), numeric, categorical, config, evaluated.best_iteration)
+    rows = rows_at(snapshots, cutoffs)
+    trees = fit_trees(rows, numeric, categorical, config, evaluated.best_iteration)
     if config.calibration == "none":
         return DeployedModel(trees, cutoffs, [])
-    out_of_time = [*split.validation, split.holdout]
-    model = calibrated(tree_pipeline(evaluated.pipeline), rows_at(snapshots, out_of_time), numeric, categorical,
-                       config)
+    held_out = held_out_customers(rows["customer_id"])
+    twin = fit_trees(rows[~held_out], numeric, categorical, config, evaluated.best_iteration)
+    latest = cutoffs[-len(split.validation) - 1:] if not split.overlapping_labels else cutoffs[-1:]
+    calibration_rows = rows[held_out & rows["cutoff"].isin(latest).to_numpy()]
+    model = calibrated(twin, calibration_rows, numeric, categorical, config)
     model.estimator = FrozenEstimator(trees)
     model.calibrated_classifiers_[0].estimator = FrozenEstimator(trees)
-    return DeployedModel(model, cutoffs, out_of_time)
+    return DeployedModel(model, cutoffs, latest)
 
 
 def tree_pipeline(model: Pipeline | CalibratedClassifierCV) -> Pipeline:

@@ -134,7 +134,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     snapshots = pd.read_parquet(snapshots_path)
     lists = FeatureLists.from_report(io.read_json(features_report))
     split = model.temporal_split(snapshots, params.features, params.train)
-    train_rows, validation_rows = model.rows_at(snapshots, split.train), model.rows_at(snapshots, split.validation)
+    train_rows, validation_rows = split.train_rows(snapshots), split.validation_rows(snapshots)
     tuned = model.tune(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
     params = params.model_copy(update={"train": tuned.config})
     # The evaluated procedure (trained strictly before the holdout) fixes the number of trees and
@@ -194,10 +194,9 @@ def backtest(snapshots: pd.DataFrame, lists: FeatureLists, params: Params) -> tu
     metrics: dict[str, float] = {}
     folds, skipped = model.backtest_splits(snapshots, params.features, params.train)
     for number, split in enumerate(folds, start=1):
-        fitted = model.fit_with_early_stopping(model.rows_at(snapshots, split.train),
-                                               model.rows_at(snapshots, split.validation),
+        fitted = model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
                                                lists.numeric, lists.categorical, params.train)
-        test = model.rows_at(snapshots, [split.holdout])
+        test = split.holdout_rows(snapshots)
         probability = model.churn_probability(fitted.pipeline, test, lists.numeric, lists.categorical)
         result = ev.classification_metrics(test[model.LABEL].to_numpy(dtype=int), probability,
                                            params.evaluate.top_fraction)
@@ -233,8 +232,7 @@ def evaluated_procedure(snapshots: pd.DataFrame, trained: dict, metadata: dict, 
     split = model.TemporalSplit.from_dict(trained["split"])
     config = params.train.model_copy(
         update={"xgboost": params.train.xgboost.model_copy(update=trained["chosen_xgboost"])})
-    return model.fit_with_early_stopping(model.rows_at(snapshots, split.train),
-                                         model.rows_at(snapshots, split.validation),
+    return model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
                                          metadata["numeric_features"], metadata["categorical_features"], config)
 
 
@@ -246,10 +244,10 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     config = params.evaluate
     trained = io.read_json(train_report)
     snapshots = pd.read_parquet(snapshots_path)
-    holdout_cutoff = pd.Timestamp(trained["split"]["holdout"])
-    holdout = snapshots[snapshots["cutoff"] == holdout_cutoff]
-    training_cutoffs = [pd.Timestamp(c) for c in trained["split"]["train"] + trained["split"]["validation"]]
-    train_rows = model.rows_at(snapshots, training_cutoffs)
+    split = model.TemporalSplit.from_dict(trained["split"])
+    holdout_cutoff = split.holdout
+    holdout = split.holdout_rows(snapshots)
+    train_rows = model.rows_at(snapshots, sorted(set(split.train + split.validation)))
     y = holdout[model.LABEL].to_numpy(dtype=int)
 
     challenger = tracking.load_model(str(model_dir))
