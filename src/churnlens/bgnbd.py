@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import betaln, gammaln, roots_jacobi
+from scipy import special
+from scipy.special import gammaln
 
 DAYS_PER_UNIT = 7.0
 # log-parameter bounds: wide enough that a fit on real data sits inside them (checked in tests).
 LOG_BOUNDS = (-9.0, 9.0)
-_QUADRATURE_NODES = 64
+_LOGIT_GRID = np.linspace(-30.0, 30.0, 601)
 
 
 @dataclass(frozen=True)
@@ -58,18 +59,23 @@ class BGNBD:
 
         An alive customer with rate lambda and dropout p buys (1 - exp(-lambda p H)) / p times in
         expectation; over the Gamma posterior of lambda that is (1 - (rate / (rate + p H))^shape) / p,
-        integrated over the Beta(a, b + x) posterior of p by Gauss-Jacobi quadrature. This holds for
-        any a > 0 (the textbook hypergeometric form needs a > 1).
+        averaged over the Beta(a, b + x) posterior of p on a fine logit grid, normalised numerically.
+        This holds for any a, b > 0 (the textbook hypergeometric form needs a > 1) and stays finite
+        for the extreme parameters of a fit on a handful of customers.
         """
         x, t_x, t, shape, rate = self._posterior(x, t_x, t)
-        nodes, weights = roots_jacobi(_QUADRATURE_NODES, self.b - 1, self.a - 1)
-        p = (nodes + 1) / 2  # weight (1 - p)^(b - 1) p^(a - 1) on [0, 1], times 2^(a + b - 1)
-        p_matrix = p[None, :]
-        per_p = -np.expm1(shape[:, None] * (np.log(rate[:, None]) - np.log(rate[:, None] + p_matrix * horizon)))
-        integrand = per_p / p_matrix * np.exp(x[:, None] * np.log1p(-p_matrix))
-        log_norm = (self.a + self.b - 1) * np.log(2) + betaln(self.a, self.b + x)
-        integral = integrand @ weights / np.exp(log_norm)
-        return self.probability_alive(x, t_x, t) * integral
+        p = special.expit(_LOGIT_GRID)[None, :]
+        log_p, log_q = np.log(p), np.log1p(-p)
+        average = np.empty(len(x))
+        for start in range(0, len(x), 5_000):  # bounded memory: rows x grid points per chunk
+            part = slice(start, start + 5_000)
+            # Beta density times the logit Jacobian p (1 - p): p^a (1 - p)^(b + x) on the grid.
+            log_weight = self.a * log_p + (self.b + x[part, None]) * log_q
+            weight = np.exp(log_weight - special.logsumexp(log_weight, axis=1, keepdims=True))
+            k, c = shape[part, None], rate[part, None]
+            per_p = -np.expm1(k * (np.log(c) - np.log(c + p * horizon))) / p
+            average[part] = np.sum(weight * per_p, axis=1)
+        return self.probability_alive(x, t_x, t) * average
 
 
 def log_likelihood(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -107,6 +113,53 @@ def at_bound(model: BGNBD) -> list[str]:
     """Names of the parameters the optimiser left on a bound (a sign the fit is unreliable)."""
     return [name for name, value in vars(model).items()
             if not LOG_BOUNDS[0] + 1e-3 < np.log(value) < LOG_BOUNDS[1] - 1e-3]
+
+
+# ---------------------------------------------------------------- features: one fit per cutoff
+BTYD_FEATURES = ("btyd_p_alive", "btyd_expected_purchases_horizon", "btyd_p_no_purchase_horizon")
+BTYD_INPUTS = ("purchase_days_lifetime", "days_since_first_purchase", "days_since_last_purchase")
+MAX_FIT_CUSTOMERS = 100_000  # a larger cutoff is fitted on a deterministic sample of this size
+
+
+def _fit_inputs(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # Rounded to a microsecond-scale grid: engines that sum in another order give bit-identical
+    # inputs, hence identical fits.
+    return tuple(np.round(v, 9) for v in rfm_inputs(frame))
+
+
+def fit_for_cutoff(frame) -> BGNBD:
+    """BG/NBD fitted on one cutoff's customers (their statistics stop at the cutoff). Above
+    MAX_FIT_CUSTOMERS, every k-th customer in id order: the same sample on every engine."""
+    ordered = frame.sort_values("customer_id", kind="stable")
+    step = max(1, -(-len(ordered) // MAX_FIT_CUSTOMERS))
+    return fit_bgnbd(*_fit_inputs(ordered.iloc[::step]))
+
+
+def btyd_columns(frame, model: BGNBD, horizon_days: int):
+    """P(alive), expected purchases and P(no purchase) in the label horizon, per row of ``frame``."""
+    import pandas as pd
+
+    inputs = _fit_inputs(frame)
+    horizon = horizon_days / DAYS_PER_UNIT
+    values = (model.probability_alive(*inputs), model.expected_purchases(horizon, *inputs),
+              model.probability_no_purchase(horizon, *inputs))
+    return pd.DataFrame(dict(zip(BTYD_FEATURES, values, strict=True)), index=frame.index)
+
+
+def fits_per_cutoff(frame) -> dict:
+    """One BG/NBD per cutoff of a snapshot frame (customer_id, cutoff and the history features)."""
+    return {cutoff: fit_for_cutoff(rows) for cutoff, rows in frame.groupby("cutoff", sort=True)}
+
+
+def with_btyd_features(frame, horizon_days: int, fits: dict | None = None):
+    """``frame`` with the BTYD columns appended, each cutoff scored by its own fit."""
+    import pandas as pd
+
+    fits = fits_per_cutoff(frame) if fits is None else fits
+    if frame.empty:
+        return frame.assign(**{name: pd.Series(dtype="float64") for name in BTYD_FEATURES})
+    parts = [btyd_columns(rows, fits[cutoff], horizon_days) for cutoff, rows in frame.groupby("cutoff", sort=True)]
+    return pd.concat([frame, pd.concat(parts).reindex(frame.index)], axis=1)
 
 
 def rfm_inputs(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

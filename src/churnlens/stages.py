@@ -427,7 +427,10 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
 def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp, data_end: pd.Timestamp
            ) -> pd.Timestamp:
     instant = as_of if as_of is not None else ft.scoring_cutoff(params.features, data_end)
-    if not data_start < instant <= data_end.normalize() + pd.Timedelta(days=1):
+    # A few quiet days between the last event and the scoring date are normal (weekends, holidays);
+    # more than a month (or a horizon) without a single event means the data is not current.
+    quiet = pd.Timedelta(days=min(params.features.horizon_days, 30))
+    if not data_start < instant <= data_end.normalize() + pd.Timedelta(days=1) + quiet:
         raise ValueError(
             f"score: as-of {instant.date()} is outside the data, which spans {data_start.date()} .. "
             f"{data_end.date()}; pick a date inside it"
