@@ -68,3 +68,10 @@ def test_windows_must_increase() -> None:
     raw["features"]["windows_days"] = [90, 30]
     with pytest.raises(ConfigError, match=r"features\.windows_days: .*strictly increasing"):
         parse_params(raw)
+
+
+def test_tuning_budget_is_a_number_of_trials_not_seconds() -> None:
+    from churnlens.config import TrainConfig
+
+    with pytest.raises(ValueError, match="max_seconds"):
+        TrainConfig(tuning={"n_trials": 2, "max_seconds": 60})
