@@ -114,6 +114,9 @@ class CutoffGrid(_Section):
     end: dt.date | None = Field(None, description="last cutoff; null = data end")
     every_days: int = Field(30, ge=1)
     min_history_days: int = Field(180, ge=0)
+    short_history_every_days: int | None = Field(
+        7, ge=1, description="grid step while under a year of cutoffs can be labelled; null = every_days always"
+    )
 
 
 class FeaturesConfig(_Section):

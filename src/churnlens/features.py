@@ -354,7 +354,13 @@ def cutoff_grid(config: FeaturesConfig, data_start: pd.Timestamp, data_end: pd.T
             f"features.cutoffs: the first cutoff {start.date()} is after the last {end.date()}; the data spans "
             f"{data_start.date()} .. {data_end.date()}. Lower features.cutoffs.min_history_days or set start/end"
         )
-    return list(pd.date_range(start, end, freq=f"{grid.every_days}D"))
+    step = grid.every_days
+    labelled_span = end - pd.Timedelta(days=config.lead_days + config.horizon_days) - start
+    if grid.short_history_every_days and labelled_span < pd.Timedelta(days=365):
+        # A young log has few labelled cutoffs: a denser grid gives the split enough of them
+        # (training rows are weighted per customer, so repeated customers do not dominate).
+        step = min(step, grid.short_history_every_days)
+    return list(pd.date_range(start, end, freq=f"{step}D"))
 
 
 def scoring_cutoff(config: FeaturesConfig, data_end: pd.Timestamp) -> pd.Timestamp:
