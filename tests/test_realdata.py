@@ -12,7 +12,7 @@ import pytest
 from conftest import PROJECT_ROOT
 
 sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
-import realdata_benchmark as bench  # noqa: E402
+import realdata_benchmark as bench
 
 pytestmark = [
     pytest.mark.e2e,
