@@ -180,7 +180,7 @@ def test_cutoff_grid_from_data_span() -> None:
 def test_cutoff_grid_is_weekly_while_the_log_is_young() -> None:
     young = (pd.Timestamp("2024-01-01"), pd.Timestamp("2024-09-30"))  # ~6 months of labelled cutoffs
     mature = (pd.Timestamp("2022-01-01"), pd.Timestamp("2024-09-30"))
-    config = FeaturesConfig(cutoffs={"every_days": 30, "min_history_days": 60})
+    config = FeaturesConfig(cutoffs={"every_days": 30, "min_history_days": 60, "short_history_every_days": 7})
     steps = lambda grid: {(b - a).days for a, b in itertools.pairwise(grid)}  # noqa: E731
     assert steps(cutoff_grid(config, *young)) == {7}
     assert steps(cutoff_grid(config, *mature)) == {30}

@@ -115,7 +115,7 @@ class CutoffGrid(_Section):
     every_days: int = Field(30, ge=1)
     min_history_days: int = Field(180, ge=0)
     short_history_every_days: int | None = Field(
-        7, ge=1, description="grid step while under a year of cutoffs can be labelled; null = every_days always"
+        None, ge=1, description="grid step while under a year of cutoffs can be labelled; null = every_days always"
     )
 
 
