@@ -22,7 +22,7 @@ def small_params_dict(**overrides: dict) -> dict:
     """The real params.yaml, shrunk to a data set that runs in seconds."""
     raw = project_params_dict()
     raw["simulate"].update({"n_customers": 600, "n_days": 540, "customers_per_chunk": 250})
-    raw["features"]["cutoffs"].update({"min_history_days": 120, "every_days": 30})
+    raw["features"]["cutoffs"].update({"min_history_days": 120, "every_days": 30, "short_history_every_days": None})
     raw["train"]["xgboost"].update({"n_estimators": 60, "early_stopping_rounds": 10})
     for section, values in overrides.items():
         raw[section].update(values)

@@ -108,3 +108,10 @@ def test_spark_driver_memory_must_be_a_jvm_size(memory: str) -> None:
     raw["engine"]["spark_driver_memory"] = memory
     with pytest.raises(ConfigError, match=r"engine\.spark_driver_memory: String should match pattern"):
         parse_params(raw)
+
+
+def test_tuning_budget_is_a_number_of_trials_not_seconds() -> None:
+    from churnlens.config import TrainConfig
+
+    with pytest.raises(ValueError, match="max_seconds"):
+        TrainConfig(tuning={"n_trials": 2, "max_seconds": 60})

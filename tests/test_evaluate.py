@@ -59,3 +59,16 @@ def test_no_campaign_when_nothing_pays() -> None:
 
     curve = profit_curve(np.array([0, 0]), np.array([0.5, 0.4]), np.array([10.0, 10.0]), 1.0, 1.0, 0.5)
     assert best_campaign(curve) == {"best_share_targeted": 0.0, "max_expected_profit": 0.0}
+
+
+def test_expected_calibration_error_measures_the_reliability_gap() -> None:
+    from churnlens.evaluate import expected_calibration_error
+
+    rng = np.random.default_rng(3)
+    probability = rng.uniform(0.05, 0.95, 50_000)
+    y = (rng.random(50_000) < probability).astype(int)
+    assert expected_calibration_error(y, probability) < 0.01
+    shifted = np.clip(probability + 0.1, 0, 1)
+    assert expected_calibration_error(y, shifted) == pytest.approx(np.mean(shifted - probability), abs=0.01)
+    metrics = classification_metrics(y, probability, 0.1)
+    assert metrics["ece"] == expected_calibration_error(y, probability)

@@ -169,12 +169,23 @@ def test_every_family_has_features_and_catalog_is_current() -> None:
 
 
 def test_cutoff_grid_from_data_span() -> None:
-    config = FeaturesConfig(cutoffs={"every_days": 30, "min_history_days": 60})
+    config = FeaturesConfig(cutoffs={"every_days": 30, "min_history_days": 60, "short_history_every_days": None})
     grid = cutoff_grid(config, pd.Timestamp("2024-01-01 08:00"), pd.Timestamp("2024-06-15 10:00"))
     assert grid[0] == pd.Timestamp("2024-03-01") and grid[-1] <= pd.Timestamp("2024-06-15")
     assert all((b - a).days == 30 for a, b in itertools.pairwise(grid))
     with pytest.raises(ValueError, match="min_history_days"):
         cutoff_grid(FeaturesConfig(cutoffs={"min_history_days": 400}), grid[0], grid[-1])
+
+
+def test_cutoff_grid_is_weekly_while_the_log_is_young() -> None:
+    young = (pd.Timestamp("2024-01-01"), pd.Timestamp("2024-09-30"))  # ~6 months of labelled cutoffs
+    mature = (pd.Timestamp("2022-01-01"), pd.Timestamp("2024-09-30"))
+    config = FeaturesConfig(cutoffs={"every_days": 30, "min_history_days": 60, "short_history_every_days": 7})
+    steps = lambda grid: {(b - a).days for a, b in itertools.pairwise(grid)}  # noqa: E731
+    assert steps(cutoff_grid(config, *young)) == {7}
+    assert steps(cutoff_grid(config, *mature)) == {30}
+    off = FeaturesConfig(cutoffs={"every_days": 30, "min_history_days": 60, "short_history_every_days": None})
+    assert steps(cutoff_grid(off, *young)) == {30}
 
 
 # ---------------------------------------------------------------- leakage, property-based

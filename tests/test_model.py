@@ -39,10 +39,28 @@ def test_holdout_rows_never_reach_training() -> None:
 def test_split_explains_what_is_missing() -> None:
     with pytest.raises(ValueError, match=r"no cutoff has a complete label window"):
         temporal_split(grid(3, 0), FeaturesConfig(), TrainConfig())
-    with pytest.raises(ValueError, match=r"only 1 cutoff\(s\) are fully labelled before the holdout"):
-        temporal_split(grid(5, 4), FeaturesConfig(), TrainConfig())
-    with pytest.raises(ValueError, match=r"no cutoff is fully labelled before the first validation cutoff"):
-        temporal_split(grid(6, 5), FeaturesConfig(), TrainConfig())
+    with pytest.raises(ValueError, match=r"only 2 cutoff\(s\) have a complete label window.*every_days"):
+        temporal_split(grid(5, 2), FeaturesConfig(), TrainConfig())
+
+
+def test_short_history_splits_with_overlapping_labels_and_says_so() -> None:
+    """Six months of weekly cutoffs with a 90-day horizon: no strict split exists, a flagged one does."""
+    cutoffs = pd.date_range("2024-01-01", periods=26, freq="7D")
+    snapshots = pd.DataFrame({"customer_id": "A", "cutoff": cutoffs,
+                              "label_complete": cutoffs + pd.Timedelta(days=90) <= cutoffs[-1]})
+    split = temporal_split(snapshots, FeaturesConfig(horizon_days=90), TrainConfig(validation_cutoffs=1))
+    complete = [c for c in cutoffs if c + pd.Timedelta(days=90) <= cutoffs[-1]]
+    assert split.overlapping_labels and split.as_dict()["overlapping_labels"]
+    assert split.holdout == complete[-1] and split.validation == split.train == complete[:-1]
+    # Time cannot separate the rows, so customers do: the trees never see a validated or judged customer.
+    customers = pd.DataFrame({"customer_id": [f"c{i}" for i in range(400)]}).merge(
+        pd.DataFrame({"cutoff": cutoffs, "label_complete": snapshots["label_complete"]}), how="cross")
+    trained_on = set(split.train_rows(customers)["customer_id"])
+    judged = set(split.holdout_rows(customers)["customer_id"])
+    assert trained_on.isdisjoint(set(split.validation_rows(customers)["customer_id"]))
+    assert trained_on.isdisjoint(judged) and 60 < len(judged) < 140
+    assert judged == set(split.validation_rows(customers)["customer_id"])
+    assert not temporal_split(grid(12, 9), FeaturesConfig(), TrainConfig()).overlapping_labels
 
 
 def test_pipeline_learns_a_signal_and_handles_unseen_categories() -> None:
@@ -102,8 +120,8 @@ def test_backtest_folds_never_see_their_future_nor_the_holdout() -> None:
     snapshots = grid(14, complete_until=12)
     features, train = FeaturesConfig(horizon_days=60), TrainConfig(backtest_folds=3)
     final = temporal_split(snapshots, features, train)
-    folds = backtest_splits(snapshots, features, train)
-    assert len(folds) == 3
+    folds, skipped = backtest_splits(snapshots, features, train)
+    assert len(folds) == 3 and skipped == []
     span = pd.Timedelta(days=60)
     tests = [fold.holdout for fold in folds]
     assert tests == sorted(tests) and all(t + span <= final.holdout for t in tests)
@@ -111,7 +129,16 @@ def test_backtest_folds_never_see_their_future_nor_the_holdout() -> None:
         assert all(c + span <= fold.validation[0] for c in fold.train)
         assert all(v + span <= fold.holdout for v in fold.validation)
         assert final.holdout not in fold.train + fold.validation + [fold.holdout]
-    assert backtest_splits(snapshots, features, TrainConfig(backtest_folds=0)) == []
+    assert backtest_splits(snapshots, features, TrainConfig(backtest_folds=0)) == ([], [])
+
+
+def test_backtest_reports_every_fold_it_cannot_run_with_the_reason() -> None:
+    from churnlens.model import backtest_splits
+
+    snapshots = grid(14, complete_until=12)
+    folds, skipped = backtest_splits(snapshots, FeaturesConfig(horizon_days=60), TrainConfig(backtest_folds=8))
+    assert len(folds) + len(skipped) >= 8 - 1 and skipped
+    assert all(fold.reason for fold in skipped)
 
 
 @pytest.mark.parametrize("approximate", [False, True], ids=["exact", "approximate"])
@@ -144,7 +171,7 @@ def test_tuning_is_budgeted_seeded_and_keeps_the_best_trial() -> None:
     n = 2000
     frame = pd.DataFrame({"x": rng.normal(size=n), "z": rng.normal(size=n), "c": rng.choice(["a", "b"], n)})
     frame["churned"] = rng.random(n) < 1 / (1 + np.exp(-(frame["x"] * frame["z"] * 2)))
-    config = TrainConfig(seed=1, tuning={"n_trials": 3, "max_seconds": 600},
+    config = TrainConfig(seed=1, tuning={"n_trials": 3},
                          xgboost={"n_estimators": 60, "early_stopping_rounds": 5, "max_depth": 1})
     first = tune(frame.iloc[:1400], frame.iloc[1400:], ["x", "z"], ["c"], config)
     second = tune(frame.iloc[:1400], frame.iloc[1400:], ["x", "z"], ["c"], config)
@@ -154,3 +181,49 @@ def test_tuning_is_budgeted_seeded_and_keeps_the_best_trial() -> None:
     assert first.trials[0]["validation_logloss"] >= best["validation_logloss"]
     off = config.model_copy(update={"tuning": config.tuning.model_copy(update={"n_trials": 0})})
     assert tune(frame.iloc[:1400], frame.iloc[1400:], ["x", "z"], ["c"], off).config == off
+
+
+def drifting_snapshots(n_cutoffs: int = 12, per_cutoff: int = 1500, seed: int = 5) -> pd.DataFrame:
+    """Monthly cutoffs whose churn base rate climbs over time; x carries the same signal throughout.
+    The last three cutoffs' labels are not complete yet."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k, cutoff in enumerate(pd.date_range("2024-01-01", periods=n_cutoffs, freq="30D")):
+        x = rng.normal(size=per_cutoff)
+        churned = rng.random(per_cutoff) < 1 / (1 + np.exp(-(2 * x - 2.0 + 0.25 * k)))
+        frames.append(pd.DataFrame({"customer_id": [f"c{i}" for i in range(per_cutoff)], "cutoff": cutoff, "x": x,
+                                    "noise": rng.normal(size=per_cutoff), "churned": churned,
+                                    "label_complete": k < n_cutoffs - 3}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_deployed_refit_trains_on_exactly_the_labelled_cutoffs_and_calibrates_out_of_time() -> None:
+    from churnlens.model import deployed_model
+
+    snapshots = drifting_snapshots()
+    # Make the still-open cutoffs poison: if they reached the refit, x's sign would flip.
+    open_rows = ~snapshots["label_complete"]
+    snapshots.loc[open_rows, "churned"] = snapshots.loc[open_rows, "x"] < 0
+    features, config = FeaturesConfig(horizon_days=60), TrainConfig(calibration="isotonic",
+                                                                     xgboost={"n_estimators": 80, "max_depth": 2})
+    split = temporal_split(snapshots, features, config)
+    evaluated = fit_with_early_stopping(rows_at(snapshots, split.train), rows_at(snapshots, split.validation),
+                                        ["x", "noise"], [], config)
+    deployed = deployed_model(snapshots, split, evaluated, ["x", "noise"], [], config)
+    labelled = sorted(pd.Timestamp(c) for c in snapshots.loc[snapshots["label_complete"], "cutoff"].unique())
+    assert deployed.train_cutoffs == labelled
+    assert deployed.calibration_cutoffs == labelled[-2:]  # the latest labelled cutoffs
+    assert max(split.train) < split.holdout <= max(deployed.train_cutoffs)
+
+    from sklearn.metrics import roc_auc_score
+
+    future = drifting_snapshots(n_cutoffs=9, seed=9)
+    future = future[future["cutoff"] == future["cutoff"].max()]  # the base rate of the latest labelled cutoff
+    probability = churn_probability(deployed.pipeline, future, ["x", "noise"], [])
+    assert roc_auc_score(future["churned"], probability) > 0.8
+    floor = config.probability_floor - 1e-6  # float32 scores
+    assert probability.min() >= floor and probability.max() <= 1 - floor
+    # Calibrated on the latest out-of-time cutoffs, the mean tracks the moved base rate.
+    stale = churn_probability(evaluated.pipeline, future, ["x", "noise"], [])
+    assert abs(probability.mean() - future["churned"].mean()) < 0.03
+    assert abs(probability.mean() - future["churned"].mean()) < abs(stale.mean() - future["churned"].mean())

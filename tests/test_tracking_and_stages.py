@@ -34,7 +34,7 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     assert run.data.params["train.xgboost.max_depth"] == str(trained["chosen_xgboost"]["max_depth"])
     assert "validation_logloss" in run.data.metrics and "holdout_model_roc_auc" in run.data.metrics
     assert "holdout_rfm_logistic_roc_auc" in run.data.metrics
-    assert "holdout_bgnbd_expected_purchases_roc_auc" in run.data.metrics
+    assert "holdout_bgnbd_no_purchase_roc_auc" in run.data.metrics
     per_segment = pipeline_run["evaluated"]["per_segment"]
     assert {"brand_advocate", "brand_user", "brand_comparer"} <= set(per_segment)
     assert sum(v["n"] for v in per_segment.values()) == pipeline_run["evaluated"]["model"]["n"]
@@ -48,8 +48,10 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     from churnlens.model import backtest_splits
 
     snapshots = pd.read_parquet(pipeline_run["root"] / "data/features/snapshots.parquet")
-    folds = len(backtest_splits(snapshots, pipeline_run["params"].features, pipeline_run["params"].train))
+    runnable, skipped = backtest_splits(snapshots, pipeline_run["params"].features, pipeline_run["params"].train)
+    folds = len(runnable)
     assert folds >= 2 and run.data.metrics["backtest_folds"] == folds
+    assert run.data.metrics["backtest_folds_skipped"] == len(skipped) == len(trained["skipped_backtest_folds"])
     assert f"fold{folds}_roc_auc" in run.data.metrics
     assert 0 <= run.data.metrics["backtest_roc_auc_std"] < 0.2
     assert run.data.metrics["holdout_model_max_expected_profit"] >= 0
@@ -57,7 +59,7 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     assert str(client.get_model_version_by_alias("churnlens", "champion").version) == trained["model_version"]
     assert pipeline_run["evaluated"]["promotion"]["reason"] == "no champion yet"
     evaluated = pipeline_run["evaluated"]
-    assert set(evaluated["beats_baselines"]) == {"recency_rule", "rfm_logistic", "bgnbd_expected_purchases"}
+    assert set(evaluated["beats_baselines"]) == {"recency_rule", "rfm_logistic", "bgnbd_no_purchase"}
     assert all(evaluated["beats_baselines"].values())  # the model beats every baseline on simulated data
     catalog = {a.path for a in client.list_artifacts(trained["run_id"], "features/catalog")}
     assert catalog == {"features/catalog/feature_catalog.md"}

@@ -172,6 +172,9 @@ class CutoffGrid(_Section):
     end: dt.date | None = Field(None, description="last cutoff; null = data end")
     every_days: int = Field(30, ge=1)
     min_history_days: int = Field(180, ge=0)
+    short_history_every_days: int | None = Field(
+        None, ge=1, description="grid step while under a year of cutoffs can be labelled; null = every_days always"
+    )
 
 
 class FeaturesConfig(_Section):
@@ -214,7 +217,6 @@ class TuningConfig(_Section):
     """Random search over XGBoost parameters, judged by validation log loss; 0 trials = off."""
 
     n_trials: int = Field(4, ge=0)
-    max_seconds: float = Field(60.0, gt=0, description="stop starting new trials after this long")
     space: dict[Literal["max_depth", "learning_rate", "min_child_weight", "subsample", "colsample_bytree",
                         "reg_lambda"], list[float]] = {
         "max_depth": [3, 4, 5, 6], "learning_rate": [0.03, 0.05, 0.1], "min_child_weight": [1, 5, 20],
@@ -233,10 +235,16 @@ class TrainConfig(_Section):
     xgboost: XGBoostParams = XGBoostParams()
     tuning: TuningConfig = TuningConfig()
     calibration: Literal["isotonic", "sigmoid", "none"] = Field(
-        "isotonic", description="fitted on the validation cutoffs, never on training rows"
+        "isotonic", description="fitted out of time: on cutoffs whose rows never trained the trees"
     )
     class_weight: Literal["none", "balanced"] = Field(
         "none", description="balanced = weight churners by negatives/positives (scale_pos_weight)"
+    )
+    probability_floor: float = Field(
+        0.005, gt=0, lt=0.5, description="calibrated probabilities stay within [floor, 1 - floor]"
+    )
+    equal_customer_weight: bool = Field(
+        True, description="weight rows 1 / (customer's rows), so dense grids do not favour long-tenured customers"
     )
 
 

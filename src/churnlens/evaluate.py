@@ -46,7 +46,16 @@ def classification_metrics(y_true: np.ndarray, score: np.ndarray, top_fraction: 
         clipped = np.clip(score, 1e-7, 1 - 1e-7)
         metrics["log_loss"] = float(log_loss(y_true, clipped, labels=[0, 1]))
         metrics["brier"] = float(brier_score_loss(y_true, clipped))
+        metrics["ece"] = expected_calibration_error(y_true, np.asarray(score, dtype=float))
     return metrics
+
+
+def expected_calibration_error(y_true: np.ndarray, probability: np.ndarray, bins: int = 10) -> float:
+    """Mean |observed churn rate - mean probability| over equal-width probability bins, weighted
+    by the share of customers in each bin (the reliability plot's gaps, in one number)."""
+    bucket = np.clip(np.digitize(probability, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    gap = sum(abs(float(y_true[bucket == k].sum() - probability[bucket == k].sum())) for k in np.unique(bucket))
+    return gap / len(probability)
 
 
 def curves(y_true: np.ndarray, probability: np.ndarray, bins: int) -> dict[str, pd.DataFrame]:
@@ -126,13 +135,13 @@ def best_campaign(curve: pd.DataFrame) -> dict[str, float]:
     return {"best_share_targeted": float(best["share_targeted"]), "max_expected_profit": float(best["expected_profit"])}
 
 
-def bgnbd_baseline(train_rows: pd.DataFrame, holdout: pd.DataFrame, horizon_days: int) -> np.ndarray:
-    """Minus the BG/NBD expected purchases in the horizon (fitted on the latest training cutoff)."""
+def bgnbd_baseline(holdout: pd.DataFrame, horizon_days: int) -> np.ndarray:
+    """BG/NBD P(no purchase in the horizon), fitted on the holdout cutoff's own history (no label
+    is used, and nothing after the cutoff: the customers' statistics stop at it)."""
     from churnlens.bgnbd import DAYS_PER_UNIT, fit_bgnbd, rfm_inputs
 
-    latest = train_rows[train_rows["cutoff"] == train_rows["cutoff"].max()]
-    model = fit_bgnbd(*rfm_inputs(latest))
-    return -model.expected_purchases(horizon_days / DAYS_PER_UNIT, *rfm_inputs(holdout))
+    inputs = rfm_inputs(holdout)
+    return fit_bgnbd(*inputs).probability_no_purchase(horizon_days / DAYS_PER_UNIT, *inputs)
 
 
 HEADLINE_METRICS = ("roc_auc", "pr_auc", "brier", "ece", "top_decile_lift")

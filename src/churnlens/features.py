@@ -44,7 +44,7 @@ from churnlens.config import FeaturesConfig
 log = logging.getLogger(__name__)
 
 Family = Literal["purchase_frequency", "interaction", "emotional", "economic", "differentiation", "switching_cost"]
-Kind = Literal["history", "window", "last", "distinct", "customers", "derived"]
+Kind = Literal["history", "window", "last", "distinct", "customers", "derived", "btyd"]
 EventSource = Literal["orders", "lines", "interactions"]
 FAMILIES: tuple[Family, ...] = (
     "purchase_frequency", "interaction", "emotional", "economic", "differentiation", "switching_cost",
@@ -63,7 +63,9 @@ class Feature:
     * ``last``: a value of the latest ``source`` event matching ``where`` within ``window`` days;
     * ``distinct``: a column whose distinct values are counted over the window (purchases only);
     * ``customers``: SQL over the customer's profile row and ``cutoff``;
-    * ``derived``: SQL over other features' names.
+    * ``derived``: SQL over other features' names;
+    * ``btyd``: a BG/NBD quantity, from a model fitted on the cutoff's own rows (its customers'
+      history statistics), by :func:`churnlens.bgnbd.with_btyd_features` on every engine.
 
     ``internal`` features are building blocks of derived ones: computed, never given to the model.
     """
@@ -236,6 +238,7 @@ def feature_definitions(windows: tuple[int, ...] = (30, 90, 365)) -> list[Featur
         Feature("plan_price", sc, "customers", "plan_price", "Recurring plan price.", requires=("plan_price",)),
         *loyalty_features(),
     ]
+    features += btyd_definitions()
     names = [f.name for f in features]
     duplicated = {n for n in names if names.count(n) > 1}
     if duplicated:
@@ -281,6 +284,27 @@ def loyalty_features() -> list[Feature]:
     ]
 
 
+LIFETIME_DAYS = 36_500  # a 'distinct' window that holds every event of the data
+
+
+def btyd_definitions() -> list[Feature]:
+    """The buy-till-you-die signal: BG/NBD (Fader, Hardie & Lee 2005) fitted per cutoff on
+    purchase-days up to the cutoff; its posterior quantities summarise recency and frequency the
+    way a stationary buying process would, which trees struggle to learn from few customers."""
+    pf = "purchase_frequency"
+    return [
+        Feature("purchase_days_lifetime", pf, "distinct", "purchase_day",
+                "Distinct days (UTC) with a purchase up to the cutoff: BG/NBD's repeat transactions + 1.",
+                "lines", LIFETIME_DAYS),
+        Feature("btyd_p_alive", pf, "btyd", "probability_alive",
+                "BG/NBD P(still active at the cutoff), from a fit on this cutoff's customers' purchase-days."),
+        Feature("btyd_expected_purchases_horizon", pf, "btyd", "expected_purchases",
+                "BG/NBD expected purchase-days in the label horizon after the cutoff (same per-cutoff fit)."),
+        Feature("btyd_p_no_purchase_horizon", pf, "btyd", "probability_no_purchase",
+                "BG/NBD P(no purchase in the label horizon after the cutoff) (same per-cutoff fit)."),
+    ]
+
+
 # --------------------------------------------------------------------------- catalogue
 def feature_catalog_markdown(features: list[Feature]) -> str:
     lines = ["# Feature catalog", "",
@@ -289,7 +313,8 @@ def feature_catalog_markdown(features: list[Feature]) -> str:
     for family in FAMILIES:
         lines += [f"## {family.replace('_', ' ')}", "", "| feature | kind | window | meaning |", "|---|---|---|---|"]
         for f in (f for f in features if f.family == family and not f.internal):
-            window = f"{f.window_days} d" if f.window_days else "all history" if f.kind == "history" else ""
+            window = ("all history" if f.kind in ("history", "btyd") or f.window_days == LIFETIME_DAYS
+                      else f"{f.window_days} d" if f.window_days else "")
             lines.append(f"| `{f.name}` | {f.kind} | {window} | {f.description} |")
         lines.append("")
     return "\n".join(lines)
@@ -321,7 +346,7 @@ _SOURCE_TABLE = {"orders": "transactions", "lines": "transactions", "interaction
 
 
 def _table_of(feature: Feature) -> str:
-    if feature.kind == "history":
+    if feature.kind in ("history", "btyd"):
         return "transactions"
     if feature.kind == "customers":
         return "customers"
@@ -371,7 +396,13 @@ def cutoff_grid(config: FeaturesConfig, data_start: pd.Timestamp, data_end: pd.T
             f"features.cutoffs: the first cutoff {start.date()} is after the last {end.date()}; the data spans "
             f"{data_start.date()} .. {data_end.date()}. Lower features.cutoffs.min_history_days or set start/end"
         )
-    return list(pd.date_range(start, end, freq=f"{grid.every_days}D"))
+    step = grid.every_days
+    labelled_span = end - pd.Timedelta(days=config.lead_days + config.horizon_days) - start
+    if grid.short_history_every_days and labelled_span < pd.Timedelta(days=365):
+        # A young log has few labelled cutoffs: a denser grid gives the split enough of them
+        # (training rows are weighted per customer, so repeated customers do not dominate).
+        step = min(step, grid.short_history_every_days)
+    return list(pd.date_range(start, end, freq=f"{step}D"))
 
 
 def scoring_cutoff(config: FeaturesConfig, data_end: pd.Timestamp) -> pd.Timestamp:
@@ -455,7 +486,8 @@ def event_steps(available: dict[str, set[str]]) -> list[Step]:
                   "OVER (PARTITION BY t.customer_id, t.product_id) AS repeat_line")
     steps.append(("lines", f"""
         SELECT t.customer_id, t.timestamp AS ts, t.amount, {is_return} AS is_return
-               {''.join(', t.' + c for c in optional)}, {price_ratio}, {usual_ratio}, {repeat}
+               {''.join(', t.' + c for c in optional)}, {price_ratio}, {usual_ratio}, {repeat},
+               CAST(t.timestamp AS DATE) AS purchase_day
         FROM src_transactions t {price_join} {usual_join}"""))
     # Without order ids, lines of one customer at the same instant form one order.
     order_key = "coalesce(order_id, CAST(timestamp AS VARCHAR))" if "order_id" in tx else "CAST(timestamp AS VARCHAR)"
@@ -549,7 +581,7 @@ def assembly_sql(plan: FeaturePlan, rows: str, raw_columns: list[str], with_labe
             selected.append(f"{_last_expression(f)} AS {quote_name(f.name)}")
     derived = _inline_derived(plan.features)
     outputs = [f"CAST({derived.get(f.name, quote_name(f.name))} AS {'VARCHAR' if f.categorical else 'DOUBLE'}) "
-               f"AS {quote_name(f.name)}" for f in plan.public]
+               f"AS {quote_name(f.name)}" for f in plan.public if f.kind != "btyd"]
     profile = f"LEFT JOIN {customers_table} c ON c.customer_id = r.customer_id" if customers_table else ""
     columns = ", ".join(["r.customer_id", "r.cutoff"] + [f"r.{quote_name(c)}" for c in raw_columns] + selected)
     return f"""
@@ -772,7 +804,24 @@ def compute_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: lis
     result["cutoff"] = result["cutoff"].astype("datetime64[us]")
     for name in plan.categorical:
         result[name] = result[name].astype("string")
-    return result, plan
+    return with_fitted_features(result, plan, config), plan
+
+
+def with_fitted_features(frame: pd.DataFrame, plan: FeaturePlan, config: FeaturesConfig,
+                         fits: dict | None = None) -> pd.DataFrame:
+    """Append the features fitted per cutoff (BTYD) to finished snapshot rows; every engine ends
+    with this one function, so they agree by construction."""
+    from churnlens import bgnbd
+
+    if not any(f.kind == "btyd" for f in plan.features):
+        return frame
+    return bgnbd.with_btyd_features(frame, config.horizon_days, fits)
+
+
+def _fit_columns(plan: FeaturePlan) -> list[str]:
+    from churnlens import bgnbd
+
+    return ["customer_id", "cutoff", *bgnbd.BTYD_INPUTS] if any(f.kind == "btyd" for f in plan.features) else []
 
 
 def write_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: list[pd.Timestamp],
@@ -785,9 +834,14 @@ def write_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: list[
 
     from churnlens.io import atomic_path
 
+    from churnlens import bgnbd
+
     span = pd.Timedelta(days=config.lead_days + config.horizon_days)
     with _Engine(tables, cutoffs, config, None) as engine, atomic_path(target) as temporary:
-        writer = None
+        # Pass 1 streams the blocks (by customer) to a scratch file and keeps the few columns the
+        # per-cutoff fits need; pass 2 appends the fitted features, batch by batch.
+        scratch, fit_columns = Path(engine._spill.name) / "snapshots.parquet", _fit_columns(engine.plan)
+        inputs, writer = [], None
         for block in engine.blocks(with_labels=True):
             if label_complete_until is None:
                 complete = pa.array([False] * block.num_rows)
@@ -795,11 +849,34 @@ def write_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: list[
                 limit = pa.scalar(pd.Timestamp(label_complete_until) - span, type=pa.timestamp("us"))
                 complete = pc.less_equal(block["cutoff"], limit)
             block = block.append_column("label_complete", complete)
+            if fit_columns:
+                inputs.append(block.select(fit_columns))
             if writer is None:
-                writer = pq.ParquetWriter(temporary, block.schema, compression="zstd")
+                writer = pq.ParquetWriter(scratch if fit_columns else temporary, block.schema, compression="zstd")
             writer.write_table(block)
         writer.close()
+        if fit_columns:
+            fits = bgnbd.fits_per_cutoff(_cutoff_frame(pa.concat_tables(inputs)))
+            writer = None
+            for batch in pq.ParquetFile(scratch).iter_batches(batch_size=200_000):
+                table = pa.Table.from_batches([batch])
+                rows = _cutoff_frame(table.select(fit_columns))
+                fitted = with_fitted_features(rows, engine.plan, config, fits)[list(bgnbd.BTYD_FEATURES)]
+                for name in bgnbd.BTYD_FEATURES:
+                    table = table.append_column(name, pa.array(fitted[name].to_numpy(dtype=np.float64)))
+                # Same column order as compute_snapshots (and the Spark engine): the flag comes last.
+                table = table.select([c for c in table.column_names if c != "label_complete"] + ["label_complete"])
+                if writer is None:
+                    writer = pq.ParquetWriter(temporary, table.schema, compression="zstd")
+                writer.write_table(table)
+            writer.close()
         return engine.plan
+
+
+def _cutoff_frame(table: pa.Table) -> pd.DataFrame:
+    frame = table.to_pandas()
+    frame["cutoff"] = frame["cutoff"].astype("datetime64[us]")
+    return frame
 
 
 def data_span(tables: dict[str, pd.DataFrame | str | None]) -> tuple[pd.Timestamp, pd.Timestamp]:

@@ -20,26 +20,69 @@ log = logging.getLogger(__name__)
 LABEL = "churned"
 
 
+CUSTOMER_GROUPS = 4  # one in four customers is held out where time alone cannot separate the rows
+
+
+def held_out_customers(customer_ids: pd.Series) -> np.ndarray:
+    """A fixed quarter of the customers (by a seeded hash of the id, so the same on every run and
+    every cutoff): never trained on where they serve as validation or calibration rows."""
+    hashed = pd.util.hash_pandas_object(customer_ids.astype(str), index=False).to_numpy()
+    return hashed % CUSTOMER_GROUPS == 0
+
+
 @dataclass(frozen=True)
 class TemporalSplit:
     """Which cutoffs train, validate (early stopping) and hold out the model.
 
     A training cutoff is used only if its whole label window ends at or before the cutoff it is
     judged on, so no label of a training row was observed after the validation/holdout instant.
+    A short history cannot hold three such generations (with a 90-day horizon that takes 270 days
+    of labelled cutoffs); then ``overlapping_labels`` is set: the training cutoffs only precede
+    the holdout and their label windows overlap it, so the customers are split too: trees learn
+    from three quarters of them, the held-out quarter validates (at the training cutoffs) and is
+    judged at the holdout. Their figures are less strict than a purely out-of-time holdout.
     """
 
     train: list[pd.Timestamp]
     validation: list[pd.Timestamp]
     holdout: pd.Timestamp
+    overlapping_labels: bool = False
 
     def as_dict(self) -> dict:
         dates = lambda cs: [c.date().isoformat() for c in cs]  # noqa: E731
         return {"train": dates(self.train), "validation": dates(self.validation),
-                "holdout": self.holdout.date().isoformat()}
+                "holdout": self.holdout.date().isoformat(), "overlapping_labels": self.overlapping_labels}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TemporalSplit:
+        dates = lambda cs: [pd.Timestamp(c) for c in cs]  # noqa: E731
+        return cls(dates(data["train"]), dates(data["validation"]), pd.Timestamp(data["holdout"]),
+                   bool(data.get("overlapping_labels", False)))
+
+    def _rows(self, snapshots: pd.DataFrame, cutoffs: list[pd.Timestamp], held_out: bool | None) -> pd.DataFrame:
+        rows = rows_at(snapshots, cutoffs)
+        if not self.overlapping_labels or held_out is None:
+            return rows
+        return rows[held_out_customers(rows["customer_id"]) == held_out]
+
+    def train_rows(self, snapshots: pd.DataFrame) -> pd.DataFrame:
+        return self._rows(snapshots, self.train, held_out=False)
+
+    def validation_rows(self, snapshots: pd.DataFrame) -> pd.DataFrame:
+        return self._rows(snapshots, self.validation, held_out=True)
+
+    def holdout_rows(self, snapshots: pd.DataFrame) -> pd.DataFrame:
+        return self._rows(snapshots, [self.holdout], held_out=True)
 
 
-def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: TrainConfig) -> TemporalSplit:
-    complete = sorted(snapshots.loc[snapshots["label_complete"], "cutoff"].unique())
+def labelled_cutoffs(snapshots: pd.DataFrame) -> list[pd.Timestamp]:
+    """Cutoffs whose whole label window lies inside the data, in time order."""
+    return sorted(pd.Timestamp(c) for c in snapshots.loc[snapshots["label_complete"], "cutoff"].unique())
+
+
+def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: TrainConfig,
+                   allow_overlap: bool = True) -> TemporalSplit:
+    complete = labelled_cutoffs(snapshots)
     incomplete = sorted(set(snapshots["cutoff"].unique()) - set(complete))
     if incomplete:
         log.info("not used for training or evaluation (label window extends past the data): %s",
@@ -47,43 +90,72 @@ def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: Tra
     if not complete:
         raise ValueError("train: no cutoff has a complete label window; add data or shorten features.horizon_days")
     span = pd.Timedelta(days=features.lead_days + features.horizon_days)
-    holdout = pd.Timestamp(complete[-1])
-    labelled_before = lambda instant: [pd.Timestamp(c) for c in complete if pd.Timestamp(c) + span <= instant]  # noqa: E731
+    holdout = complete[-1]
+    labelled_before = lambda instant: [c for c in complete if c + span <= instant]  # noqa: E731
     candidates = labelled_before(holdout)
-    if len(candidates) < train.validation_cutoffs + 1:
+    if len(candidates) >= train.validation_cutoffs + 1:
+        validation = candidates[-train.validation_cutoffs:]
+        training = labelled_before(validation[0])
+        if training:
+            return TemporalSplit(train=training, validation=validation, holdout=holdout)
+    earlier = complete[:-1]
+    if not allow_overlap:
+        raise ValueError(f"no training cutoff's label window closes before a validation cutoff that closes before "
+                         f"{holdout.date()}")
+    if len(earlier) < 2:
         raise ValueError(
-            f"train: only {len(candidates)} cutoff(s) are fully labelled before the holdout cutoff "
-            f"{holdout.date()}; need at least {train.validation_cutoffs + 1}. Add cutoffs (features.cutoffs."
-            "every_days) or data, or lower train.validation_cutoffs"
+            f"train: only {len(complete)} cutoff(s) have a complete label window (the last is {holdout.date()}); "
+            "need at least 3 (train, validation, holdout). Add data, use a denser "
+            "grid (features.cutoffs.every_days, e.g. 7) or a smaller features.cutoffs.min_history_days, or lower "
+            "train.validation_cutoffs"
         )
-    validation = candidates[-train.validation_cutoffs:]
-    training = labelled_before(validation[0])
-    if not training:
-        raise ValueError(
-            f"train: no cutoff is fully labelled before the first validation cutoff {validation[0].date()}; "
-            "add cutoffs or data"
-        )
-    return TemporalSplit(train=training, validation=validation, holdout=holdout)
+    log.warning("train: the history is too short for label windows that close before the cutoff they are "
+                "judged on (%s of data per generation); the training labels overlap the holdout's label window, "
+                "so a held-out quarter of the customers validates and is judged instead", span)
+    return TemporalSplit(train=earlier, validation=earlier, holdout=holdout, overlapping_labels=True)
 
 
-def backtest_splits(snapshots: pd.DataFrame, features: FeaturesConfig, train: TrainConfig) -> list[TemporalSplit]:
+@dataclass(frozen=True)
+class SkippedFold:
+    test_cutoff: pd.Timestamp
+    reason: str
+
+
+def backtest_splits(snapshots: pd.DataFrame, features: FeaturesConfig, train: TrainConfig
+                    ) -> tuple[list[TemporalSplit], list[SkippedFold]]:
     """Expanding-window folds before the holdout: each fold is judged on one earlier cutoff.
 
     Fold k trains on every cutoff whose label window closed before its validation cutoff, which
     in turn closed before the fold's test cutoff; the final holdout cutoff is never a fold's test.
-    Folds that lack enough history are skipped (and logged).
+    Folds that lack enough history are returned as skipped, with the reason.
     """
     final = temporal_split(snapshots, features, train)
     span = pd.Timedelta(days=features.lead_days + features.horizon_days)
-    complete = sorted(pd.Timestamp(c) for c in snapshots.loc[snapshots["label_complete"], "cutoff"].unique())
+    complete = labelled_cutoffs(snapshots)
     candidates = [c for c in complete if c + span <= final.holdout][-train.backtest_folds:] if train.backtest_folds else []
+    if train.backtest_folds and len(candidates) < train.backtest_folds:
+        skipped = [SkippedFold(final.holdout, f"only {len(candidates)} cutoff(s) have labels closed by the holdout "
+                               f"{final.holdout.date()}; {train.backtest_folds - len(candidates)} fold(s) "
+                               "have no test cutoff")]
+    else:
+        skipped = []
     folds = []
     for test_cutoff in candidates:
         try:
-            folds.append(temporal_split(snapshots[snapshots["cutoff"] <= test_cutoff], features, train))
+            # A fold is as strict as the final split: overlapping labels only where nothing else exists.
+            fold = temporal_split(snapshots[snapshots["cutoff"] <= test_cutoff], features, train,
+                                  allow_overlap=final.overlapping_labels)
         except ValueError as exc:
+            skipped.append(SkippedFold(test_cutoff, str(exc)))
             log.info("backtest fold at %s skipped: %s", test_cutoff.date(), exc)
-    return folds
+            continue
+        folds.append(fold)
+    return folds, skipped
+
+
+def refit_cutoffs(snapshots: pd.DataFrame) -> list[pd.Timestamp]:
+    """The deployed model's training cutoffs: every cutoff whose labels closed by the data's end."""
+    return labelled_cutoffs(snapshots)
 
 
 def rows_at(snapshots: pd.DataFrame, cutoffs: list[pd.Timestamp]) -> pd.DataFrame:
@@ -133,6 +205,18 @@ def positive_weight(labels: pd.Series, config: TrainConfig) -> float:
     return float((len(labels) - positives) / positives) if positives else 1.0
 
 
+def customer_weights(rows: pd.DataFrame) -> np.ndarray:
+    """1 / (the customer's rows among ``rows``), scaled to mean 1: a customer present at every
+    cutoff of a dense grid counts as much as one seen at a single cutoff, not many times more."""
+    per_customer = rows.groupby("customer_id", sort=False)["customer_id"].transform("size").to_numpy(dtype=float)
+    weights = 1.0 / per_customer
+    return weights * len(weights) / weights.sum()
+
+
+def row_weights(rows: pd.DataFrame, config: TrainConfig) -> np.ndarray | None:
+    return customer_weights(rows) if config.equal_customer_weight and "customer_id" in rows else None
+
+
 def fit_with_early_stopping(train_rows: pd.DataFrame, validation_rows: pd.DataFrame, numeric: list[str],
                             categorical: list[str], config: TrainConfig) -> FittedModel:
     """Fit on the training cutoffs, stop early on the validation cutoffs, calibrate on them.
@@ -148,15 +232,74 @@ def fit_with_early_stopping(train_rows: pd.DataFrame, validation_rows: pd.DataFr
     validation_x = model_input(validation_rows, numeric, categorical)
     classifier.fit(
         preprocess.transform(model_input(train_rows, numeric, categorical)), train_rows[LABEL].astype(int),
-        eval_set=[(preprocess.transform(validation_x), validation_rows[LABEL].astype(int))], verbose=False,
+        sample_weight=row_weights(train_rows, config),
+        eval_set=[(preprocess.transform(validation_x), validation_rows[LABEL].astype(int))],
+        sample_weight_eval_set=[row_weights(validation_rows, config)] if config.equal_customer_weight else None,
+        verbose=False,
     )
     best = int(classifier.best_iteration) + 1
     logloss = float(classifier.evals_result()["validation_0"]["logloss"][best - 1])
     if config.calibration == "none":
         return FittedModel(pipeline, best, logloss)
-    calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=config.calibration)
-    calibrated.fit(validation_x, validation_rows[LABEL].astype(int))
-    return FittedModel(calibrated, best, logloss)
+    return FittedModel(calibrated(pipeline, validation_rows, numeric, categorical, config), best, logloss)
+
+
+def fit_trees(rows: pd.DataFrame, numeric: list[str], categorical: list[str], config: TrainConfig,
+              n_estimators: int) -> Pipeline:
+    """The same pipeline fitted on ``rows`` with a fixed number of trees (chosen out of time)."""
+    pipeline = build_pipeline(numeric, categorical, config, n_estimators=n_estimators)
+    pipeline.named_steps["classifier"].set_params(scale_pos_weight=positive_weight(rows[LABEL], config))
+    return pipeline.fit(model_input(rows, numeric, categorical), rows[LABEL].astype(int),
+                        classifier__sample_weight=row_weights(rows, config))
+
+
+def calibrated(pipeline: Pipeline, rows: pd.DataFrame, numeric: list[str], categorical: list[str],
+               config: TrainConfig) -> CalibratedClassifierCV:
+    """``pipeline`` (frozen) with a probability calibration fitted on ``rows``, which must be out of
+    time for its trees. Probabilities stay within [floor, 1 - floor]: an isotonic step fitted on a
+    few customers would otherwise promise certainty (p = 0 or 1) that a later season breaks."""
+    floor = config.probability_floor
+    model = CalibratedClassifierCV(FrozenEstimator(pipeline), method=config.calibration)
+    x, y = model_input(rows, numeric, categorical), rows[LABEL].astype(int)
+    model.fit(x, y)
+    if config.calibration == "isotonic":
+        scores = pipeline.predict_proba(x)[:, 1]
+        model.calibrated_classifiers_[0].calibrators[0].set_params(y_min=floor, y_max=1 - floor).fit(scores, y)
+    return model
+
+
+@dataclass(frozen=True)
+class DeployedModel:
+    pipeline: Pipeline | CalibratedClassifierCV
+    train_cutoffs: list[pd.Timestamp]
+    calibration_cutoffs: list[pd.Timestamp]
+
+
+def deployed_model(snapshots: pd.DataFrame, split: TemporalSplit, evaluated: FittedModel, numeric: list[str],
+                   categorical: list[str], config: TrainConfig) -> DeployedModel:
+    """The model that scores today: the evaluated procedure refit on every labelled cutoff.
+
+    The trees see the freshest labels, with the number of trees the evaluated fit chose on rows it
+    did not train on. The calibration cannot be fitted on the refit's own training rows (in-sample
+    scores are overconfident), nor carried over from older trees (their scores lag the base rate
+    the refit already learned). So a twin of the refit, trained on the same cutoffs without the
+    held-out quarter of the customers, scores that quarter at the latest labelled cutoffs
+    (``split.validation`` + holdout, or the holdout alone when that is all there is); the
+    calibration fitted there is applied to the refit's trees.
+    """
+    cutoffs = refit_cutoffs(snapshots)
+    rows = rows_at(snapshots, cutoffs)
+    trees = fit_trees(rows, numeric, categorical, config, evaluated.best_iteration)
+    if config.calibration == "none":
+        return DeployedModel(trees, cutoffs, [])
+    held_out = held_out_customers(rows["customer_id"])
+    twin = fit_trees(rows[~held_out], numeric, categorical, config, evaluated.best_iteration)
+    latest = cutoffs[-len(split.validation) - 1:] if not split.overlapping_labels else cutoffs[-1:]
+    calibration_rows = rows[held_out & rows["cutoff"].isin(latest).to_numpy()]
+    model = calibrated(twin, calibration_rows, numeric, categorical, config)
+    model.estimator = FrozenEstimator(trees)
+    model.calibrated_classifiers_[0].estimator = FrozenEstimator(trees)
+    return DeployedModel(model, cutoffs, latest)
 
 
 def tree_pipeline(model: Pipeline | CalibratedClassifierCV) -> Pipeline:
@@ -210,19 +353,18 @@ class TuningResult:
 
 def tune(train_rows: pd.DataFrame, validation_rows: pd.DataFrame, numeric: list[str], categorical: list[str],
          config: TrainConfig) -> TuningResult:
-    """Seeded random search: the params.yaml values are trial 0, then up to ``n_trials`` samples."""
-    import time
+    """Seeded random search: the params.yaml values are trial 0, then ``n_trials`` samples.
 
+    The budget is a number of trials, never seconds, so the result does not depend on how fast
+    or how loaded the machine is.
+    """
     from sklearn.model_selection import ParameterSampler
 
     budget = config.tuning
     untuned = config.model_copy(update={"calibration": "none"})
     candidates = [{}, *ParameterSampler(budget.space, n_iter=budget.n_trials, random_state=config.seed)]
-    started, trials = time.perf_counter(), []
+    trials = []
     for candidate in candidates:
-        if trials and time.perf_counter() - started > budget.max_seconds:
-            log.info("tuning stopped after %d trials: max_seconds=%s reached", len(trials), budget.max_seconds)
-            break
         values = {k: (int(v) if k == "max_depth" else float(v)) for k, v in candidate.items()}
         trial = untuned.model_copy(update={"xgboost": config.xgboost.model_copy(update=values)})
         fitted = fit_with_early_stopping(train_rows, validation_rows, numeric, categorical, trial)

@@ -132,7 +132,32 @@ def compute_snapshots(spark: SparkSession, tables: dict[str, DataFrame], cutoffs
             step = step.persist(StorageLevel.MEMORY_AND_DISK)
             _cached.append(step)
         step.createOrReplaceTempView(name)
-    return spark.sql(to_dialect(query.final, "spark")), plan
+    return _with_fitted_features(spark.sql(to_dialect(query.final, "spark")), plan, config), plan
+
+
+def _with_fitted_features(frame: DataFrame, plan: FeaturePlan, config: FeaturesConfig) -> DataFrame:
+    """The per-cutoff BTYD features: fitted on the driver from the few input columns, then
+    appended to every partition by the same function the DuckDB engine uses."""
+    from pyspark.sql import types as T
+
+    from churnlens import bgnbd
+    from churnlens.features import _fit_columns, with_fitted_features
+
+    columns = _fit_columns(plan)
+    if not columns:
+        return frame
+    inputs = frame.select(*columns).toPandas()
+    inputs["cutoff"] = inputs["cutoff"].astype("datetime64[us]")
+    fits = bgnbd.fits_per_cutoff(inputs)
+    schema = T.StructType([*frame.schema.fields, *(T.StructField(n, T.DoubleType()) for n in bgnbd.BTYD_FEATURES)])
+
+    def append(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            keyed = batch.assign(cutoff=batch["cutoff"].astype("datetime64[us]"))
+            fitted = with_fitted_features(keyed, plan, config, fits)
+            yield batch.assign(**{n: fitted[n].to_numpy() for n in bgnbd.BTYD_FEATURES})
+
+    return frame.mapInPandas(append, schema)
 
 
 REUSED_STEPS = {"lines", "orders", "population"}

@@ -202,7 +202,7 @@ def compute_snapshots_duckdb(tables: dict, cutoffs: list, config: FeaturesConfig
     import duckdb
     import pandas as pd
 
-    from churnlens.features import _register_sources, feature_definitions, plan_features
+    from churnlens.features import _register_sources, feature_definitions, plan_features, with_fitted_features
 
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
@@ -214,4 +214,4 @@ def compute_snapshots_duckdb(tables: dict, cutoffs: list, config: FeaturesConfig
     frame["cutoff"] = frame["cutoff"].astype("datetime64[us]")
     for name in plan.categorical:
         frame[name] = frame[name].astype("string")
-    return frame, plan
+    return with_fitted_features(frame, plan, config), plan

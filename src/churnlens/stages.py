@@ -140,17 +140,24 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     snapshots = pd.read_parquet(snapshots_path)
     lists = FeatureLists.from_report(io.read_json(features_report))
     split = model.temporal_split(snapshots, params.features, params.train)
-    train_rows, validation_rows = model.rows_at(snapshots, split.train), model.rows_at(snapshots, split.validation)
+    train_rows, validation_rows = split.train_rows(snapshots), split.validation_rows(snapshots)
     _require_both_classes(train_rows[model.LABEL], "training cutoffs")
     _require_both_classes(validation_rows[model.LABEL], "validation cutoffs")
     tuned = model.tune(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
     params = params.model_copy(update={"train": tuned.config})
+    # The evaluated procedure (trained strictly before the holdout) fixes the number of trees and
+    # gives the out-of-time scores the deployed refit is calibrated on.
     fitted = model.fit_with_early_stopping(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
+    deployed = model.deployed_model(snapshots, split, fitted, lists.numeric, lists.categorical, params.train)
+    deployed_rows = model.rows_at(snapshots, deployed.train_cutoffs)
     seconds = time.perf_counter() - started
-    folds = backtest(snapshots, lists, params)
+    folds, skipped_folds = backtest(snapshots, lists, params)
 
+    lineage = {"deployed_train_cutoffs": [c.date().isoformat() for c in deployed.train_cutoffs],
+               "deployed_calibration_cutoffs": [c.date().isoformat() for c in deployed.calibration_cutoffs]}
     metrics = {"best_iteration": fitted.best_iteration, "validation_logloss": fitted.validation_logloss,
                "train_rows": len(train_rows), "validation_rows": len(validation_rows),
+               "deployed_train_rows": len(deployed_rows),
                "train_churn_rate": float(train_rows[model.LABEL].mean()), "train_seconds": seconds,
                "tuning_trials": len(tuned.trials), **folds}
     tags = {**tracking.git_commit(project_root), **tracking.dvc_lock_hashes(project_root, "train"),
@@ -160,23 +167,23 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
         used = [f for f in ft.feature_definitions(params.features.windows_days)
                 if f.name in set(lists.numeric + lists.categorical)]
         temporary.write_text(ft.feature_catalog_markdown(used), encoding="utf-8")
-    example = model.model_input(train_rows.head(50), lists.numeric, lists.categorical)
+    example = model.model_input(deployed_rows.head(50), lists.numeric, lists.categorical)
+    latest = deployed_rows[deployed_rows["cutoff"] == deployed_rows["cutoff"].max()]
     metadata = {"numeric_features": lists.numeric, "categorical_features": lists.categorical,
-                "holdout_cutoff": split.as_dict()["holdout"],
+                "holdout_cutoff": split.as_dict()["holdout"], **lineage,
                 # The reference population for drift checks: the latest training snapshot, which is
                 # closest in time to what will be scored (pooled cutoffs mix younger histories in).
-                "drift_profile": drift.drift_profile(train_rows[train_rows["cutoff"] == train_rows["cutoff"].max()],
-                                               lists.numeric, lists.categorical)}
+                "drift_profile": drift.drift_profile(latest, lists.numeric, lists.categorical)}
     registered = tracking.log_training_run(
         experiment=params.train.experiment_name, model_name=params.train.registered_model_name,
         params={"features": params.features.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
-                "split": split.as_dict()},
-        metrics=metrics, tags=tags, pipeline=fitted.pipeline, example=example, metadata=metadata,
+                "split": split.as_dict(), **lineage},
+        metrics=metrics, tags=tags, pipeline=deployed.pipeline, example=example, metadata=metadata,
         artifacts={"features": features_report, "features/catalog": catalog}, model_dir=model_dir,
     )
     report = {"run_id": registered.run_id, "model_name": registered.name, "model_version": registered.version,
-              "split": split.as_dict(), "metrics": metrics, "tuning_trials": tuned.trials,
-              "chosen_xgboost": params.train.xgboost.model_dump()}
+              "split": split.as_dict(), **lineage, "metrics": metrics, "tuning_trials": tuned.trials,
+              "skipped_backtest_folds": skipped_folds, "chosen_xgboost": params.train.xgboost.model_dump()}
     io.write_json(report, report_path)
     return report
 
@@ -198,30 +205,34 @@ def _require_both_classes(labels: pd.Series, where: str) -> None:
             "needs both outcomes. Use a longer history, a shorter features.horizon_days, or earlier cutoffs")
 
 
-def backtest(snapshots: pd.DataFrame, lists: FeatureLists, params: Params) -> dict[str, float]:
-    """Per-fold metrics of the expanding-window backtest, with their mean and spread."""
+def backtest(snapshots: pd.DataFrame, lists: FeatureLists, params: Params) -> tuple[dict[str, float], list[dict]]:
+    """Per-fold metrics of the expanding-window backtest, with their mean and spread, and the
+    folds that could not be run, each with its reason."""
     from churnlens import evaluate as ev
     from churnlens import model
 
     per_fold: dict[str, list[float]] = {}
     metrics: dict[str, float] = {}
-    for number, split in enumerate(model.backtest_splits(snapshots, params.features, params.train), start=1):
-        fitted = model.fit_with_early_stopping(model.rows_at(snapshots, split.train),
-                                               model.rows_at(snapshots, split.validation),
+    folds, skipped = model.backtest_splits(snapshots, params.features, params.train)
+    for number, split in enumerate(folds, start=1):
+        fitted = model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
                                                lists.numeric, lists.categorical, params.train)
-        test = model.rows_at(snapshots, [split.holdout])
+        test = split.holdout_rows(snapshots)
         probability = model.churn_probability(fitted.pipeline, test, lists.numeric, lists.categorical)
         result = ev.classification_metrics(test[model.LABEL].to_numpy(dtype=int), probability,
                                            params.evaluate.top_fraction)
-        for name in ("roc_auc", "pr_auc", "log_loss", "brier", "top_decile_lift"):
+        for name in ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift"):
             metrics[f"fold{number}_{name}"] = result[name]
             per_fold.setdefault(name, []).append(result[name])
         log.info("backtest fold %d (test cutoff %s): ROC AUC %.3f", number, split.holdout.date(), result["roc_auc"])
+    for fold in skipped:
+        log.warning("backtest fold at %s skipped: %s", fold.test_cutoff.date(), fold.reason)
     for name, values in per_fold.items():
         metrics[f"backtest_{name}_mean"] = float(np.mean(values))
         metrics[f"backtest_{name}_std"] = float(np.std(values))
     metrics["backtest_folds"] = len(per_fold.get("roc_auc", []))
-    return metrics
+    metrics["backtest_folds_skipped"] = len(skipped)
+    return metrics, [{"test_cutoff": f.test_cutoff.date().isoformat(), "reason": f.reason} for f in skipped]
 
 
 def _score_holdout(pipeline: object, metadata: dict, holdout: pd.DataFrame) -> np.ndarray:
@@ -234,6 +245,18 @@ def _score_holdout(pipeline: object, metadata: dict, holdout: pd.DataFrame) -> n
     return model.churn_probability(pipeline, holdout, numeric, categorical)
 
 
+def evaluated_procedure(snapshots: pd.DataFrame, trained: dict, metadata: dict, params: Params):
+    """The training procedure as it was judged: fitted on the train report's split with the chosen
+    settings, strictly before the holdout (same data, params and seed give the same model)."""
+    from churnlens import model
+
+    split = model.TemporalSplit.from_dict(trained["split"])
+    config = params.train.model_copy(
+        update={"xgboost": params.train.xgboost.model_copy(update=trained["chosen_xgboost"])})
+    return model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
+                                         metadata["numeric_features"], metadata["categorical_features"], config)
+
+
 def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_report: Path, metrics_path: Path,
                  plots_dir: Path, headline_path: Path | None = None) -> dict:
     from churnlens import evaluate as ev
@@ -242,19 +265,22 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     config = params.evaluate
     trained = io.read_json(train_report)
     snapshots = pd.read_parquet(snapshots_path)
-    holdout_cutoff = pd.Timestamp(trained["split"]["holdout"])
-    holdout = snapshots[snapshots["cutoff"] == holdout_cutoff]
-    training_cutoffs = [pd.Timestamp(c) for c in trained["split"]["train"] + trained["split"]["validation"]]
-    train_rows = model.rows_at(snapshots, training_cutoffs)
+    split = model.TemporalSplit.from_dict(trained["split"])
+    holdout_cutoff = split.holdout
+    holdout = split.holdout_rows(snapshots)
+    train_rows = model.rows_at(snapshots, sorted(set(split.train + split.validation)))
     y = holdout[model.LABEL].to_numpy(dtype=int)
 
     challenger = tracking.load_model(str(model_dir))
-    probability = _score_holdout(challenger.pipeline, challenger.metadata, holdout)
+    # The deployed model was refit on the holdout's labels: its score there would be in-sample. The
+    # honest figure is the procedure's, trained strictly before the holdout (deterministic refit).
+    evaluated = evaluated_procedure(snapshots, trained, challenger.metadata, params)
+    probability = _score_holdout(evaluated.pipeline, challenger.metadata, holdout)
     results = {"model": ev.classification_metrics(y, probability, config.top_fraction)}
     baseline_scores = {
         "recency_rule": (ev.recency_baseline(holdout), False),
         "rfm_logistic": (ev.rfm_logistic_baseline(train_rows, holdout, params.train.seed), True),
-        "bgnbd_expected_purchases": (ev.bgnbd_baseline(train_rows, holdout, params.features.horizon_days), False),
+        "bgnbd_no_purchase": (ev.bgnbd_baseline(holdout, params.features.horizon_days), True),
     }
     for name, (values, is_probability) in baseline_scores.items():
         results[name] = ev.classification_metrics(y, values, config.top_fraction, is_probability)
@@ -267,6 +293,9 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
                   "improvement_over": {name: results["model"][key] - results[name][key]
                                        for name in baseline_scores if key in results[name]}}
     promotion = decide_promotion(params, trained, holdout, results["model"], beats)
+    if trained["split"].get("overlapping_labels"):
+        promotion["warning"] = ("short history: the training labels overlap the holdout's label window, so the "
+                                "holdout figures are optimistic")
 
     curves = ev.curves(y, probability, config.calibration_bins)
     baseline_curves = {name: ev.curves(y, (values - values.min()) / (np.ptp(values) or 1.0), config.calibration_bins)
@@ -326,7 +355,6 @@ def decide_promotion(params: Params, trained: dict, holdout: pd.DataFrame, chall
                      beats_baselines: dict[str, bool]) -> dict:
     """Champion/challenger on the same holdout; a model that loses to a baseline is never promoted."""
     from churnlens import evaluate as ev
-    from churnlens import model
 
     name, version = trained["model_name"], trained["model_version"]
     metric, config = params.evaluate.promotion_metric, params.evaluate
@@ -342,10 +370,7 @@ def decide_promotion(params: Params, trained: dict, holdout: pd.DataFrame, chall
         return {**decision, "promoted": True, "reason": "no champion yet" if champion_version is None else "re-run"}
     try:
         champion = tracking.load_model(f"models:/{name}@{tracking.CHAMPION}")
-        champion_probability = _score_holdout(champion.pipeline, champion.metadata, holdout)
-        y = holdout[model.LABEL].to_numpy(dtype=int)
-        champion_score = ev.promotion_score(
-            ev.classification_metrics(y, champion_probability, config.top_fraction), metric)
+        champion_score = _honest_champion_score(champion, holdout, params)
     except (KeyError, ValueError) as exc:
         log.warning("champion version %s cannot score this holdout (%s); the challenger replaces it",
                     champion_version, exc)
@@ -356,6 +381,28 @@ def decide_promotion(params: Params, trained: dict, holdout: pd.DataFrame, chall
         return {**decision, "promoted": True, "reason": f"beats champion v{champion_version} on {metric}"}
     return {**decision, "promoted": False,
             "reason": f"champion v{champion_version} is as good or better on {metric}"}
+
+
+def _honest_champion_score(champion: tracking.LoadedModel, holdout: pd.DataFrame, params: Params) -> float:
+    """The champion's out-of-time figure: its score on this holdout when none of its training
+    labels reaches past the holdout cutoff, else the honest holdout figure recorded for its own
+    procedure (its score here would be in-sample)."""
+    from churnlens import evaluate as ev
+    from churnlens import model
+
+    metric = params.evaluate.promotion_metric
+    span = pd.Timedelta(days=params.features.lead_days + params.features.horizon_days)
+    cutoff = pd.Timestamp(holdout["cutoff"].iloc[0])
+    trained_on = [pd.Timestamp(c) for c in champion.metadata.get("deployed_train_cutoffs", [])]
+    if all(c + span <= cutoff for c in trained_on):
+        probability = _score_holdout(champion.pipeline, champion.metadata, holdout)
+        y = holdout[model.LABEL].to_numpy(dtype=int)
+        return ev.promotion_score(ev.classification_metrics(y, probability, params.evaluate.top_fraction), metric)
+    recorded = tracking.run_metrics(champion.metadata.get("run_id"))
+    key = f"holdout_model_{metric.removeprefix('neg_')}"
+    if key not in recorded:
+        raise ValueError(f"it was trained on this holdout's labels and its run has no {key}")
+    return ev.promotion_score({metric.removeprefix("neg_"): recorded[key]}, metric)
 
 
 def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output: Path | str,
@@ -411,7 +458,10 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
 def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp, data_end: pd.Timestamp
            ) -> pd.Timestamp:
     instant = as_of if as_of is not None else ft.scoring_cutoff(params.features, data_end)
-    if not data_start < instant <= data_end.normalize() + pd.Timedelta(days=1):
+    # A few quiet days between the last event and the scoring date are normal (weekends, holidays);
+    # more than a month (or a horizon) without a single event means the data is not current.
+    quiet = pd.Timedelta(days=min(params.features.horizon_days, 30))
+    if not data_start < instant <= data_end.normalize() + pd.Timedelta(days=1) + quiet:
         raise ValueError(
             f"score: as-of {instant.date()} is outside the data, which spans {data_start.date()} .. "
             f"{data_end.date()}; pick a date inside it"

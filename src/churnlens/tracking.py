@@ -257,6 +257,20 @@ def log_evaluation(run_id: str, metrics: dict[str, float], artifact_dir: Path | 
             mlflow.log_artifacts(str(artifact_dir), artifact_path="evaluation")
 
 
+def run_metrics(run_id: str | None) -> dict[str, float]:
+    """The latest value of every metric of a run ({} when the run is unknown)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return {}
+    configure()
+    try:
+        return dict(MlflowClient().get_run(run_id).data.metrics)
+    except MlflowException:
+        return {}
+
+
 def alias_version(model_name: str, alias: str) -> str | None:
     """The version an alias points at, or None when the alias (or the model) does not exist."""
     from mlflow import MlflowClient

@@ -1,0 +1,37 @@
+"""End to end on the real retail log, out of time: the pipeline's own commands on the log cut at C,
+judged on what the customers did after C. Skips when the shared log is not beside the clone."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import PROJECT_ROOT
+
+sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
+import realdata_benchmark as bench
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not bench.RETAIL_LOG.is_file(),
+                       reason=f"the real retail log is not at {bench.RETAIL_LOG} (see ../shared/data/README.md)"),
+]
+
+
+def test_model_beats_recency_and_logistic_rfm_out_of_time_on_the_real_log(tmp_path) -> None:
+    date = pd.Timestamp(bench.RETAIL_DATES[-1])
+    case = bench.retail_case()
+    scores = bench.run_pipeline(case, date, tmp_path)
+    judged = scores[["customer_id", "churn_probability"]].merge(bench.truth_at(case, date, tmp_path),
+                                                                on="customer_id")
+    y = judged[bench.LABEL].to_numpy(dtype=int)
+    probability = judged["churn_probability"].to_numpy(dtype=float)
+    assert len(judged) > 2000 and 0.2 < y.mean() < 0.8
+    assert np.all((probability > 0) & (probability < 1))  # never a certain 0 or 1
+    baselines = bench.baseline_scores(case, date, tmp_path, judged["customer_id"])
+    model = bench.scored_metrics(y, probability, True)
+    for name in ("recency", "rfm_logistic"):
+        assert model["roc_auc"] > bench.scored_metrics(y, baselines[name], name != "recency")["roc_auc"], name
