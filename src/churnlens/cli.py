@@ -293,7 +293,7 @@ def score(
              result["as_of"], result["model_name"], result["model_version"], result["campaign_customers"])
 
 
-def _check_score_paths(engine: str, output: str, csv: str | None, report: Path, manifest: Path | None,
+def _check_score_paths(engine: str, output: str, csv: str | None, report: Path | None, manifest: Path | None,
                       truth: Path | None) -> None:
     """Refuse outputs that cannot be written before scoring, so no output is replaced while another fails."""
     from churnlens.io import ensure_writable
@@ -307,7 +307,9 @@ def _check_score_paths(engine: str, output: str, csv: str | None, report: Path, 
         if csv is not None and Path(csv).suffix != ".csv":
             raise ValueError(f"--csv {csv}: give a path ending in .csv")
         ensure_writable(*local)
-    ensure_writable(report, report.with_suffix(".png"), *([manifest] if manifest else []))
+    # Reports and manifest not given go beside the output, whose folder is checked above.
+    side_files = [*([report, report.with_suffix(".png")] if report else []), *([manifest] if manifest else [])]
+    ensure_writable(*side_files)
 
 
 @app.command()
