@@ -53,3 +53,26 @@ def test_profile_is_plain_json_and_skips_absent_features() -> None:
     assert json.loads(json.dumps(profile)) == profile
     assert population_stability(profile, _frame(rng, 0).drop(columns=["plan"])).keys() == {"spend"}
     assert sum(profile["spend"]["shares"]) == pytest.approx(1.0)
+
+
+def _customers(rng: np.random.Generator, first_purchase: pd.Series, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Features at ``cutoff`` of customers whose first observed purchase is ``first_purchase``."""
+    tenure = (cutoff - first_purchase).dt.days.astype("float64")
+    return pd.DataFrame({"days_since_first_purchase": tenure, "spend": rng.normal(100, 20, len(tenure))})
+
+
+def test_a_population_that_only_aged_is_stable_and_a_wave_of_newcomers_is_flagged() -> None:
+    rng = np.random.default_rng(2)
+    start, reference = pd.Timestamp("2023-01-01"), pd.Timestamp("2024-01-01")
+    # A log that starts at a fixed date: many first purchases are censored at its first day.
+    first = pd.Series(start + pd.to_timedelta(np.minimum(rng.integers(0, 600, 5_000), 364), unit="D"))
+    profile = drift_profile(_customers(rng, first, reference), ["days_since_first_purchase", "spend"], [],
+                            reference=reference)
+    later = reference + pd.Timedelta(days=120)
+    aged = _customers(rng, first, later)
+    assert population_stability(profile, aged)["days_since_first_purchase"] > 1.0  # without the adjustment
+    assert population_stability(profile, aged, later)["days_since_first_purchase"] < 0.01
+    newcomers = pd.Series(later - pd.to_timedelta(rng.integers(1, 120, 2_500), unit="D"))
+    grown = _customers(rng, pd.concat([first, newcomers], ignore_index=True), later)
+    assert population_stability(profile, grown, later)["days_since_first_purchase"] > 0.25
+    assert population_stability(profile, grown, later)["spend"] < 0.01

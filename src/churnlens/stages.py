@@ -16,7 +16,7 @@ import pandas as pd
 
 from churnlens import features as ft
 from churnlens import drift, io, score, segments, tracking
-from churnlens.config import FeaturesConfig, Params, ScoreConfig
+from churnlens.config import FeaturesConfig, Params
 from churnlens.ingest import run_ingest
 from churnlens.simulate import simulate
 
@@ -135,11 +135,16 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     lists = FeatureLists.from_report(io.read_json(features_report))
     split = model.temporal_split(snapshots, params.features, params.train)
     train_rows, validation_rows = model.rows_at(snapshots, split.train), model.rows_at(snapshots, split.validation)
+    # Training takes minutes on real data: say what is running.
+    log.info("train: %d training rows, %d validation rows; tuning (up to %d trials or %.0f s)", len(train_rows),
+             len(validation_rows), params.train.tuning.n_trials, params.train.tuning.max_seconds)
     tuned = model.tune(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
     params = params.model_copy(update={"train": tuned.config})
     fitted = model.fit_with_early_stopping(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
     seconds = time.perf_counter() - started
+    log.info("train: final model fitted in %.0f s (%d trees); backtest folds next", seconds, fitted.best_iteration)
     folds = backtest(snapshots, lists, params)
+    log.info("train: logging the run and the model to MLflow")
 
     metrics = {"best_iteration": fitted.best_iteration, "validation_logloss": fitted.validation_logloss,
                "train_rows": len(train_rows), "validation_rows": len(validation_rows),
@@ -158,13 +163,18 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
                 # The reference population for drift checks: the latest training snapshot, which is
                 # closest in time to what will be scored (pooled cutoffs mix younger histories in).
                 "drift_profile": drift.drift_profile(train_rows[train_rows["cutoff"] == train_rows["cutoff"].max()],
-                                               lists.numeric, lists.categorical)}
+                                               lists.numeric, lists.categorical,
+                                               reference=train_rows["cutoff"].max())}
     registered = tracking.log_training_run(
         experiment=params.train.experiment_name, model_name=params.train.registered_model_name,
         params={"features": params.features.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
                 "split": split.as_dict()},
         metrics=metrics, tags=tags, pipeline=fitted.pipeline, example=example, metadata=metadata,
         artifacts={"features": features_report, "features/catalog": catalog},
+        data=tracking.TrainingData(model.model_input(train_rows, lists.numeric, lists.categorical)
+                                   .assign(**{model.LABEL: train_rows[model.LABEL].to_numpy()}),
+                                   str(snapshots_path), tags["data_fingerprint"], model.LABEL,
+                                   str(train_rows["cutoff"].min().date()), str(train_rows["cutoff"].max().date())),
     )
     tracking.save_model_dir(fitted.pipeline, example,
                             {**metadata, "registered_model_name": registered.name,
@@ -278,10 +288,13 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     io.write_json(payload, metrics_path)
     if headline_path is not None:
         io.write_json(ev.headline_metrics(results), headline_path)
-    flat = {f"holdout_{name}_{k}": v for name, values in results.items() for k, v in values.items()}
-    flat.update({f"holdout_segment_{segment}_{k}": v for segment, values in per_segment.items()
-                 for k, v in values.items()})
+    # Grouped for the UI's charts: the model on the holdout, each baseline on it, each segment.
+    flat = {f"{'holdout' if name == 'model' else f'baseline/{name}'}/{k}": v
+            for name, values in results.items() for k, v in values.items()}
+    flat.update({f"segment/{segment}/{k}": v for segment, values in per_segment.items() for k, v in values.items()})
     tracking.log_evaluation(trained["run_id"], flat, plots_dir)
+    tracking.record_promotion(trained["model_name"], trained["model_version"], promotion, results,
+                              holdout_cutoff.date().isoformat())
     return payload
 
 
@@ -344,7 +357,10 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
               truth: pd.DataFrame | None = None, show_progress: bool = False, headline_path: Path | None = None
               ) -> dict:
     """The batch scoring job: features as of one instant, then scores, segments, reasons and the
-    retention plan, written atomically, plus a segment report and a run manifest."""
+    retention plan, written atomically (Parquet, and a rounded CSV beside it unless ``csv_output``
+    says where), plus a segment report and a run manifest."""
+    # The model first: a wrong alias fails in a second, not after the features were computed.
+    resolved = tracking.resolve_model(model_uri, project_root)
     if params.engine.name == "spark":
         return _run_score_spark(params, str(canonical_dir), model_uri, str(output), report_path, as_of,
                                 csv_output, project_root, previous, manifest_path, truth, headline_path)
@@ -355,24 +371,26 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
     tables = canonical_tables(canonical_dir)
     data_start, data_end = ft.data_span(tables)
     instant = _as_of(params, as_of, data_start, data_end)
-    loaded = tracking.load_model(model_uri, project_root)
+    loaded = tracking.load_resolved(resolved)
     run.lap("load_model")
+    log.info("score: features as of %s with %s v%s", instant.isoformat(), loaded.name, loaded.version)
     snapshot, _ = ft.compute_snapshots(tables, [instant], params.features, with_labels=False)
     run.lap("features")
+    log.info("score: %d active customers; probabilities, reasons and segments", len(snapshot))
     numeric, categorical = loaded.metadata.get("numeric_features", []), loaded.metadata.get("categorical_features", [])
     missing = [c for c in numeric + categorical if c not in snapshot]
     if missing:
         raise ValueError(f"score: model {loaded.name} v{loaded.version} needs features {missing} that the data "
                          "does not provide; retrain on this data or supply the missing tables")
-    probability, reasons = _score_in_chunks(loaded, snapshot, numeric, categorical, config, show_progress)
+    probability, reasons = _score_in_chunks(loaded, snapshot, numeric, categorical, params, show_progress)
     run.lap("predict_and_reasons")
     assigned = segments.assign_segments(snapshot, config.segments)
     scores = score.build_scores(snapshot, probability, assigned, config, instant, loaded.name, loaded.version,
                                 reasons)
     run.lap("segments_and_plan")
     io.write_parquet(scores, output)
-    if csv_output is not None:
-        io.write_csv(scores, csv_output)
+    csv_output = csv_output if csv_output is not None else _beside(str(output), "csv")
+    io.write_csv(score.scores_for_csv(scores), csv_output)
     run.lap("write")
     model_info = {"model_uri": model_uri, "model_name": loaded.name, "model_version": loaded.version,
                   "model_run_id": loaded.metadata.get("run_id")}
@@ -460,7 +478,7 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
                    "model_version": model_info["model_version"]})
     if truth is not None:
         report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], truth)
-    stability = drift.population_stability(profile, snapshot)
+    stability = drift.population_stability(profile, snapshot, instant)
     drifted = {name: value for name, value in stability.items() if value > config.drift_warning_psi}
     for name, value in drifted.items():
         log.warning("drift: %s has PSI %.2f against the training population (threshold %.2f)", name, value,
@@ -490,7 +508,7 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
     if headline_path is not None:
         io.write_json(score.segment_headline(report), headline_path)
     log.info("scored %d customers in %.1f s", len(scores), manifest["timings_seconds"]["total"])
-    return report
+    return {**report, "outputs": {**manifest["outputs"], "manifest": str(manifest_path or _beside(output, "manifest.json"))}}
 
 
 def _beside(output: str, suffix: str) -> Path:
@@ -508,24 +526,26 @@ def _version() -> str:
 
 
 def _score_in_chunks(loaded: tracking.LoadedModel, snapshot: pd.DataFrame, numeric: list[str],
-                     categorical: list[str], config: ScoreConfig, show_progress: bool) -> tuple[np.ndarray, pd.Series | None]:
-    """Probabilities for everyone and reasons for the medium/high-risk, ``chunk_rows`` at a time."""
+                     categorical: list[str], params: Params, show_progress: bool) -> tuple[np.ndarray, pd.Series | None]:
+    """Probabilities and reasons for everyone, ``chunk_rows`` at a time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from churnlens import model
 
+    config = params.score
     probability = np.empty(len(snapshot))
     reasons: list[pd.Series] = []
+    # Every row is scored on its own, so smaller steps than chunk_rows give the same bytes; about
+    # twenty of them let the bar move on a batch that fits one chunk.
+    step = min(config.chunk_rows, max(1_000, -(-len(snapshot) // 20)))
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress) as progress:
         task = progress.add_task("scoring", total=len(snapshot))
-        for start in range(0, len(snapshot), config.chunk_rows):
-            chunk = snapshot.iloc[start:start + config.chunk_rows]
+        for start in range(0, len(snapshot), step):
+            chunk = snapshot.iloc[start:start + step]
             chunk_probability = model.churn_probability(loaded.pipeline, chunk, numeric, categorical)
             probability[start:start + len(chunk)] = chunk_probability
-            chunk_reasons = score.at_risk_reasons(loaded.pipeline, chunk, chunk_probability, numeric, categorical,
-                                                  config)
-            if chunk_reasons is not None:
-                reasons.append(chunk_reasons)
+            reasons.append(score.customer_reasons(loaded.pipeline, chunk, chunk_probability, numeric, categorical,
+                                                  config, params.features.windows_days))
             progress.advance(task, len(chunk))
     return probability, (pd.concat(reasons) if reasons else None)
