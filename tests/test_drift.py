@@ -76,3 +76,13 @@ def test_a_population_that_only_aged_is_stable_and_a_wave_of_newcomers_is_flagge
     grown = _customers(rng, pd.concat([first, newcomers], ignore_index=True), later)
     assert population_stability(profile, grown, later)["days_since_first_purchase"] > 0.25
     assert population_stability(profile, grown, later)["spend"] < 0.01
+
+
+def test_counts_over_all_history_are_left_out_with_a_reason() -> None:
+    from churnlens.drift import NOT_COMPARED
+
+    rng = np.random.default_rng(3)
+    reference = pd.DataFrame({"purchases_lifetime": rng.poisson(5, 5_000).astype(float)})
+    profile = drift_profile(reference, ["purchases_lifetime"], [])
+    assert population_stability(profile, reference + 10) == {}  # grown with the log: not an alarm
+    assert NOT_COMPARED["purchases_lifetime"]

@@ -28,6 +28,11 @@ import pandas as pd
 MISSING = "__missing__"
 # Features that grow one day per day by definition (see the module docstring).
 AGEING_FEATURES = frozenset({"days_since_first_purchase", "tenure_days"})
+# Counts over all history only accumulate: the whole distribution moves as the log grows and no
+# shift by elapsed time undoes that. They are left out of the check, with the reason recorded;
+# their windowed counterparts are checked.
+NOT_COMPARED = {"purchases_lifetime": "a count over all history, which grows with the log; "
+                                      "purchases_30d/90d/365d are checked instead"}
 SHARE_FLOOR = 1e-4  # an empty bin would make ln() infinite; treat it as nearly empty instead
 
 
@@ -74,7 +79,7 @@ def population_stability(profile: dict, frame: pd.DataFrame, as_of: pd.Timestamp
     """PSI per profiled feature present in ``frame`` (taken at instant ``as_of``), largest first."""
     result = {}
     for name, spec in profile.items():
-        if name not in frame:
+        if name not in frame or name in NOT_COMPARED:
             continue
         actual = (_numeric_shares(_aged_back(frame[name], spec, as_of), spec["edges"]) if spec["kind"] == "numeric"
                   else _categorical_shares(frame[name], spec["categories"]))

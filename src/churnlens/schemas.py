@@ -6,18 +6,11 @@ check each stage boundary, and the schema table in the README.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import pandas as pd
-
-with warnings.catch_warnings():
-    # pandera imports pyspark.pandas whenever pyspark is installed (to patch pandas typing), and
-    # pyspark warns on import that it does not support pandas 3: noise on every command, even on
-    # the DuckDB engine that never touches Spark. Only that one warning, only during this import.
-    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
-    import pandera.pandas as pa
+import pandera.pandas as pa
 
 Kind = Literal["id", "timestamp", "float", "int", "bool", "text"]
 

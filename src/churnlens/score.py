@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
-
-from dataclasses import dataclass
 
 from churnlens.config import PERSONAS, ScoreConfig
 
@@ -109,8 +110,8 @@ def feature_descriptions(windows_days: tuple[int, ...]) -> dict[str, str]:
     from churnlens.features import feature_definitions
 
     def phrase(text: str) -> str:
-        text = text.rstrip(".").replace(" up to the cutoff", "").replace(" to the cutoff", "")
-        return (text[:1].lower() + text[1:]).replace(" (categorical)", "")
+        text = re.sub(r" \([^)]*\)", "", text.rstrip(".")).replace(" up to the cutoff", "").replace(" to the cutoff", "")
+        return text[:1].lower() + text[1:]
 
     return {f.name: phrase(f.description) for f in feature_definitions(tuple(windows_days))}
 
@@ -128,7 +129,10 @@ def plain_reasons(contribution: pd.DataFrame, features: pd.DataFrame, descriptio
     for i, row_label in enumerate(features.index):
         row = features.loc[row_label]
         up = [j for j in order[i] if values[i, j] > 0]
-        words = "; ".join(_reason(names[j], row, descriptions) for j in (up or by_size[i]))
+        chosen = [names[j] for j in (up or by_size[i])]
+        if "days_since_last_purchase" in chosen:  # its phrase already says how overdue they are
+            chosen = [name for name in chosen if name != "overdue_ratio"]
+        words = "; ".join(_reason(name, row, descriptions) for name in chosen)
         texts.append(words if up else f"low risk: {words}")
     return pd.Series(texts, index=features.index, dtype="string")
 
@@ -143,7 +147,8 @@ def _reason(name: str, row: pd.Series, descriptions: dict[str, str]) -> str:
         return f"no purchase for {value:.0f} days{usual}"
     if name == "overdue_ratio":
         return f"{value:.1f}x overdue against their usual purchase gap"
-    shown = value if isinstance(value, str) else f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+    whole = isinstance(value, str) or float(value).is_integer() or name.startswith("days_") or "_days" in name
+    shown = value if isinstance(value, str) else f"{value:,.0f}" if whole else f"{value:,.2f}"
     return f"{descriptions.get(name, name.replace('_', ' '))}: {shown}"
 
 

@@ -498,6 +498,7 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
         "segment_mix": {s: v["share"] for s, v in report["segments"].items()},
         "reasons": config.reasons,
         "drift": {"threshold": config.drift_warning_psi, "psi": stability, "warnings": sorted(drifted),
+                  "not_compared": {name: why for name, why in drift.NOT_COMPARED.items() if name in profile},
                   "rows_compared": len(snapshot)},
         "outputs": {"scores": output, "csv": str(csv_output) if csv_output else None,
                     "segment_report": str(report_path)},
