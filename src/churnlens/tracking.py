@@ -268,10 +268,15 @@ def promotion_text(promotion: dict, results: dict[str, dict], holdout_cutoff: st
              f"Holdout cutoff {holdout_cutoff}; promotion metric {metric} (higher is better).", "",
              "| scorer | ROC AUC | PR AUC | Brier | lift@top |", "|---|---|---|---|---|"]
     champion = promotion.get("champion_score")
+
+    def shown(values: dict, key: str, decimals: int = 4) -> str:
+        value = values.get(key)  # a ranking baseline has no Brier score: it is no probability
+        return "–" if value is None or value != value else f"{value:.{decimals}f}"
+
     for name, values in results.items():
         label = f"challenger v{promotion['challenger_version']}" if name == "model" else f"baseline {name}"
-        lines.append(f"| {label} | {values.get('roc_auc', float('nan')):.4f} | {values.get('pr_auc', float('nan')):.4f} "
-                     f"| {values.get('brier', float('nan')):.4f} | {values.get('top_decile_lift', float('nan')):.2f} |")
+        lines.append(f"| {label} | {shown(values, 'roc_auc')} | {shown(values, 'pr_auc')} | {shown(values, 'brier')} "
+                     f"| {shown(values, 'top_decile_lift', 2)} |")
     if champion is not None and champion != float("-inf"):
         lines += ["", f"Champion v{promotion.get('previous_champion_version')} on the same holdout: "
                       f"{metric} {champion:.4f} (challenger {promotion['challenger_score']:.4f})."]
