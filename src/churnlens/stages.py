@@ -403,7 +403,8 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
 
 def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp, data_end: pd.Timestamp
            ) -> pd.Timestamp:
-    instant = as_of if as_of is not None else ft.scoring_cutoff(params.features, data_end)
+    # A date read back from a scores file is UTC-aware; the engines' instants are naive UTC.
+    instant = score.utc(as_of).tz_localize(None) if as_of is not None else ft.scoring_cutoff(params.features, data_end)
     if not data_start < instant <= data_end.normalize() + pd.Timedelta(days=1):
         raise ValueError(
             f"score: as-of {instant.date()} is outside the data, which spans {data_start.date()} .. "
@@ -474,7 +475,7 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
 
     config = params.score
     report = score.segment_report(scores, previous)
-    report.update({"as_of": instant.isoformat(), "model_name": model_info["model_name"],
+    report.update({"as_of": score.utc(instant).isoformat(), "model_name": model_info["model_name"],
                    "model_version": model_info["model_version"]})
     if truth is not None:
         report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], truth)
@@ -491,7 +492,7 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
     plots.segment_plot(report, report_path.with_suffix(".png"))
     run.lap("report")
     manifest = {
-        "as_of": instant.isoformat(), "engine": engine, **model_info, "data": data_info,
+        "as_of": score.utc(instant).isoformat(), "engine": engine, **model_info, "data": data_info,
         "rows": {"customers_scored": len(scores), "in_campaign": report["campaign_customers"],
                  "with_reasons": int((scores["top_reasons"].fillna("") != "").sum()),
                  "per_segment": {s: v["customers"] for s, v in report["segments"].items()}},
