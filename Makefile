@@ -5,7 +5,7 @@ BIN    := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install browser pipeline test benchmark catalog ui clean
+.PHONY: install browser pipeline test benchmark catalog notebooks ui clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ catalog: install
 
 ui: install
 	churnlens ui
+
+# The review notebooks executed against this project's pipeline outputs and MLflow store, saved
+# with their outputs as notebooks and HTML under reports/notebooks/ (the sources stay output-free).
+# CHURNLENS_MODEL_VERSION=<n> reviews that version instead of the champion.
+notebooks: install
+	jupyter nbconvert --to notebook --execute --output-dir reports/notebooks notebooks/*.ipynb
+	jupyter nbconvert --to html --output-dir reports/notebooks reports/notebooks/*.ipynb
 
 clean:
 	rm -rf data/raw data/truth data/canonical data/quarantine data/features data/scores models/churn_model reports
