@@ -186,7 +186,8 @@ def score(
                      ] = None,
     output: Annotated[str, typer.Option(help="Parquet file (a Parquet folder on Spark; URIs allowed there)")
                       ] = "data/scores/scores.parquet",
-    csv: Annotated[str | None, typer.Option(help="also write a CSV (e.g. for a CRM)")] = None,
+    csv: Annotated[str | None, typer.Option(help="the rounded CSV copy (for a CRM); default: beside --output, "
+                                                 "scores.csv (see docs/scores.md)")] = None,
     report: Annotated[Path | None, typer.Option(help="segment report JSON (and a PNG beside it); default: "
                                                      "beside --output")] = None,
     manifest: Annotated[Path | None, typer.Option(help="run manifest JSON; default: beside --output")] = None,
