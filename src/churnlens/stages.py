@@ -163,8 +163,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
                 # The reference population for drift checks: the latest training snapshot, which is
                 # closest in time to what will be scored (pooled cutoffs mix younger histories in).
                 "drift_profile": drift.drift_profile(train_rows[train_rows["cutoff"] == train_rows["cutoff"].max()],
-                                               lists.numeric, lists.categorical,
-                                               reference=train_rows["cutoff"].max())}
+                                               lists.numeric, lists.categorical)}
     registered = tracking.log_training_run(
         experiment=params.train.experiment_name, model_name=params.train.registered_model_name,
         params={"features": params.features.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
@@ -479,7 +478,7 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
                    "model_version": model_info["model_version"]})
     if truth is not None:
         report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], truth)
-    stability = drift.population_stability(profile, snapshot, instant)
+    stability = drift.population_stability(profile, snapshot)
     drifted = {name: value for name, value in stability.items() if value > config.drift_warning_psi}
     for name, value in drifted.items():
         log.warning("drift: %s has PSI %.2f against the training population (threshold %.2f)", name, value,
