@@ -147,8 +147,10 @@ def _reason(name: str, row: pd.Series, descriptions: dict[str, str]) -> str:
         return f"no purchase for {value:.0f} days{usual}"
     if name == "overdue_ratio":
         return f"{value:.1f}x overdue against their usual purchase gap"
-    whole = isinstance(value, str) or float(value).is_integer() or name.startswith("days_") or "_days" in name
-    shown = value if isinstance(value, str) else f"{value:,.0f}" if whole else f"{value:,.2f}"
+    # Rounded before trimming, so the engines' last-bit differences in a value read the same.
+    days = name.startswith("days_") or "_days" in name
+    shown = (value if isinstance(value, str) else f"{value:,.0f}" if days
+             else f"{value:,.2f}".removesuffix(".00"))
     return f"{descriptions.get(name, name.replace('_', ' '))}: {shown}"
 
 
