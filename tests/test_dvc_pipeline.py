@@ -160,8 +160,9 @@ def test_dvc_repro_end_to_end(repo, monkeypatch) -> None:
     # `git status` is clean after a run: every output is either DVC's or committed.
     assert _run(["git", "status", "--porcelain"], root, env) == ""
     metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], root, env, stderr=False))
-    numbers = [v for file in metrics["workspace"]["data"].values() for v in file["data"].values()]
-    assert 0.5 < metrics["workspace"]["data"]["metrics/evaluate.json"]["data"]["roc_auc"] <= 1
+    workspace = metrics["workspace" if "workspace" in metrics else ""]  # DVC 3.67 keys the workspace ""
+    numbers = [v for file in workspace["data"].values() for v in file["data"].values()]
+    assert 0.5 < workspace["data"]["metrics/evaluate.json"]["data"]["roc_auc"] <= 1
     assert len(numbers) <= 8
 
 
