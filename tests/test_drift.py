@@ -53,3 +53,37 @@ def test_profile_is_plain_json_and_skips_absent_features() -> None:
     assert json.loads(json.dumps(profile)) == profile
     assert population_stability(profile, _frame(rng, 0).drop(columns=["plan"])).keys() == {"spend"}
     assert sum(profile["spend"]["shares"]) == pytest.approx(1.0)
+
+
+
+def test_a_population_that_only_aged_raises_no_alarm_and_a_real_shift_does() -> None:
+    from churnlens.drift import NOT_COMPARED
+
+    rng = np.random.default_rng(2)
+    start, reference = pd.Timestamp("2023-01-01"), pd.Timestamp("2024-01-01")
+    # A log that starts at a fixed date: many first purchases are censored at its first day.
+    first = pd.Series(start + pd.to_timedelta(np.maximum(rng.integers(-300, 365, 5_000), 0), unit="D"))
+    orders = rng.poisson(6, 5_000).astype(float)
+
+    def customers(cutoff: pd.Timestamp, spend_shift: float = 0.0) -> pd.DataFrame:
+        days = (cutoff - start).days
+        return pd.DataFrame({"days_since_first_purchase": (cutoff - first).dt.days.astype(float),
+                             "purchases_lifetime": orders * days / 365,
+                             "spend_365d": rng.normal(100 + spend_shift, 20, len(first))})
+
+    names = ["days_since_first_purchase", "purchases_lifetime", "spend_365d"]
+    profile = drift_profile(customers(reference), names, [])
+    later = reference + pd.Timedelta(days=120)
+    aged = customers(later)
+    assert psi(profile["days_since_first_purchase"]["shares"],
+               drift_profile(aged, ["days_since_first_purchase"], [])["days_since_first_purchase"]["shares"]) == 0
+    stability = population_stability(profile, aged)
+    assert max(stability.values()) < 0.25 and not set(stability) & set(NOT_COMPARED)
+    assert population_stability(profile, customers(later, spend_shift=30))["spend_365d"] > 0.25
+
+
+def test_features_left_out_of_drift_say_why() -> None:
+    from churnlens.drift import NOT_COMPARED
+
+    assert {"days_since_first_purchase", "tenure_days", "purchases_lifetime"} <= set(NOT_COMPARED)
+    assert all(len(reason) > 20 for reason in NOT_COMPARED.values())

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from conftest import PROJECT_ROOT
 
@@ -44,6 +45,23 @@ def test_notebook_runs_against_a_pipeline_run(path: Path, reviewed_project: dict
     assert time.perf_counter() - started < 60
     images = [o for c in notebook.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, f"{path.name} drew no plot"
+    if path.stem == "02_model_review":
+        _assert_review_shows_the_registrys_champion(notebook, reviewed_project)
+
+
+def _assert_review_shows_the_registrys_champion(notebook, reviewed_project: dict) -> None:
+    """The notebook names the champion the registry holds and shows that version's own numbers."""
+    from mlflow import MlflowClient
+
+    text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                     for c in notebook.cells for o in c.get("outputs", []))
+    client = MlflowClient(reviewed_project["tracking_uri"])
+    champion = client.get_model_version_by_alias("churnlens", "champion")
+    assert f"model under review: churnlens v{champion.version} (champion)" in text
+    metrics = client.get_run(champion.run_id).data.metrics
+    for key in ("holdout/roc_auc", "baseline/recency_rule/roc_auc", "holdout/brier"):
+        assert f"{metrics[key]:.4f}" in text, f"{key} of v{champion.version} is not what the notebook shows"
+    assert champion.description.splitlines()[0] in text  # the promotion decision, as the registry states it
 
 
 def _free_port() -> int:
@@ -105,8 +123,8 @@ def test_rest_api_shows_the_latest_run_its_plots_and_the_registered_model(mlflow
     latest = runs[0]
     assert latest["info"]["run_id"] == reviewed_project["trained"]["run_id"]
     metrics = {m["key"] for m in latest["data"]["metrics"]}
-    assert {"validation_logloss", "holdout_model_roc_auc", "holdout_recency_rule_roc_auc",
-            "backtest_roc_auc_mean"} <= metrics
+    assert {"validation/logloss", "holdout/roc_auc", "baseline/recency_rule/roc_auc",
+            "backtest/roc_auc_mean"} <= metrics
     artifacts = _get(f"{api}/artifacts/list?run_id={latest['info']['run_id']}&path=evaluation")["files"]
     pngs = {Path(a["path"]).name for a in artifacts if a["path"].endswith(".png")}
     assert {"roc.png", "calibration.png", "gains.png", "profit.png", "importance.png"} <= pngs
@@ -116,15 +134,35 @@ def test_rest_api_shows_the_latest_run_its_plots_and_the_registered_model(mlflow
     assert "challenger" in aliases
 
 
-def test_ui_page_lists_the_experiment_in_headless_chromium(mlflow_server: str, tmp_path: Path) -> None:
+def _rendered(url: str, profile: Path) -> str:
+    """The page's DOM after the single-page app has fetched and drawn it (the served HTML is an
+    empty shell)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "Chromium is missing: `make browser` (or .ci/run) installs Debian's chromium"
     result = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
-         f"{mlflow_server}/#/experiments"],
+         f"--user-data-dir={profile}", "--virtual-time-budget=25000", "--dump-dom", url],
         capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
-    # The served HTML is an empty shell; the name only appears once the app has fetched and drawn the list.
-    assert "experiment-list-item" in result.stdout and ">churnlens<" in result.stdout, \
-        "the experiment is not listed on the UI's experiments page"
+    return result.stdout
+
+
+def test_experiment_landing_page_is_the_runs_table(mlflow_server: str, reviewed_project: dict,
+                                                   tmp_path: Path) -> None:
+    # The address `churnlens ui` prints, built from the store: not one this test makes up.
+    from churnlens.tracking import experiment_url
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", reviewed_project["tracking_uri"])
+        url = experiment_url(mlflow_server, "churnlens")
+    dom = _rendered(url, tmp_path / "profile")
+    run = MlflowClient(reviewed_project["tracking_uri"]).get_run(reviewed_project["trained"]["run_id"])
+    assert run.info.run_name in dom, "the experiment's landing page does not list the training run"
+    assert "0 traces" not in dom, "the experiment opened on the GenAI traces view"
+
+
+def test_model_version_page_states_the_promotion(mlflow_server: str, reviewed_project: dict,
+                                                 tmp_path: Path) -> None:
+    version = reviewed_project["trained"]["model_version"]
+    dom = _rendered(f"{mlflow_server}/#/models/churnlens/versions/{version}", tmp_path / "profile")
+    assert "Promoted to champion: no champion yet" in dom, "the model version page does not state the decision"

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from churnlens.config import ScoreConfig, SegmentRules
-from churnlens.score import build_scores, retention_plan, risk_tiers, segment_report
+from churnlens.score import (PROBABILITY_BOUNDS, build_scores, feature_descriptions, plain_reasons, retention_plan,
+                             risk_tiers, segment_report)
 from churnlens.segments import assign_segments
 from conftest import project_params_dict
 
@@ -86,7 +87,7 @@ def test_build_scores_rows_and_report(score_config) -> None:
     scores = build_scores(features, np.array([0.2, 0.5, 0.9, 0.4]), segments, score_config,
                           pd.Timestamp("2024-06-01"), "churnlens", "3")
     assert len(scores) == 4 and scores["customer_id"].is_unique
-    assert set(scores["model_version"]) == {"3"} and (scores["as_of"] == pd.Timestamp("2024-06-01")).all()
+    assert set(scores["model_version"]) == {"3"} and (scores["as_of"] == pd.Timestamp("2024-06-01", tz="UTC")).all()
     report = segment_report(scores, previous=scores.assign(segment="brand_user"))
     assert sum(s["customers"] for s in report["segments"].values()) == 4
     assert report["stability"] == {"customers_in_both_runs": 4, "changed_segment": 3}
@@ -97,3 +98,25 @@ def test_too_few_observable_indices_is_not_a_guess() -> None:
     result = assign_segments(bare, SegmentRules())
     assert set(result["segment"]) == {"insufficient_history"}
     assert result.loc[0, "segment_driver"] == "fewer than two loyalty indices observable in the data"
+
+
+def test_scores_never_claim_certainty(score_config) -> None:
+    features = HAND_BUILT.copy()
+    scores = build_scores(features, np.array([0.0, 1.0, 0.5, 1e-9]), assign_segments(features, SegmentRules()),
+                          score_config, pd.Timestamp("2024-06-01"), "churnlens", "3")
+    assert scores["churn_probability"].between(*PROBABILITY_BOUNDS).all()
+    assert scores.set_index("customer_id").loc["comparer", "churn_probability"] == 0.5  # inside: untouched
+
+
+def test_reasons_are_plain_words_with_the_customers_own_values() -> None:
+    features = pd.DataFrame({"days_since_last_purchase": [84.0, 5.0], "mean_purchase_gap_days": [28.0, 20.0],
+                             "purchases_90d": [1.0, 6.0]}, index=[7, 9])
+    contribution = pd.DataFrame({"num__days_since_last_purchase": [0.9, -0.4], "num__mean_purchase_gap_days":
+                                 [-0.1, -0.2], "num__purchases_90d": [0.3, -0.6]}, index=[7, 9])
+    reasons = plain_reasons(contribution, features, feature_descriptions((30, 90, 365)))
+    at_risk, loyal = reasons.loc[7], reasons.loc[9]
+    assert at_risk.startswith(f"no purchase for 84 days, {84 / 28:.1f}x their usual gap")
+    assert "purchases in the 90 days: 1" in at_risk and "gap" in at_risk.split(";")[0]
+    assert "mean" not in at_risk  # a feature that lowers the risk is no reason for it
+    # Nothing pushes this customer's risk up: what keeps it low, largest first.
+    assert loyal.startswith("low risk: purchases in the 90 days: 6; no purchase for 5 days")

@@ -83,7 +83,11 @@ def test_spark_scores_equal_single_machine_scores(spark, reviewed_project: dict,
     report = run_score(on_spark, root / "data/canonical", "models:/churnlens@champion", tmp_path / "scores.parquet",
                        tmp_path / "report.json", as_of=as_of, manifest_path=tmp_path / "manifest.json")
     on_cluster = pd.read_parquet(tmp_path / "scores.parquet")
-    on_cluster["as_of"] = on_cluster["as_of"].astype(single["as_of"].dtype)
+    # Spark writes a TIMESTAMP (an instant, in its UTC session) that pandas reads back naive.
+    as_of_on_cluster = on_cluster["as_of"]
+    if as_of_on_cluster.dt.tz is None:
+        as_of_on_cluster = as_of_on_cluster.dt.tz_localize("UTC")
+    on_cluster["as_of"] = as_of_on_cluster.astype(single["as_of"].dtype)
     assert_same_frames(single, on_cluster[single.columns], ["customer_id"])
     assert report["customers"] == len(single)
     manifest = pd.read_json(tmp_path / "manifest.json", typ="series")

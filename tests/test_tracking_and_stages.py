@@ -32,29 +32,29 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     run = client.get_run(trained["run_id"])
     # The logged values are the ones the tuning chose (params.yaml's are its trial 0).
     assert run.data.params["train.xgboost.max_depth"] == str(trained["chosen_xgboost"]["max_depth"])
-    assert "validation_logloss" in run.data.metrics and "holdout_model_roc_auc" in run.data.metrics
-    assert "holdout_rfm_logistic_roc_auc" in run.data.metrics
-    assert "holdout_bgnbd_no_purchase_roc_auc" in run.data.metrics
+    assert "validation/logloss" in run.data.metrics and "holdout/roc_auc" in run.data.metrics
+    assert "baseline/rfm_logistic/roc_auc" in run.data.metrics
+    assert "baseline/bgnbd_no_purchase/roc_auc" in run.data.metrics
     per_segment = pipeline_run["evaluated"]["per_segment"]
     assert {"brand_advocate", "brand_user", "brand_comparer"} <= set(per_segment)
     assert sum(v["n"] for v in per_segment.values()) == pipeline_run["evaluated"]["model"]["n"]
-    assert "holdout_segment_brand_comparer_roc_auc" in run.data.metrics
+    assert "segment/brand_comparer/roc_auc" in run.data.metrics
     assert len(run.data.tags["git_commit"]) == 40 or run.data.tags["git_commit"] == "unknown"
     assert len(run.data.tags["data_fingerprint"]) == 64
     artifacts = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}
     assert {"evaluation/roc.png", "evaluation/calibration.png", "evaluation/gains.csv", "evaluation/profit.png",
             "evaluation/importance.png", "evaluation/importance.csv"} <= artifacts
-    assert "holdout_model_best_share_targeted" in run.data.metrics
+    assert "holdout/best_share_targeted" in run.data.metrics
     from churnlens.model import backtest_splits
 
     snapshots = pd.read_parquet(pipeline_run["root"] / "data/features/snapshots.parquet")
     runnable, skipped = backtest_splits(snapshots, pipeline_run["params"].features, pipeline_run["params"].train)
     folds = len(runnable)
-    assert folds >= 2 and run.data.metrics["backtest_folds"] == folds
-    assert run.data.metrics["backtest_folds_skipped"] == len(skipped) == len(trained["skipped_backtest_folds"])
-    assert f"fold{folds}_roc_auc" in run.data.metrics
-    assert 0 <= run.data.metrics["backtest_roc_auc_std"] < 0.2
-    assert run.data.metrics["holdout_model_max_expected_profit"] >= 0
+    assert folds >= 2 and run.data.metrics["backtest/folds"] == folds
+    assert run.data.metrics["backtest/folds_skipped"] == len(skipped) == len(trained["skipped_backtest_folds"])
+    assert f"backtest/fold{folds}/roc_auc" in run.data.metrics
+    assert 0 <= run.data.metrics["backtest/roc_auc_std"] < 0.2
+    assert run.data.metrics["holdout/max_expected_profit"] >= 0
     assert str(client.get_model_version_by_alias("churnlens", "challenger").version) == trained["model_version"]
     assert str(client.get_model_version_by_alias("churnlens", "champion").version) == trained["model_version"]
     assert pipeline_run["evaluated"]["promotion"]["reason"] == "no champion yet"
@@ -63,6 +63,19 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     assert all(evaluated["beats_baselines"].values())  # the model beats every baseline on simulated data
     catalog = {a.path for a in client.list_artifacts(trained["run_id"], "features/catalog")}
     assert catalog == {"features/catalog/feature_catalog.md"}
+    # The run says what ran, and the training data fills the Datasets panel.
+    assert run.info.run_name.startswith("train ") and f"depth={pipeline_run['params'].train.xgboost.max_depth}" \
+        in run.info.run_name
+    (logged,) = run.inputs.dataset_inputs
+    assert logged.dataset.source and "snapshots.parquet" in logged.dataset.source
+    assert {t.key: t.value for t in logged.tags}["rows"] == str(trained["metrics"]["train_rows"])
+    # The registry states the promotion decision and its figures on the model version.
+    version = client.get_model_version("churnlens", trained["model_version"])
+    assert version.description.startswith("Promoted to champion: no champion yet")
+    assert f"{evaluated['model']['roc_auc']:.4f}" in version.description
+    assert f"{evaluated['recency_rule']['roc_auc']:.4f}" in version.description
+    assert version.tags["promotion.decision"] == "promoted"
+    assert version.tags["baseline.rfm_logistic.roc_auc"] == f"{evaluated['rfm_logistic']['roc_auc']:.4f}"
 
 
 def test_pyfunc_returns_probabilities_and_local_copy_matches(pipeline_run) -> None:
@@ -87,18 +100,23 @@ def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
     root, params = pipeline_run["root"], pipeline_run["params"]
     output = root / "data/scores/scores.parquet"
     report = run_score(params, root / "data/canonical", "models:/churnlens@champion", output,
-                       root / "reports/segment_report.json", csv_output=root / "scores.csv")
+                       root / "reports/segment_report.json")
     scores = pd.read_parquet(output)
     snapshots = pd.read_parquet(root / "data/features/snapshots.parquet")
     assert scores["customer_id"].is_unique and len(scores) == report["customers"] > 50
-    assert scores["churn_probability"].between(0, 1).all()
+    assert ((scores["churn_probability"] > 0) & (scores["churn_probability"] < 1)).all()
+    assert str(scores["as_of"].dt.tz) == "UTC"
     assert set(scores["segment"]) <= {"brand_advocate", "brand_user", "brand_comparer", "insufficient_history"}
     assert set(scores["risk_tier"]) <= {"low", "medium", "high"}
     at_risk = scores["risk_tier"] != "low"
-    assert at_risk.any() and (scores.loc[at_risk, "top_reasons"].str.len() > 0).mean() > 0.9
-    assert (scores.loc[~at_risk, "top_reasons"] == "").all()
+    assert at_risk.any() and (~at_risk).any()
+    assert (scores["top_reasons"].str.len() > 0).all()  # every tier gets its reasons
     assert (scores["model_version"] == pipeline_run["trained"]["model_version"]).all()
-    assert len(pd.read_csv(root / "scores.csv")) == len(scores)
+    # The CSV is always written beside the Parquet: same rows, rounded for people.
+    table = pd.read_csv(output.with_suffix(".csv"), dtype={"customer_id": "string"})
+    assert list(table.columns) == list(scores.columns) and len(table) == len(scores)
+    assert (table["churn_probability"].round(4) == table["churn_probability"]).all()
+    assert np.allclose(table["churn_probability"], scores["churn_probability"], atol=5e-5)
     # Active = bought within the lookback before the as-of date, like the training population.
     last = snapshots.groupby("customer_id")["cutoff"].max()
     assert set(scores["customer_id"]) & set(last.index)
@@ -124,7 +142,9 @@ def test_score_manifest_records_the_run(pipeline_run) -> None:
     model_features = pipeline_run["trained"]["metrics"]  # the model was trained on these rows
     assert model_features["train_rows"] > 0
     numeric = load_model("models:/churnlens@champion").metadata["numeric_features"]
-    assert set(manifest["drift"]["psi"]) >= set(numeric)
+    compared, left_out = set(manifest["drift"]["psi"]), set(manifest["drift"]["not_compared"])
+    assert compared | left_out >= set(numeric) and not compared & left_out
+    assert "days_since_first_purchase" in left_out  # moves with the calendar: no alarm on ageing
     assert all(value >= 0 for value in manifest["drift"]["psi"].values())
     assert manifest["drift"]["warnings"] == sorted(name for name, value in manifest["drift"]["psi"].items()
                                                    if value > params.score.drift_warning_psi)
@@ -147,12 +167,17 @@ def test_segments_match_simulated_personas(pipeline_run) -> None:
 
 
 def test_missing_alias_and_foreign_uris_are_clear_errors(pipeline_run) -> None:
-    with pytest.raises(ModelNotFoundError, match=r"models:/churnlens@gold.*not found in the registry"):
+    with pytest.raises(ModelNotFoundError, match=r"models:/churnlens@gold.*not found in the registry.*"
+                       r"models:/churnlens@challenger, models:/churnlens@champion \(versions 1"):
         load_model("models:/churnlens@gold")
     with pytest.raises(ModelNotFoundError, match=r"only models:/ URIs of this project's registry or local paths"):
         load_model("https://example.com/model")
     with pytest.raises(ModelNotFoundError, match=r"holds no MLmodel file"):
         load_model(str(pipeline_run["root"] / "nowhere"))
+    # The model is checked before any data is read: the canonical folder here does not even exist.
+    with pytest.raises(ModelNotFoundError, match=r"models:/churnlens@gold"):
+        run_score(pipeline_run["params"], pipeline_run["root"] / "nowhere", "models:/churnlens@gold",
+                  pipeline_run["root"] / "never.parquet")
 
 
 def test_as_of_outside_the_data_is_a_clear_error(pipeline_run) -> None:
@@ -173,6 +198,9 @@ def test_worse_challenger_is_not_promoted(pipeline_run) -> None:
                           root / "reports/train_weak.json", root / "reports/metrics_weak.json", root / "reports/weak")
     assert trained["model_version"] == "2"
     assert result["promotion"]["promoted"] is False
+    weak_version = MlflowClient().get_model_version("churnlens", "2")
+    assert weak_version.description.startswith("Not promoted") and weak_version.tags["promotion.decision"] == \
+        "not promoted"
     assert tracking.alias_version("churnlens", "champion") == pipeline_run["trained"]["model_version"]
     assert tracking.alias_version("churnlens", "challenger") == "2"
 
@@ -211,3 +239,16 @@ def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
         raise RuntimeError("killed mid-write")
     assert pd.read_parquet(target)["a"].tolist() == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+
+
+def test_every_column_of_the_scores_file_is_documented(pipeline_run) -> None:
+    from churnlens.score import scores_dictionary_markdown
+
+    committed = (PROJECT_ROOT / "docs" / "scores.md").read_text(encoding="utf-8")
+    assert committed == scores_dictionary_markdown(), "run `churnlens catalog` to regenerate docs/scores.md"
+    root = pipeline_run["root"]
+    run_score(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion",
+              root / "documented/scores.parquet")
+    for written in (pd.read_parquet(root / "documented/scores.parquet"), pd.read_csv(root / "documented/scores.csv")):
+        undocumented = [c for c in written.columns if f"| `{c}` |" not in committed]
+        assert not undocumented, f"columns missing from docs/scores.md: {undocumented}"

@@ -32,8 +32,18 @@ ParamsOption = Annotated[list[Path], typer.Option(
 DEFAULT_PARAMS = [Path("params.yaml")]
 
 
+def _print_version(requested: bool) -> None:
+    if requested:
+        import importlib.metadata
+
+        typer.echo(f"churnlens {importlib.metadata.version('churnlens')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+         version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="print the version and exit")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
     for noisy in ("alembic", "mlflow", "urllib3", "git"):
@@ -234,9 +244,14 @@ def evaluate(
     from churnlens.stages import run_evaluate
 
     result = run_evaluate(_params(params), snapshots, model_dir, train_report, metrics, plots_dir, headline)
-    m = result["model"]
-    log.info("holdout %s: ROC AUC %.3f, PR AUC %.3f, lift@10%% %.2f; promotion: %s", result["holdout_cutoff"],
-             m["roc_auc"], m["pr_auc"], m["top_decile_lift"], result["promotion"]["reason"])
+    m, promotion = result["model"], result["promotion"]
+    best = max((name for name in result["beats_baselines"]), key=lambda name: result[name].get("roc_auc", 0.0))
+    log.info("holdout %s: ROC AUC %.3f (best baseline %s %.3f), PR AUC %.3f, Brier %.4f, lift@10%% %.2f",
+             result["holdout_cutoff"], m["roc_auc"], best, result[best].get("roc_auc", float("nan")), m["pr_auc"],
+             m["brier"], m["top_decile_lift"])
+    log.info("v%s %s: %s", promotion["challenger_version"], "promoted to champion" if promotion["promoted"]
+             else "not promoted", promotion["reason"])
+    log.info("wrote %s and %s/", metrics, plots_dir)
 
 
 @app.command()
@@ -251,7 +266,8 @@ def score(
                      ] = None,
     output: Annotated[str, typer.Option(help="Parquet file (a Parquet folder on Spark; URIs allowed there)")
                       ] = "data/scores/scores.parquet",
-    csv: Annotated[str | None, typer.Option(help="also write a CSV (e.g. for a CRM)")] = None,
+    csv: Annotated[str | None, typer.Option(help="the rounded CSV copy (for a CRM); default: beside --output, "
+                                                 "scores.csv (see docs/scores.md)")] = None,
     report: Annotated[Path | None, typer.Option(help="segment report JSON (and a PNG beside it); default: "
                                                      "beside --output")] = None,
     manifest: Annotated[Path | None, typer.Option(help="run manifest JSON; default: beside --output")] = None,
@@ -289,8 +305,10 @@ def score(
                            headline_path=headline, outcomes=outcomes)
     except (ModelNotFoundError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
-    log.info("scored %d customers as of %s with %s v%s; campaign: %d customers", result["customers"],
-             result["as_of"], result["model_name"], result["model_version"], result["campaign_customers"])
+    log.info("scored %d customers as of %s with %s v%s; campaign: %d customers, expected value saved %.0f",
+             result["customers"], result["as_of"], result["model_name"], result["model_version"],
+             result["campaign_customers"], result["campaign_expected_value_saved"])
+    log.info("wrote %s", ", ".join(str(path) for path in result["outputs"].values() if path))
 
 
 def _check_score_paths(engine: str, output: str, csv: str | None, report: Path | None, manifest: Path | None,
@@ -315,15 +333,20 @@ def _check_score_paths(engine: str, output: str, csv: str | None, report: Path |
 @app.command()
 @_user_errors
 def catalog(output: Annotated[Path, typer.Option()] = Path("docs/features.md"),
-            params: ParamsOption = DEFAULT_PARAMS) -> None:
-    """Regenerate the feature catalog from the feature definitions."""
+            params: ParamsOption = DEFAULT_PARAMS,
+            scores: Annotated[Path, typer.Option(help="the scores file's data dictionary")] = Path("docs/scores.md"),
+            ) -> None:
+    """Regenerate the feature catalog and the scores dictionary from their definitions."""
     from churnlens.features import feature_catalog_markdown, feature_definitions
     from churnlens.io import atomic_path
+    from churnlens.score import scores_dictionary_markdown
 
-    text = feature_catalog_markdown(feature_definitions(_params(params).features.windows_days))
-    with atomic_path(output) as temporary:
-        temporary.write_text(text, encoding="utf-8")
-    log.info("wrote %s", output)
+    texts = {output: feature_catalog_markdown(feature_definitions(_params(params).features.windows_days)),
+             scores: scores_dictionary_markdown()}
+    for target, text in texts.items():
+        with atomic_path(target) as temporary:
+            temporary.write_text(text, encoding="utf-8")
+        log.info("wrote %s", target)
 
 
 @app.command()
@@ -339,7 +362,14 @@ def ui(
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host", host,
                "--port", str(port), "--workers", "1"]
-    console.print(escape(f"MLflow UI on http://{host}:{port} (store {redact(store)}); Ctrl-C to stop"))
+    from churnlens.tracking import experiment_url
+
+    try:
+        experiment = load_params(Path("params.yaml")).train.experiment_name
+    except (ConfigError, FileNotFoundError):
+        experiment = "churnlens"
+    console.print(escape(f"MLflow UI on http://{host}:{port} (store {redact(store)}); Ctrl-C to stop\n"
+                         f"runs of this project: {experiment_url(f'http://{host}:{port}', experiment)}"))
     raise typer.Exit(_serve(command, env))
 
 

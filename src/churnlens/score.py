@@ -2,16 +2,88 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from churnlens.config import PERSONAS, ScoreConfig
 
-SCORE_COLUMNS = [
-    "customer_id", "as_of", "churn_probability", "risk_tier", "top_reasons", "segment", "segment_margin",
-    "low_confidence", "segment_driver", "customer_value", "action", "action_cost", "action_success_rate", "priority", "in_campaign",
-    "model_name", "model_version",
-]
+# No customer is certain to stay or to leave: a calibrator fitted on a finite validation set
+# returns exactly 0 or 1 where a bin was pure, which a CRM reads as certainty (and a log loss
+# cannot score). The scores file never carries those two values.
+PROBABILITY_BOUNDS = (0.001, 0.999)
+
+
+@dataclass(frozen=True)
+class ScoreColumn:
+    name: str
+    type: str
+    meaning: str
+    decimals: int | None = None  # rounding in the CSV for people; the Parquet keeps full precision
+
+
+SCORE_COLUMN_DEFINITIONS = (
+    ScoreColumn("customer_id", "text", "Customer key, as in the canonical transactions."),
+    ScoreColumn("as_of", "timestamp (UTC)", "The scoring instant: features use every event up to and including it."),
+    ScoreColumn("churn_probability", "float in (0, 1)",
+                "Calibrated probability that the customer churns in the label window after `as_of` "
+                "(`features.lead_days` .. `lead_days + horizon_days`, by `features.label`), kept within "
+                f"[{PROBABILITY_BOUNDS[0]}, {PROBABILITY_BOUNDS[1]}].", 4),
+    ScoreColumn("risk_tier", "low / medium / high",
+                "`churn_probability` against `score.risk_tiers`: high from `high`, medium from `medium`."),
+    ScoreColumn("top_reasons", "text",
+                "Up to three features that push this customer's risk up the most, in plain words with the "
+                "customer's own values (for a low-risk customer with nothing pushing up: what keeps the risk "
+                "low). From the model's SHAP contributions."),
+    ScoreColumn("segment", "text",
+                "Loyalty segment: brand_advocate, brand_user, brand_comparer, or insufficient_history "
+                "(too little history, or fewer than two loyalty indices observable)."),
+    ScoreColumn("segment_margin", "float",
+                "Lead of the winning loyalty index over the runner-up (indices in [0, 1]); below "
+                "`score.segments.min_margin` the segment is a close call. Empty when not comparable.", 3),
+    ScoreColumn("low_confidence", "true / false",
+                "True when `segment_margin` is below `score.segments.min_margin`: the segment is a close call "
+                "between two loyalty indices."),
+    ScoreColumn("segment_driver", "text",
+                "The component of the winning loyalty index with the strongest value (e.g. `referrals`, "
+                "`contract`, `discount_share`), or why the customer has no segment."),
+    ScoreColumn("customer_value", "currency",
+                "Net spend over the last 365 days, scaled to `score.value_horizon_days`; never negative.", 2),
+    ScoreColumn("action", "text", "The playbook action for this segment and risk tier (`score.actions`)."),
+    ScoreColumn("action_cost", "currency", "Cost of the action per customer (`score.actions`).", 2),
+    ScoreColumn("action_success_rate", "float in [0, 1]",
+                "Assumed share of churners the action keeps (`score.actions`).", 4),
+    ScoreColumn("priority", "currency",
+                "Expected value saved by acting: churn_probability x customer_value x action_success_rate "
+                "- action_cost. Rows are sorted by it, highest first.", 2),
+    ScoreColumn("in_campaign", "true / false",
+                "Chosen for this run's campaign: positive priority, taken in priority order while the summed "
+                "action cost stays within `score.campaign_budget`."),
+    ScoreColumn("model_name", "text", "Registered model that produced the probability."),
+    ScoreColumn("model_version", "text", "Its registry version (`local` for a model folder outside the registry)."),
+)
+SCORE_COLUMNS = [column.name for column in SCORE_COLUMN_DEFINITIONS]
+CSV_DECIMALS = {column.name: column.decimals for column in SCORE_COLUMN_DEFINITIONS if column.decimals is not None}
+
+
+def scores_dictionary_markdown() -> str:
+    """``docs/scores.md``: every column of the scores file, from its single definition above."""
+    lines = ["# Scores file", "",
+             "Generated from `churnlens.score.SCORE_COLUMN_DEFINITIONS` (`churnlens catalog`); do not edit by hand.",
+             "", "`churnlens score` writes one row per active customer to a Parquet file and the same rows to a "
+             "CSV beside it (`scores.csv`), rounded for reading (decimals below). Rows are ranked by `priority`.",
+             "", "| column | type | CSV decimals | meaning |", "|---|---|---|---|"]
+    for column in SCORE_COLUMN_DEFINITIONS:
+        decimals = "" if column.decimals is None else str(column.decimals)
+        lines.append(f"| `{column.name}` | {column.type} | {decimals} | {column.meaning} |")
+    return "\n".join([*lines, ""])
+
+
+def scores_for_csv(scores: pd.DataFrame) -> pd.DataFrame:
+    """The scores rounded for people (a CRM import, a spreadsheet); the Parquet keeps full precision."""
+    return scores.round({name: decimals for name, decimals in CSV_DECIMALS.items() if name in scores})
 
 
 def risk_tiers(probability: pd.Series | np.ndarray, config: ScoreConfig) -> np.ndarray:
@@ -20,17 +92,69 @@ def risk_tiers(probability: pd.Series | np.ndarray, config: ScoreConfig) -> np.n
     return np.where(p >= config.risk_tiers["high"], "high", np.where(p >= config.risk_tiers["medium"], "medium", "low"))
 
 
-def at_risk_reasons(pipeline: object, frame: pd.DataFrame, probability: np.ndarray, numeric: list[str],
-                    categorical: list[str], config: ScoreConfig) -> pd.Series | None:
-    """Top reasons of the medium/high-risk rows of ``frame`` (indexed like it), None if there are
-    none. Reasons cost a TreeSHAP pass, so they are computed only where someone will act."""
+def customer_reasons(pipeline: object, frame: pd.DataFrame, probability: np.ndarray, numeric: list[str],
+                     categorical: list[str], config: ScoreConfig, windows_days: tuple[int, ...]) -> pd.Series:
+    """Every row's top reasons in plain words (indexed like ``frame``). The medium/high-risk rows,
+    where someone will act, get ``config.reasons`` attributions (exact TreeSHAP by default); the
+    low-risk majority gets the ~50x cheaper path attributions, enough to name what matters."""
     from churnlens import model
 
-    at_risk = frame[risk_tiers(probability, config) != "low"]
-    if not len(at_risk):
-        return None
-    return model.top_reasons(model.contributions(pipeline, at_risk, numeric, categorical,
-                                                 approximate=config.reasons == "approximate"))
+    at_risk = risk_tiers(probability, config) != "low"
+    parts = [model.contributions(pipeline, frame[at_risk], numeric, categorical,
+                                 approximate=config.reasons == "approximate") if at_risk.any() else None,
+             model.contributions(pipeline, frame[~at_risk], numeric, categorical, approximate=True)
+             if (~at_risk).any() else None]
+    contribution = pd.concat([part for part in parts if part is not None]).reindex(frame.index)
+    return plain_reasons(contribution, frame, feature_descriptions(windows_days))
+
+
+def feature_descriptions(windows_days: tuple[int, ...]) -> dict[str, str]:
+    """Feature name -> its catalog meaning, worded as part of a sentence about one customer today."""
+    from churnlens.features import feature_definitions
+
+    def phrase(text: str) -> str:
+        text = re.sub(r" \([^)]*\)", "", text.rstrip(".")).replace(" up to the cutoff", "").replace(" to the cutoff", "")
+        return text[:1].lower() + text[1:]
+
+    return {f.name: phrase(f.description) for f in feature_definitions(tuple(windows_days))}
+
+
+def plain_reasons(contribution: pd.DataFrame, features: pd.DataFrame, descriptions: dict[str, str],
+                  k: int = 3) -> pd.Series:
+    """The k features pushing each row's risk up the most, with the customer's own values, e.g.
+    "no purchase for 84 days, 3.0x their usual gap". A row with nothing pushing up names what
+    keeps its risk low instead, so every customer gets a reason."""
+    names = np.array([column.split("__")[-1] for column in contribution.columns], dtype=object)
+    values = contribution.to_numpy(dtype=float)
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    by_size = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
+    texts = []
+    for i, row_label in enumerate(features.index):
+        row = features.loc[row_label]
+        up = [j for j in order[i] if values[i, j] > 0]
+        chosen = [names[j] for j in (up or by_size[i])]
+        if "days_since_last_purchase" in chosen:  # its phrase already says how overdue they are
+            chosen = [name for name in chosen if name != "overdue_ratio"]
+        words = "; ".join(_reason(name, row, descriptions) for name in chosen)
+        texts.append(words if up else f"low risk: {words}")
+    return pd.Series(texts, index=features.index, dtype="string")
+
+
+def _reason(name: str, row: pd.Series, descriptions: dict[str, str]) -> str:
+    value = row.get(name)
+    if value is None or pd.isna(value):
+        return f"{descriptions.get(name, name.replace('_', ' '))}: none recorded"
+    if name == "days_since_last_purchase":
+        gap = row.get("mean_purchase_gap_days")
+        usual = f", {value / gap:.1f}x their usual gap" if gap is not None and pd.notna(gap) and gap > 0 else ""
+        return f"no purchase for {value:.0f} days{usual}"
+    if name == "overdue_ratio":
+        return f"{value:.1f}x overdue against their usual purchase gap"
+    # Rounded before trimming, so the engines' last-bit differences in a value read the same.
+    days = name.startswith("days_") or "_days" in name
+    shown = (value if isinstance(value, str) else f"{value:,.0f}" if days
+             else f"{value:,.2f}".removesuffix(".00"))
+    return f"{descriptions.get(name, name.replace('_', ' '))}: {shown}"
 
 
 def customer_value(features: pd.DataFrame, config: ScoreConfig) -> pd.Series:
@@ -89,8 +213,8 @@ def score_rows(features: pd.DataFrame, probability: np.ndarray, segments: pd.Dat
         raise ValueError("score: segments and features must list the same customers in the same order")
     scored = pd.DataFrame({
         "customer_id": features["customer_id"].to_numpy(),
-        "as_of": pd.Timestamp(as_of).as_unit("us"),
-        "churn_probability": np.asarray(probability, dtype=float),
+        "as_of": utc(as_of).as_unit("us"),
+        "churn_probability": np.clip(np.asarray(probability, dtype=float), *PROBABILITY_BOUNDS),
         "segment": segments["segment"].to_numpy(),
         "segment_margin": segments["segment_margin"].to_numpy(),
         "low_confidence": segments["low_confidence"].to_numpy(dtype=bool),
@@ -104,6 +228,12 @@ def score_rows(features: pd.DataFrame, probability: np.ndarray, segments: pd.Dat
     scored["model_name"] = model_name
     scored["model_version"] = str(model_version)
     return plan_actions(scored, config)
+
+
+def utc(instant: pd.Timestamp | str) -> pd.Timestamp:
+    """The instant in UTC; a naive one already means UTC (the point-in-time rule)."""
+    stamp = pd.Timestamp(instant)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def segment_report(scores: pd.DataFrame, previous: pd.DataFrame | None = None) -> dict:

@@ -216,12 +216,14 @@ def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: Broadcast, para
     from churnlens import score, segments
     from churnlens.config import parse_params
 
-    config = parse_params(json.loads(params_json)).score
+    params = parse_params(json.loads(params_json))
+    config = params.score
     pipeline = pipeline.value
     for batch in batches:
         batch = batch.reset_index(drop=True)
         probability = batch["churn_probability"].to_numpy()
-        reasons = score.at_risk_reasons(pipeline, batch, probability, numeric, categorical, config)
+        reasons = score.customer_reasons(pipeline, batch, probability, numeric, categorical, config,
+                                         params.features.windows_days)
         assigned = segments.assign_segments(batch, config.segments)
         yield score.score_rows(batch, probability, assigned, config, pd.Timestamp(as_of), name, version, reasons)
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from churnlens import features as ft
 from churnlens import drift, io, score, segments, tracking
-from churnlens.config import FeaturesConfig, Params, ScoreConfig
+from churnlens.config import FeaturesConfig, Params
 from churnlens.ingest import run_ingest
 from churnlens.simulate import simulate
 
@@ -143,6 +143,9 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     train_rows, validation_rows = split.train_rows(snapshots), split.validation_rows(snapshots)
     _require_both_classes(train_rows[model.LABEL], "training cutoffs")
     _require_both_classes(validation_rows[model.LABEL], "validation cutoffs")
+    # Training takes minutes on real data: say what is running.
+    log.info("train: %d training rows, %d validation rows; tuning: %d trials", len(train_rows),
+             len(validation_rows), params.train.tuning.n_trials)
     tuned = model.tune(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
     params = params.model_copy(update={"train": tuned.config})
     # The evaluated procedure (trained strictly before the holdout) fixes the number of trees and
@@ -151,7 +154,9 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     deployed = model.deployed_model(snapshots, split, fitted, lists.numeric, lists.categorical, params.train)
     deployed_rows = model.rows_at(snapshots, deployed.train_cutoffs)
     seconds = time.perf_counter() - started
+    log.info("train: final model fitted in %.0f s (%d trees); backtest folds next", seconds, fitted.best_iteration)
     folds, skipped_folds = backtest(snapshots, lists, params)
+    log.info("train: logging the run and the model to MLflow")
 
     lineage = {"deployed_train_cutoffs": [c.date().isoformat() for c in deployed.train_cutoffs],
                "deployed_calibration_cutoffs": [c.date().isoformat() for c in deployed.calibration_cutoffs]}
@@ -180,6 +185,11 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
                 "split": split.as_dict(), **lineage},
         metrics=metrics, tags=tags, pipeline=deployed.pipeline, example=example, metadata=metadata,
         artifacts={"features": features_report, "features/catalog": catalog}, model_dir=model_dir,
+        data=tracking.TrainingData(model.model_input(deployed_rows, lists.numeric, lists.categorical)
+                                   .assign(**{model.LABEL: deployed_rows[model.LABEL].to_numpy()}),
+                                   str(snapshots_path), tags["data_fingerprint"], model.LABEL,
+                                   str(deployed_rows["cutoff"].min().date()),
+                                   str(deployed_rows["cutoff"].max().date())),
     )
     report = {"run_id": registered.run_id, "model_name": registered.name, "model_version": registered.version,
               "split": split.as_dict(), **lineage, "metrics": metrics, "tuning_trials": tuned.trials,
@@ -328,10 +338,13 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     io.write_json(payload, metrics_path)
     if headline_path is not None:
         io.write_json(ev.headline_metrics(results), headline_path)
-    flat = {f"holdout_{name}_{k}": v for name, values in results.items() for k, v in values.items()}
-    flat.update({f"holdout_segment_{segment}_{k}": v for segment, values in per_segment.items()
-                 for k, v in values.items()})
+    # Grouped for the UI's charts: the model on the holdout, each baseline on it, each segment.
+    flat = {f"{'holdout' if name == 'model' else f'baseline/{name}'}/{k}": v
+            for name, values in results.items() for k, v in values.items()}
+    flat.update({f"segment/{segment}/{k}": v for segment, values in per_segment.items() for k, v in values.items()})
     tracking.log_evaluation(trained["run_id"], flat, plots_dir)
+    tracking.record_promotion(trained["model_name"], trained["model_version"], promotion, results,
+                              holdout_cutoff.date().isoformat())
     return payload
 
 
@@ -399,7 +412,7 @@ def _honest_champion_score(champion: tracking.LoadedModel, holdout: pd.DataFrame
         y = holdout[model.LABEL].to_numpy(dtype=int)
         return ev.promotion_score(ev.classification_metrics(y, probability, params.evaluate.top_fraction), metric)
     recorded = tracking.run_metrics(champion.metadata.get("run_id"))
-    key = f"holdout_model_{metric.removeprefix('neg_')}"
+    key = f"holdout/{metric.removeprefix('neg_')}"
     if key not in recorded:
         raise ValueError(f"it was trained on this holdout's labels and its run has no {key}")
     return ev.promotion_score({metric.removeprefix("neg_"): recorded[key]}, metric)
@@ -412,10 +425,13 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
               truth: pd.DataFrame | None = None, show_progress: bool = False, headline_path: Path | None = None,
               outcomes: Path | str | None = None) -> dict:
     """The batch scoring job: features as of one instant, then scores, segments, reasons and the
-    retention plan, written atomically, plus a segment report and a run manifest. ``outcomes``
-    (canonical transactions of a later extract) adds the segments' construct validity: how each
-    segment behaved in the ``features.horizon_days`` after the as-of date."""
+    retention plan, written atomically (Parquet, and a rounded CSV beside it unless ``csv_output``
+    says where), plus a segment report and a run manifest. ``outcomes`` (canonical transactions
+    of a later extract) adds the segments' construct validity: how each segment behaved in the
+    ``features.horizon_days`` after the as-of date."""
     outcome_sources = _outcomes(outcomes, canonical_dir)
+    # The model first: a wrong alias fails in a second, not after the features were computed.
+    resolved = tracking.resolve_model(model_uri, project_root)
     if params.engine.name == "spark":
         return _run_score_spark(params, str(canonical_dir), model_uri, str(output), report_path, as_of,
                                 csv_output, project_root, previous, manifest_path, truth, headline_path,
@@ -427,24 +443,26 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
     tables = canonical_tables(canonical_dir)
     data_start, data_end = ft.data_span(tables)
     instant = _as_of(params, as_of, data_start, data_end)
-    loaded = tracking.load_model(model_uri, project_root)
+    loaded = tracking.load_resolved(resolved)
     run.lap("load_model")
+    log.info("score: features as of %s with %s v%s", instant.isoformat(), loaded.name, loaded.version)
     snapshot, _ = ft.compute_snapshots(tables, [instant], params.features, with_labels=False)
     run.lap("features")
+    log.info("score: %d active customers; probabilities, reasons and segments", len(snapshot))
     numeric, categorical = loaded.metadata.get("numeric_features", []), loaded.metadata.get("categorical_features", [])
     missing = [c for c in numeric + categorical if c not in snapshot]
     if missing:
         raise ValueError(f"score: model {loaded.name} v{loaded.version} needs features {missing} that the data "
                          "does not provide; retrain on this data or supply the missing tables")
-    probability, reasons = _score_in_chunks(loaded, snapshot, numeric, categorical, config, show_progress)
+    probability, reasons = _score_in_chunks(loaded, snapshot, numeric, categorical, params, show_progress)
     run.lap("predict_and_reasons")
     assigned = segments.assign_segments(snapshot, config.segments)
     scores = score.build_scores(snapshot, probability, assigned, config, instant, loaded.name, loaded.version,
                                 reasons)
     run.lap("segments_and_plan")
     io.write_parquet(scores, output)
-    if csv_output is not None:
-        io.write_csv(scores, csv_output)
+    csv_output = csv_output if csv_output is not None else _beside(str(output), "csv")
+    io.write_csv(score.scores_for_csv(scores), csv_output)
     run.lap("write")
     model_info = {"model_uri": model_uri, "model_name": loaded.name, "model_version": loaded.version,
                   "model_run_id": loaded.metadata.get("run_id")}
@@ -457,7 +475,8 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
 
 def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp, data_end: pd.Timestamp
            ) -> pd.Timestamp:
-    instant = as_of if as_of is not None else ft.scoring_cutoff(params.features, data_end)
+    # A date read back from a scores file is UTC-aware; the engines' instants are naive UTC.
+    instant = score.utc(as_of).tz_localize(None) if as_of is not None else ft.scoring_cutoff(params.features, data_end)
     # A few quiet days between the last event and the scoring date are normal (weekends, holidays);
     # more than a month (or a horizon) without a single event means the data is not current.
     quiet = pd.Timedelta(days=min(params.features.horizon_days, 30))
@@ -533,7 +552,7 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
 
     config = params.score
     report = score.segment_report(scores, previous)
-    report.update({"as_of": instant.isoformat(), "model_name": model_info["model_name"],
+    report.update({"as_of": score.utc(instant).isoformat(), "model_name": model_info["model_name"],
                    "model_version": model_info["model_version"]})
     if truth is not None:
         report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], truth)
@@ -558,13 +577,14 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
     plots.segment_plot(report, report_path.with_suffix(".png"))
     run.lap("report")
     manifest = {
-        "as_of": instant.isoformat(), "engine": engine, **model_info, "data": data_info,
+        "as_of": score.utc(instant).isoformat(), "engine": engine, **model_info, "data": data_info,
         "rows": {"customers_scored": len(scores), "in_campaign": report["campaign_customers"],
                  "with_reasons": int((scores["top_reasons"].fillna("") != "").sum()),
                  "per_segment": {s: v["customers"] for s, v in report["segments"].items()}},
         "segment_mix": {s: v["share"] for s, v in report["segments"].items()},
         "reasons": config.reasons,
         "drift": {"threshold": config.drift_warning_psi, "psi": stability, "warnings": sorted(drifted),
+                  "not_compared": {name: why for name, why in drift.NOT_COMPARED.items() if name in profile},
                   "rows_compared": len(snapshot)},
         "outputs": {"scores": output, "csv": str(csv_output) if csv_output else None,
                     "segment_report": str(report_path)},
@@ -575,7 +595,7 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
     if headline_path is not None:
         io.write_json(score.segment_headline(report), headline_path)
     log.info("scored %d customers in %.1f s", len(scores), manifest["timings_seconds"]["total"])
-    return report
+    return {**report, "outputs": {**manifest["outputs"], "manifest": str(manifest_path or _beside(output, "manifest.json"))}}
 
 
 def _beside(output: str, suffix: str) -> Path:
@@ -619,24 +639,26 @@ def _version() -> str:
 
 
 def _score_in_chunks(loaded: tracking.LoadedModel, snapshot: pd.DataFrame, numeric: list[str],
-                     categorical: list[str], config: ScoreConfig, show_progress: bool) -> tuple[np.ndarray, pd.Series | None]:
-    """Probabilities for everyone and reasons for the medium/high-risk, ``chunk_rows`` at a time."""
+                     categorical: list[str], params: Params, show_progress: bool) -> tuple[np.ndarray, pd.Series | None]:
+    """Probabilities and reasons for everyone, ``chunk_rows`` at a time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from churnlens import model
 
+    config = params.score
     probability = np.empty(len(snapshot))
     reasons: list[pd.Series] = []
+    # Every row is scored on its own, so smaller steps than chunk_rows give the same bytes; about
+    # twenty of them let the bar move on a batch that fits one chunk.
+    step = min(config.chunk_rows, max(1_000, -(-len(snapshot) // 20)))
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress) as progress:
         task = progress.add_task("scoring", total=len(snapshot))
-        for start in range(0, len(snapshot), config.chunk_rows):
-            chunk = snapshot.iloc[start:start + config.chunk_rows]
+        for start in range(0, len(snapshot), step):
+            chunk = snapshot.iloc[start:start + step]
             chunk_probability = model.churn_probability(loaded.pipeline, chunk, numeric, categorical)
             probability[start:start + len(chunk)] = chunk_probability
-            chunk_reasons = score.at_risk_reasons(loaded.pipeline, chunk, chunk_probability, numeric, categorical,
-                                                  config)
-            if chunk_reasons is not None:
-                reasons.append(chunk_reasons)
+            reasons.append(score.customer_reasons(loaded.pipeline, chunk, chunk_probability, numeric, categorical,
+                                                  config, params.features.windows_days))
             progress.advance(task, len(chunk))
     return probability, (pd.concat(reasons) if reasons else None)

@@ -10,6 +10,7 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -204,11 +205,51 @@ class TrackingStoreError(RuntimeError):
     """The MLflow tracking store is unreachable or corrupt."""
 
 
+def training_metric_key(name: str) -> str:
+    """The MLflow name of a training metric: the UI groups charts on the part before the first
+    '/', so validation, backtest (per fold) and training figures each get one section."""
+    fold = re.fullmatch(r"fold(\d+)_(.+)", name)
+    if fold:
+        return f"backtest/fold{fold[1]}/{fold[2]}"
+    for group in ("backtest", "validation"):
+        if name.startswith(f"{group}_"):
+            return f"{group}/{name.removeprefix(f'{group}_')}"
+    return f"train/{name.removeprefix('train_')}"
+
+
+def run_name(stage: str, params: dict, lineage: dict[str, str]) -> str:
+    """A run name that says what ran: the stage, the DVC experiment (or the git revision) and the
+    parameters a reviewer compares first."""
+    xgboost = params.get("train", {}).get("xgboost", {})
+    where = lineage.get("dvc.exp_name") or lineage.get("git_commit", "unknown")[:8]
+    knobs = " ".join(f"{short}={xgboost[key]}" for key, short in
+                     (("max_depth", "depth"), ("learning_rate", "lr"), ("n_estimators", "trees")) if key in xgboost)
+    return " ".join(part for part in (stage, where, knobs) if part)
+
+
+def dvc_experiment() -> dict[str, str]:
+    """The DVC experiment this process runs in (`dvc exp run` sets these), else nothing."""
+    names = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
+    return {tag: os.environ[variable] for variable, tag in names.items() if os.environ.get(variable)}
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the model learnt from, for MLflow's Datasets panel: file, fingerprint and extent."""
+    frame: pd.DataFrame  # the training rows (features and label)
+    source: str  # the snapshots file they came from
+    digest: str  # its content fingerprint
+    target: str
+    first_cutoff: str
+    last_cutoff: str
+
+
 def log_training_run(*, experiment: str, model_name: str, params: dict, metrics: dict[str, float],
                      tags: dict[str, str], pipeline: object, example: pd.DataFrame, metadata: dict,
-                     artifacts: dict[str, Path], model_dir: Path) -> RegisteredModel:
-    """Log params, metrics, lineage tags and the model; write the model folder; register it and
-    point ``challenger`` at it.
+                     artifacts: dict[str, Path], model_dir: Path, data: TrainingData | None = None
+                     ) -> RegisteredModel:
+    """Log params, metrics, lineage tags, the training data and the model; write the model folder;
+    register it and point ``challenger`` at it.
 
     Order matters for a run killed half-way: a version is registered only once the run's model
     artifact and the staged model folder are complete, and the alias moves last.
@@ -218,14 +259,20 @@ def log_training_run(*, experiment: str, model_name: str, params: dict, metrics:
 
     configure()
     mlflow.set_experiment(experiment)
-    # MLflow 3's UI opens an experiment in its GenAI view unless told this is model training.
+    # Older MLflow 3 UIs open an experiment in the GenAI view unless told this is model training
+    # (newer ones need ?workflowType=machine_learning in the URL: see experiment_url).
     mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
+    tags = {**tags, **dvc_experiment(), "stage": "train"}
+    if "git_commit" in tags:
+        tags["mlflow.source.git.commit"] = tags["git_commit"]
     staging = None
     try:
-        with mlflow.start_run() as run:
+        with mlflow.start_run(run_name=run_name("train", params, tags)) as run:
             mlflow.log_params(flatten(params))
-            mlflow.log_metrics(metrics)
+            mlflow.log_metrics({training_metric_key(name): value for name, value in metrics.items()})
             mlflow.set_tags(tags)
+            if data is not None:
+                _log_training_data(data)
             for name, path in artifacts.items():
                 mlflow.log_artifact(str(path), artifact_path=name)
             with warnings.catch_warnings():
@@ -242,9 +289,26 @@ def log_training_run(*, experiment: str, model_name: str, params: dict, metrics:
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    MlflowClient().set_registered_model_alias(model_name, CHALLENGER, version.version)
+    client = MlflowClient()
+    client.update_model_version(model_name, version.version,
+                                description=f"Trained in run {run.info.run_name}; awaiting evaluation on the "
+                                            "holdout (alias challenger).")
+    client.set_registered_model_alias(model_name, CHALLENGER, version.version)
     log.info("registered %s version %s as %s", model_name, version.version, CHALLENGER)
     return RegisteredModel(run.info.run_id, model_name, str(version.version), info.model_uri)
+
+
+def _log_training_data(data: TrainingData) -> None:
+    import mlflow
+    import mlflow.data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # schema inference notes on integer columns
+        dataset = mlflow.data.from_pandas(data.frame, source=data.source, targets=data.target,
+                                          name=Path(data.source).name, digest=data.digest[:36])
+    mlflow.log_input(dataset, context="training",
+                     tags={"rows": str(len(data.frame)), "first_cutoff": data.first_cutoff,
+                           "last_cutoff": data.last_cutoff, "fingerprint": data.digest})
 
 
 def log_evaluation(run_id: str, metrics: dict[str, float], artifact_dir: Path | None = None) -> None:
@@ -269,6 +333,68 @@ def run_metrics(run_id: str | None) -> dict[str, float]:
         return dict(MlflowClient().get_run(run_id).data.metrics)
     except MlflowException:
         return {}
+
+
+def record_promotion(model_name: str, version: str, promotion: dict, results: dict[str, dict],
+                     holdout_cutoff: str) -> None:
+    """State the promotion decision on the model version, with its figures: the challenger, the
+    champion it was compared with and every baseline, all on the same holdout."""
+    from mlflow import MlflowClient
+
+    configure()
+    client = MlflowClient()
+    client.update_model_version(model_name, version, description=promotion_text(promotion, results, holdout_cutoff))
+    figures = {"promotion.decision": "promoted" if promotion["promoted"] else "not promoted",
+               "promotion.reason": promotion["reason"], "promotion.metric": promotion["metric"],
+               "promotion.holdout_cutoff": holdout_cutoff,
+               "promotion.challenger_score": f"{promotion['challenger_score']:.4f}"}
+    if promotion.get("champion_score") is not None:
+        figures["promotion.champion_score"] = f"{promotion['champion_score']:.4f}"
+        figures["promotion.champion_version"] = str(promotion.get("previous_champion_version"))
+    for name, values in results.items():
+        if name != "model" and "roc_auc" in values:
+            figures[f"baseline.{name}.roc_auc"] = f"{values['roc_auc']:.4f}"
+    for key, value in figures.items():
+        client.set_model_version_tag(model_name, version, key, value)
+
+
+def promotion_text(promotion: dict, results: dict[str, dict], holdout_cutoff: str) -> str:
+    """The model version's description: the decision, then one line per scorer on the holdout."""
+    metric = promotion["metric"]
+    verdict = "Promoted to champion" if promotion["promoted"] else "Not promoted"
+    lines = [f"{verdict}: {promotion['reason']}.", "",
+             f"Holdout cutoff {holdout_cutoff}; promotion metric {metric} (higher is better).", "",
+             "| scorer | ROC AUC | PR AUC | Brier | lift@top |", "|---|---|---|---|---|"]
+    champion = promotion.get("champion_score")
+
+    def shown(values: dict, key: str, decimals: int = 4) -> str:
+        value = values.get(key)  # a ranking baseline has no Brier score: it is no probability
+        return "–" if value is None or value != value else f"{value:.{decimals}f}"
+
+    for name, values in results.items():
+        label = f"challenger v{promotion['challenger_version']}" if name == "model" else f"baseline {name}"
+        lines.append(f"| {label} | {shown(values, 'roc_auc')} | {shown(values, 'pr_auc')} | {shown(values, 'brier')} "
+                     f"| {shown(values, 'top_decile_lift', 2)} |")
+    if champion is not None and champion != float("-inf"):
+        lines += ["", f"Champion v{promotion.get('previous_champion_version')} on the same holdout: "
+                      f"{metric} {champion:.4f} (challenger {promotion['challenger_score']:.4f})."]
+    return "\n".join(lines)
+
+
+def experiment_url(base_url: str, experiment: str) -> str:
+    """Where a review starts in the UI: the experiment's runs table. MLflow 3's UI opens its GenAI
+    view (traces) unless the URL asks for the machine-learning view, whatever the experiment's
+    kind tag says."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure()
+    try:
+        found = MlflowClient().get_experiment_by_name(experiment)
+    except MlflowException:
+        found = None
+    page = f"#/experiments/{found.experiment_id}" if found else "#/experiments"
+    return f"{base_url}/{page}?workflowType=machine_learning"
 
 
 def alias_version(model_name: str, alias: str) -> str | None:
@@ -330,9 +456,9 @@ def resolve_model(uri: str, project_root: Path | None = None) -> ResolvedModel:
         except MlflowException as exc:
             raise ModelNotFoundError(
                 f"model {uri!r} not found in the registry at {redact(mlflow.get_tracking_uri())}: "
-                f"{redact(str(exc).splitlines()[0])}. Plain `dvc repro` does nothing when the pipeline is up "
-                "to date: run `dvc repro --force train evaluate` to register and promote a model, or pass "
-                "--model models:/churnlens@challenger or a path such as models/churn_model"
+                f"{redact(str(exc).splitlines()[0])}. {_registered_choices(client)} Plain `dvc repro` does "
+                "nothing when the pipeline is up to date: run `dvc repro --force train evaluate` to register "
+                "and promote a model, or pass one of those, or a path such as models/churn_model"
             ) from None
         return ResolvedModel(f"models:/{name}/{version.version}", name, str(version.version), version.run_id)
     if "://" in uri:
@@ -370,6 +496,24 @@ def _verify_claim(path: Path, name: str, version: str, run_id: str | None) -> No
             f"model folder {str(path)!r} claims to be {name} v{version}, but the registry records "
             f"run {record.run_id} with digest {recorded} and the folder holds run {run_id} with digest "
             f"{digest}; use models:/{name}/{version}, or retrain (`dvc repro --force train`)")
+
+
+def _registered_choices(client: object) -> str:
+    """What the registry holds, for an error message: each model with its aliases and versions."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        models = client.search_registered_models()
+    except MlflowException:
+        return ""
+    if not models:
+        return "The registry holds no model yet."
+    listed = []
+    for model in models:
+        aliases = ", ".join(f"models:/{model.name}@{alias}" for alias in sorted(model.aliases)) or "no alias"
+        versions = [str(v.version) for v in client.search_model_versions(f"name='{model.name}'")]
+        listed.append(f"{aliases} (versions {', '.join(sorted(versions, key=int))})")
+    return "It holds " + "; ".join(listed) + "."
 
 
 def load_model(uri: str, project_root: Path | None = None) -> LoadedModel:
