@@ -362,15 +362,25 @@ def ui(
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host", host,
                "--port", str(port), "--workers", "1"]
+    console.print(escape(f"MLflow UI on http://{host}:{port} (store {redact(store)}); Ctrl-C to stop"))
+    console.print(escape(f"runs of this project: {_runs_page(f'http://{host}:{port}')}"))
+    raise typer.Exit(_serve(command, env))
+
+
+def _runs_page(base_url: str) -> str:
+    """The experiment's runs table, or the experiments list when the store cannot say which one
+    (the server itself reports why it cannot start)."""
     from churnlens.tracking import experiment_url
 
     try:
         experiment = load_params(Path("params.yaml")).train.experiment_name
     except (ConfigError, FileNotFoundError):
         experiment = "churnlens"
-    console.print(escape(f"MLflow UI on http://{host}:{port} (store {redact(store)}); Ctrl-C to stop\n"
-                         f"runs of this project: {experiment_url(f'http://{host}:{port}', experiment)}"))
-    raise typer.Exit(_serve(command, env))
+    try:
+        return experiment_url(base_url, experiment)
+    except Exception:  # an unreachable store or a missing driver must not keep the UI from starting
+        log.debug("experiment lookup failed", exc_info=True)
+        return f"{base_url}/#/experiments?workflowType=machine_learning"
 
 
 def _serve(command: list[str], env: dict[str, str]) -> int:
