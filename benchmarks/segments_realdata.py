@@ -31,23 +31,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+# One way to run a pipeline command in its own process and MLflow store, shared with the
+# real-data model benchmark (this folder is on sys.path when a script here runs).
+from realdata_benchmark import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "segments_realdata"
 OVERLAY = ROOT / "examples" / "online_retail_ii.yaml"
-
-
-def churnlens(*args: str, params: list[Path]) -> None:
-    """One pipeline command in its own process, in OUT, against OUT's MLflow store."""
-    options = [item for path in params for item in ("--params", str(path))]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{OUT / 'mlflow.db'}"}
-    command = [sys.executable, "-m", "churnlens", args[0], *options, *args[1:]]
-    if subprocess.call(command, cwd=OUT, env=env) != 0:
-        raise SystemExit(f"churnlens {args[0]} failed")
 
 
 def truncate(source: Path, target: Path, as_of: str) -> None:
@@ -76,25 +68,25 @@ def main() -> None:
     # window) keeps the overlay's 90 days.
     short_history = OUT / "short_history.yaml"
     short_history.write_text("features:\n  horizon_days: 60\ntrain:\n  backtest_folds: 0\n", encoding="utf-8")
-    params = [ROOT / "params.yaml", OVERLAY]
+    params = [OVERLAY]  # after params.yaml, which run_command always passes first
     model_params = [*params, short_history]
     full, truncated = OUT / "full" / "canonical", OUT / "as_of" / "canonical"
-    churnlens("ingest", "--base", str(ROOT), "--canonical-dir", str(full), "--quarantine-dir",
-              str(OUT / "full" / "quarantine"), "--report", str(OUT / "ingest_report.json"), params=params)
+    run_command(OUT, "ingest", "--base", str(ROOT), "--canonical-dir", str(full), "--quarantine-dir",
+              str(OUT / "full" / "quarantine"), "--report", str(OUT / "ingest_report.json"), overlays=params)
     truncate(full / "transactions.parquet", truncated, args.as_of)
     snapshots = OUT / "snapshots.parquet"
-    churnlens("features", "--canonical-dir", str(truncated), "--output", str(snapshots), "--report",
-              str(OUT / "features.json"), params=model_params)
-    churnlens("train", "--snapshots", str(snapshots), "--features-report", str(OUT / "features.json"),
-              "--model-dir", str(OUT / "model"), "--report", str(OUT / "train.json"), params=model_params)
-    churnlens("evaluate", "--snapshots", str(snapshots), "--model-dir", str(OUT / "model"), "--train-report",
+    run_command(OUT, "features", "--canonical-dir", str(truncated), "--output", str(snapshots), "--report",
+              str(OUT / "features.json"), overlays=model_params)
+    run_command(OUT, "train", "--snapshots", str(snapshots), "--features-report", str(OUT / "features.json"),
+              "--model-dir", str(OUT / "model"), "--report", str(OUT / "train.json"), overlays=model_params)
+    run_command(OUT, "evaluate", "--snapshots", str(snapshots), "--model-dir", str(OUT / "model"), "--train-report",
               str(OUT / "train.json"), "--metrics", str(OUT / "metrics.json"), "--plots-dir", str(OUT / "plots"),
-              params=model_params)
+              overlays=model_params)
     report_path = OUT / "segment_report.json"
     # The model folder, promoted or not: the segments do not depend on it.
-    churnlens("score", "--canonical-dir", str(truncated), "--model", str(OUT / "model"), "--as-of", args.as_of,
+    run_command(OUT, "score", "--canonical-dir", str(truncated), "--model", str(OUT / "model"), "--as-of", args.as_of,
               "--output", str(OUT / "scores.parquet"), "--report", str(report_path), "--outcomes", str(full),
-              params=params)
+              overlays=params)
 
     report = json.loads(report_path.read_text(encoding="utf-8"))
     validity = report["construct_validity"]

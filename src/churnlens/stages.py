@@ -591,11 +591,12 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
         "timings_seconds": {**run.timings, "total": round(sum(run.timings.values()), 3)},
         "churnlens_version": _version(),
     }
-    io.write_json(manifest, manifest_path or _beside(output, "manifest.json"))
+    manifest_path = manifest_path or _beside(output, "manifest.json")
+    io.write_json(manifest, manifest_path)
     if headline_path is not None:
         io.write_json(score.segment_headline(report), headline_path)
     log.info("scored %d customers in %.1f s", len(scores), manifest["timings_seconds"]["total"])
-    return {**report, "outputs": {**manifest["outputs"], "manifest": str(manifest_path or _beside(output, "manifest.json"))}}
+    return {**report, "outputs": {**manifest["outputs"], "manifest": str(manifest_path)}}
 
 
 def _beside(output: str, suffix: str) -> Path:
