@@ -180,3 +180,23 @@ def test_reasons_are_plain_words_with_the_customers_own_values() -> None:
     assert "mean" not in at_risk  # a feature that lowers the risk is no reason for it
     # Nothing pushes this customer's risk up: what keeps it low, largest first.
     assert loyal.startswith("low risk: purchases in the 90 days: 6; no purchase for 5 days")
+
+
+def test_new_rules_stay_per_customer() -> None:
+    rng = np.random.default_rng(3)
+    many = pd.DataFrame([buyer(customer_id=f"c{i}", purchases_lifetime=int(rng.integers(1, 12)),
+                               days_since_first_purchase=float(rng.uniform(10, 500)),
+                               purchases_90d=int(rng.integers(0, 3)), spend_trend_90d=float(rng.normal(0, 1.5)),
+                               below_usual_price_share_365d=float(rng.uniform(0, 0.6)),
+                               below_usual_spend_share_365d=float(rng.uniform(0, 0.6)),
+                               repeat_line_share_365d=float(rng.uniform(0, 1)),
+                               return_rate_365d=float(rng.uniform(0, 0.2))) for i in range(60)])
+    quiet = buyer(customer_id="quiet", purchases_90d=0, repeat_line_share_365d=np.nan, purchase_gap_cv=np.nan)
+    many = pd.concat([many, pd.DataFrame([quiet])], ignore_index=True)
+    together = assign_segments(many, SegmentRules())
+    drivers = set(together["segment_driver"])  # the new rules fire in this batch
+    assert "no loyalty index reaches score.segments.min_index" in drivers
+    assert any(d.endswith("(too short a history to compare indices)") for d in drivers)
+    for i in range(len(many)):
+        alone = assign_segments(many.iloc[[i]].reset_index(drop=True), SegmentRules())
+        pd.testing.assert_frame_equal(alone, together.iloc[[i]].reset_index(drop=True))
