@@ -61,6 +61,7 @@ def run_small_pipeline(root: Path) -> dict:
 def reviewed_project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A finished small project (data, reports, scores, models, an MLflow store) for the review
     surfaces: notebooks, the MLflow server and its UI. Read it, do not change it."""
+    from churnlens.score import ScoreJob
     from churnlens.stages import run_score
 
     root = tmp_path_factory.mktemp("reviewed")
@@ -69,9 +70,9 @@ def reviewed_project(tmp_path_factory: pytest.TempPathFactory) -> dict:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.chdir(root)
         run = run_small_pipeline(root)
-        run_score(run["params"], root / "data/canonical", "models:/churnlens@champion",
+        run_score(ScoreJob(run["params"], root / "data/canonical", "models:/churnlens@champion",
                   root / "data/scores/scores.parquet", root / "reports/segment_report.json",
-                  truth=pd.read_parquet(root / "data/truth/ground_truth.parquet"))
+                  truth=pd.read_parquet(root / "data/truth/ground_truth.parquet")))
     return {**run, "tracking_uri": uri}
 
 

@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from churnlens import io, tracking
 from churnlens.config import parse_params
+from churnlens.score import ScoreJob
 from churnlens.stages import run_evaluate, run_score, run_train
 from churnlens.tracking import ModelNotFoundError, load_model
 from conftest import PROJECT_ROOT, run_small_pipeline, small_params_dict
@@ -86,10 +87,10 @@ def test_pyfunc_returns_probabilities_and_local_copy_matches(pipeline_run) -> No
     snapshots = pd.read_parquet(pipeline_run["root"] / "data/features/snapshots.parquet").head(2000)
     registered = load_model("models:/churnlens@champion")
     local = load_model(str(pipeline_run["root"] / "models/churn_model"))
-    columns = registered.metadata["categorical_features"] + registered.metadata["numeric_features"]
+    columns = registered.contract.categorical_features + registered.contract.numeric_features
     from churnlens.model import model_input
 
-    frame = model_input(snapshots, registered.metadata["numeric_features"], registered.metadata["categorical_features"])
+    frame = model_input(snapshots, registered.contract.numeric_features, registered.contract.categorical_features)
     pyfunc = np.asarray(mlflow.pyfunc.load_model("models:/churnlens@champion").predict(frame[columns]))
     assert pyfunc.shape == (2000, 2) and np.allclose(pyfunc.sum(axis=1), 1.0)
     assert ((pyfunc >= 0) & (pyfunc <= 1)).all() and len(np.unique(pyfunc[:, 1])) > 10
@@ -100,8 +101,8 @@ def test_pyfunc_returns_probabilities_and_local_copy_matches(pipeline_run) -> No
 def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
     root, params = pipeline_run["root"], pipeline_run["params"]
     output = root / "data/scores/scores.parquet"
-    report = run_score(params, root / "data/canonical", "models:/churnlens@champion", output,
-                       root / "reports/segment_report.json")
+    report = run_score(ScoreJob(params, root / "data/canonical", "models:/churnlens@champion", output,
+                       root / "reports/segment_report.json"))
     scores = pd.read_parquet(output)
     snapshots = pd.read_parquet(root / "data/features/snapshots.parquet")
     assert scores["customer_id"].is_unique and len(scores) == report["customers"] > 50
@@ -122,8 +123,8 @@ def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
     last = snapshots.groupby("customer_id")["cutoff"].max()
     assert set(scores["customer_id"]) & set(last.index)
     again = root / "again.parquet"
-    rerun = run_score(params, root / "data/canonical", "models:/churnlens@champion", again, root / "r2.json",
-                      previous=scores[["customer_id", "segment"]])
+    rerun = run_score(ScoreJob(params, root / "data/canonical", "models:/churnlens@champion", again, root / "r2.json",
+                      previous=scores[["customer_id", "segment"]]))
     pd.testing.assert_frame_equal(scores, pd.read_parquet(again))  # identical reruns
     assert rerun["stability"] == {"customers_in_both_runs": len(scores), "changed_segment": 0}
 
@@ -131,7 +132,7 @@ def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
 def test_score_manifest_records_the_run(pipeline_run) -> None:
     root, params = pipeline_run["root"], pipeline_run["params"]
     output = root / "manifested/scores.parquet"
-    report = run_score(params, root / "data/canonical", "models:/churnlens@champion", output, root / "m.json")
+    report = run_score(ScoreJob(params, root / "data/canonical", "models:/churnlens@champion", output, root / "m.json"))
     manifest = io.read_json(output.with_name("scores.manifest.json"))
     assert manifest["model_version"] == pipeline_run["trained"]["model_version"] == report["model_version"]
     assert manifest["model_run_id"] == pipeline_run["trained"]["run_id"]
@@ -142,7 +143,7 @@ def test_score_manifest_records_the_run(pipeline_run) -> None:
     assert {"features", "predict_and_reasons", "write", "total"} <= set(manifest["timings_seconds"])
     model_features = pipeline_run["trained"]["metrics"]  # the model was trained on these rows
     assert model_features["train_rows"] > 0
-    numeric = load_model("models:/churnlens@champion").metadata["numeric_features"]
+    numeric = load_model("models:/churnlens@champion").contract.numeric_features
     compared, left_out = set(manifest["drift"]["psi"]), set(manifest["drift"]["not_compared"])
     assert compared | left_out >= set(numeric) and not compared & left_out
     assert "days_since_first_purchase" in left_out  # moves with the calendar: no alarm on ageing
@@ -156,8 +157,8 @@ def test_segments_match_simulated_personas(pipeline_run) -> None:
 
     root = pipeline_run["root"]
     truth = pd.read_parquet(root / "data/truth/ground_truth.parquet")
-    report = run_score(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion",
-                       root / "s.parquet", root / "r.json", truth=truth)
+    report = run_score(ScoreJob(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion",
+                       root / "s.parquet", root / "r.json", truth=truth))
     joined = pd.read_parquet(root / "s.parquet").merge(truth, on="customer_id")
     decided = joined[joined["segment"] != "insufficient_history"]
     agreement = report["ground_truth"]
@@ -177,15 +178,15 @@ def test_missing_alias_and_foreign_uris_are_clear_errors(pipeline_run) -> None:
         load_model(str(pipeline_run["root"] / "nowhere"))
     # The model is checked before any data is read: the canonical folder here does not even exist.
     with pytest.raises(ModelNotFoundError, match=r"models:/churnlens@gold"):
-        run_score(pipeline_run["params"], pipeline_run["root"] / "nowhere", "models:/churnlens@gold",
-                  pipeline_run["root"] / "never.parquet")
+        run_score(ScoreJob(pipeline_run["params"], pipeline_run["root"] / "nowhere", "models:/churnlens@gold",
+                  pipeline_run["root"] / "never.parquet"))
 
 
 def test_as_of_outside_the_data_is_a_clear_error(pipeline_run) -> None:
     root = pipeline_run["root"]
     with pytest.raises(ValueError, match=r"as-of 2030-01-01 is outside the data"):
-        run_score(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion", root / "x.parquet",
-                  root / "x.json", as_of=pd.Timestamp("2030-01-01"))
+        run_score(ScoreJob(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion", root / "x.parquet",
+                  root / "x.json", as_of=pd.Timestamp("2030-01-01")))
 
 
 def test_worse_challenger_is_not_promoted(pipeline_run) -> None:
@@ -248,8 +249,8 @@ def test_every_column_of_the_scores_file_is_documented(pipeline_run) -> None:
     committed = (PROJECT_ROOT / "docs" / "scores.md").read_text(encoding="utf-8")
     assert committed == scores_dictionary_markdown(), "run `churnlens catalog` to regenerate docs/scores.md"
     root = pipeline_run["root"]
-    run_score(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion",
-              root / "documented/scores.parquet")
+    run_score(ScoreJob(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion",
+              root / "documented/scores.parquet"))
     for written in (pd.read_parquet(root / "documented/scores.parquet"), pd.read_csv(root / "documented/scores.csv")):
         undocumented = [c for c in written.columns if f"| `{c}` |" not in committed]
         assert not undocumented, f"columns missing from docs/scores.md: {undocumented}"

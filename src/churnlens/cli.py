@@ -290,6 +290,7 @@ def score(
 
     import pandas as pd
 
+    from churnlens.score import ScoreJob
     from churnlens.stages import run_score
     from churnlens.tracking import ModelNotFoundError
 
@@ -299,10 +300,10 @@ def score(
     previous = pd.read_parquet(output, columns=["customer_id", "segment"]) if local_output else None
     known = pd.read_parquet(truth, columns=["customer_id", "persona"]) if truth is not None else None
     try:
-        result = run_score(loaded_params, canonical_dir, model or loaded_params.score.model_uri, output, report,
+        result = run_score(ScoreJob(loaded_params, canonical_dir, model or loaded_params.score.model_uri, output, report,
                            pd.Timestamp(as_of) if as_of else None, csv, Path.cwd(), previous=previous,
                            manifest_path=manifest, truth=known, show_progress=sys.stderr.isatty(),
-                           headline_path=headline, outcomes=outcomes)
+                           headline_path=headline, outcomes=outcomes))
     except (ModelNotFoundError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     log.info("scored %d customers as of %s with %s v%s; campaign: %d customers, expected value saved %.0f",

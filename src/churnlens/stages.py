@@ -17,13 +17,16 @@ import pandas as pd
 from churnlens import features as ft
 from churnlens import drift, io, score, segments, tracking
 from churnlens.config import FeaturesConfig, Params
+from churnlens.contract import ModelContract
+from churnlens.engines import Laps, Scored, engine_for
 from churnlens.ingest import run_ingest
+from churnlens.schemas import CANONICAL_TABLES
+from churnlens.score import ScoreJob
 from churnlens.simulate import simulate
 
 log = logging.getLogger(__name__)
 # Every stage runs in its own process: scikit-learn, XGBoost and matplotlib are imported only by
 # the stages that use them (together they cost ~8 s of start-up on a 2-core machine).
-CANONICAL_TABLES = ("transactions", "interactions", "customers")
 
 
 def run_simulate(params: Params, raw_dir: Path, truth_path: Path) -> dict[str, int]:
@@ -45,53 +48,14 @@ def run_ingest_stage(params: Params, base: Path, canonical_dir: Path, quarantine
     return run_ingest(params.ingest, base, canonical_dir, quarantine_dir, report)
 
 
-def canonical_tables(canonical_dir: Path) -> dict[str, str | None]:
-    tables = {name: canonical_dir / f"{name}.parquet" for name in CANONICAL_TABLES}
-    if not tables["transactions"].is_file():
-        raise FileNotFoundError(f"{tables['transactions']}: no canonical transactions; run `churnlens ingest` first")
-    return {name: str(path) if path.is_file() else None for name, path in tables.items()}
-
-
 def run_features(params: Params, canonical_dir: Path | str, snapshots_path: Path | str, report_path: Path) -> dict:
     """Snapshots at every cutoff of the grid, on the configured engine, and their report."""
-    import duckdb
-
-    config = params.features
-    if params.engine.name == "spark":
-        return _run_features_spark(params, str(canonical_dir), str(snapshots_path), report_path)
-    tables = canonical_tables(Path(canonical_dir))
-    data_start, data_end = ft.data_span(tables)
-    cutoffs, complete = _cutoffs(config, data_start, data_end)
-    plan = ft.write_snapshots(tables, cutoffs, config, Path(snapshots_path), label_complete_until=data_end)
-    with duckdb.connect() as con:
-        per_cutoff = con.execute(
-            f"SELECT cutoff, count(*), avg(CAST(churned AS DOUBLE)) FROM read_parquet('{snapshots_path}') "
-            "GROUP BY cutoff ORDER BY cutoff").fetchall()
+    with engine_for(params.engine) as engine:
+        tables = engine.tables(str(canonical_dir))
+        data_start, data_end = engine.data_span(tables)
+        cutoffs, complete = _cutoffs(params.features, data_start, data_end)
+        plan, per_cutoff = engine.write_snapshots(tables, cutoffs, params.features, str(snapshots_path), data_end)
     return _features_report(data_start, data_end, cutoffs, complete, plan, per_cutoff, report_path)
-
-
-def _require_pyspark() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("pyspark") is None:
-        raise ValueError("engine spark needs pyspark; install it with pip install 'churnlens[spark]' "
-                         "or use --engine duckdb")
-
-
-def _run_features_spark(params: Params, canonical_dir: str, snapshots_path: str, report_path: Path) -> dict:
-    _require_pyspark()
-    from pyspark.sql import functions as F
-
-    from churnlens import spark
-    session = spark.session(params.engine.spark_master, params.engine.spark_driver_memory)
-    tables = spark.canonical_tables(session, canonical_dir)
-    data_start, data_end = spark.data_span(tables)
-    cutoffs, complete = _cutoffs(params.features, data_start, data_end)
-    plan = spark.write_snapshots(session, tables, cutoffs, params.features, snapshots_path, data_end)
-    per_cutoff = (session.read.parquet(snapshots_path).groupBy("cutoff")
-                  .agg(F.count("*"), F.avg(F.col("churned").cast("double"))).orderBy("cutoff").collect())
-    return _features_report(data_start, data_end, cutoffs, complete, plan, [tuple(r) for r in per_cutoff],
-                            report_path)
 
 
 def _cutoffs(config: FeaturesConfig, data_start: pd.Timestamp, data_end: pd.Timestamp) -> tuple[list[pd.Timestamp], dict]:
@@ -174,16 +138,15 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
         temporary.write_text(ft.feature_catalog_markdown(used), encoding="utf-8")
     example = model.model_input(deployed_rows.head(50), lists.numeric, lists.categorical)
     latest = deployed_rows[deployed_rows["cutoff"] == deployed_rows["cutoff"].max()]
-    metadata = {"numeric_features": lists.numeric, "categorical_features": lists.categorical,
-                "holdout_cutoff": split.as_dict()["holdout"], **lineage,
-                # The reference population for drift checks: the latest training snapshot, which is
-                # closest in time to what will be scored (pooled cutoffs mix younger histories in).
-                "drift_profile": drift.drift_profile(latest, lists.numeric, lists.categorical)}
+    contract = ModelContract(lists.numeric, lists.categorical, split.as_dict()["holdout"], **lineage,
+                             # The reference population for drift checks: the latest training snapshot,
+                             # closest in time to what will be scored (pooled cutoffs mix younger histories in).
+                             drift_profile=drift.drift_profile(latest, lists.numeric, lists.categorical))
     registered = tracking.log_training_run(
         experiment=params.train.experiment_name, model_name=params.train.registered_model_name,
         params={"features": params.features.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
                 "split": split.as_dict(), **lineage},
-        metrics=metrics, tags=tags, pipeline=deployed.pipeline, example=example, metadata=metadata,
+        metrics=metrics, tags=tags, pipeline=deployed.pipeline, example=example, metadata=contract.to_metadata(),
         artifacts={"features": features_report, "features/catalog": catalog}, model_dir=model_dir,
         data=tracking.TrainingData(model.model_input(deployed_rows, lists.numeric, lists.categorical)
                                    .assign(**{model.LABEL: deployed_rows[model.LABEL].to_numpy()}),
@@ -245,17 +208,16 @@ def backtest(snapshots: pd.DataFrame, lists: FeatureLists, params: Params) -> tu
     return metrics, [{"test_cutoff": f.test_cutoff.date().isoformat(), "reason": f.reason} for f in skipped]
 
 
-def _score_holdout(pipeline: object, metadata: dict, holdout: pd.DataFrame) -> np.ndarray:
+def _score_holdout(pipeline: object, contract: ModelContract, holdout: pd.DataFrame) -> np.ndarray:
     from churnlens import model
 
-    numeric, categorical = metadata["numeric_features"], metadata["categorical_features"]
-    missing = [c for c in numeric + categorical if c not in holdout]
+    missing = contract.missing_from(holdout.columns)
     if missing:
-        raise KeyError(f"features {missing} are not in the snapshots")
-    return model.churn_probability(pipeline, holdout, numeric, categorical)
+        raise ValueError(f"features {missing} are not in the snapshots")
+    return model.churn_probability(pipeline, holdout, contract.numeric_features, contract.categorical_features)
 
 
-def evaluated_procedure(snapshots: pd.DataFrame, trained: dict, metadata: dict, params: Params):
+def evaluated_procedure(snapshots: pd.DataFrame, trained: dict, contract: ModelContract, params: Params):
     """The training procedure as it was judged: fitted on the train report's split with the chosen
     settings, strictly before the holdout (same data, params and seed give the same model)."""
     from churnlens import model
@@ -264,7 +226,7 @@ def evaluated_procedure(snapshots: pd.DataFrame, trained: dict, metadata: dict, 
     config = params.train.model_copy(
         update={"xgboost": params.train.xgboost.model_copy(update=trained["chosen_xgboost"])})
     return model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
-                                         metadata["numeric_features"], metadata["categorical_features"], config)
+                                         contract.numeric_features, contract.categorical_features, config)
 
 
 def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_report: Path, metrics_path: Path,
@@ -284,8 +246,8 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     challenger = tracking.load_model(str(model_dir))
     # The deployed model was refit on the holdout's labels: its score there would be in-sample. The
     # honest figure is the procedure's, trained strictly before the holdout (deterministic refit).
-    evaluated = evaluated_procedure(snapshots, trained, challenger.metadata, params)
-    probability = _score_holdout(evaluated.pipeline, challenger.metadata, holdout)
+    evaluated = evaluated_procedure(snapshots, trained, challenger.contract, params)
+    probability = _score_holdout(evaluated.pipeline, challenger.contract, holdout)
     results = {"model": ev.classification_metrics(y, probability, config.top_fraction)}
     baseline_scores = {
         "recency_rule": (ev.recency_baseline(holdout), False),
@@ -319,8 +281,8 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
         target["profit"] = ev.thin(full)
         results[name].update(ev.best_campaign(full))
     sample = holdout.sample(min(len(holdout), 5000), random_state=params.train.seed)
-    importance = (model.contributions(challenger.pipeline, sample, challenger.metadata["numeric_features"],
-                                      challenger.metadata["categorical_features"])
+    importance = (model.contributions(challenger.pipeline, sample, challenger.contract.numeric_features,
+                                      challenger.contract.categorical_features)
                   .abs().mean().sort_values(ascending=False).rename("mean_abs_shap").rename_axis("feature")
                   .reset_index())
     io.write_csv(importance, plots_dir / "importance.csv")
@@ -404,73 +366,37 @@ def _honest_champion_score(champion: tracking.LoadedModel, holdout: pd.DataFrame
     from churnlens import model
 
     metric = params.evaluate.promotion_metric
-    span = pd.Timedelta(days=params.features.lead_days + params.features.horizon_days)
+    span = pd.Timedelta(params.features.label_end)
     cutoff = pd.Timestamp(holdout["cutoff"].iloc[0])
-    trained_on = [pd.Timestamp(c) for c in champion.metadata.get("deployed_train_cutoffs", [])]
+    trained_on = [pd.Timestamp(c) for c in champion.contract.deployed_train_cutoffs]
     if all(c + span <= cutoff for c in trained_on):
-        probability = _score_holdout(champion.pipeline, champion.metadata, holdout)
+        probability = _score_holdout(champion.pipeline, champion.contract, holdout)
         y = holdout[model.LABEL].to_numpy(dtype=int)
         return ev.promotion_score(ev.classification_metrics(y, probability, params.evaluate.top_fraction), metric)
-    recorded = tracking.run_metrics(champion.metadata.get("run_id"))
+    recorded = tracking.run_metrics(champion.contract.run_id)
     key = f"holdout/{metric.removeprefix('neg_')}"
     if key not in recorded:
         raise ValueError(f"it was trained on this holdout's labels and its run has no {key}")
     return ev.promotion_score({metric.removeprefix("neg_"): recorded[key]}, metric)
 
 
-def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output: Path | str,
-              report_path: Path | None = None, as_of: pd.Timestamp | None = None,
-              csv_output: Path | str | None = None, project_root: Path | None = None,
-              previous: pd.DataFrame | None = None, manifest_path: Path | None = None,
-              truth: pd.DataFrame | None = None, show_progress: bool = False, headline_path: Path | None = None,
-              outcomes: Path | str | None = None) -> dict:
-    """The batch scoring job: features as of one instant, then scores, segments, reasons and the
-    retention plan, written atomically (Parquet, and a rounded CSV beside it unless ``csv_output``
-    says where), plus a segment report and a run manifest. ``outcomes`` (canonical transactions
-    of a later extract) adds the segments' construct validity: how each segment behaved in the
-    ``features.horizon_days`` after the as-of date."""
-    outcome_sources = _outcomes(outcomes, canonical_dir)
+def run_score(job: ScoreJob) -> dict:
+    """The batch scoring job (:class:`churnlens.score.ScoreJob`): features as of one instant, then
+    scores, segments, reasons and the retention plan, written atomically (Parquet, and a rounded
+    CSV beside it unless ``csv_output`` says where), plus a segment report and a run manifest."""
+    params = job.params
+    outcome_sources = _outcomes(job.outcomes, job.canonical_dir)
     # The model first: a wrong alias fails in a second, not after the features were computed.
-    resolved = tracking.resolve_model(model_uri, project_root)
-    if params.engine.name == "spark":
-        return _run_score_spark(params, str(canonical_dir), model_uri, str(output), report_path, as_of,
-                                csv_output, project_root, previous, manifest_path, truth, headline_path,
-                                outcome_sources)
-
-    run = _ScoreRun()
-    config = params.score
-    canonical_dir, output = Path(canonical_dir), Path(output)
-    tables = canonical_tables(canonical_dir)
-    data_start, data_end = ft.data_span(tables)
-    instant = _as_of(params, as_of, data_start, data_end)
-    loaded = tracking.load_resolved(resolved)
-    run.lap("load_model")
-    log.info("score: features as of %s with %s v%s", instant.isoformat(), loaded.name, loaded.version)
-    snapshot, _ = ft.compute_snapshots(tables, [instant], params.features, with_labels=False)
-    run.lap("features")
-    log.info("score: %d active customers; probabilities, reasons and segments", len(snapshot))
-    numeric, categorical = loaded.metadata.get("numeric_features", []), loaded.metadata.get("categorical_features", [])
-    missing = [c for c in numeric + categorical if c not in snapshot]
-    if missing:
-        raise ValueError(f"score: model {loaded.name} v{loaded.version} needs features {missing} that the data "
-                         "does not provide; retrain on this data or supply the missing tables")
-    probability, reasons = _score_in_chunks(loaded, snapshot, numeric, categorical, params, show_progress)
-    run.lap("predict_and_reasons")
-    assigned = segments.assign_segments(snapshot, config.segments)
-    scores = score.build_scores(snapshot, probability, assigned, config, instant, loaded.name, loaded.version,
-                                reasons)
-    run.lap("segments_and_plan")
-    io.write_parquet(scores, output)
-    csv_output = csv_output if csv_output is not None else _beside(str(output), "csv")
-    io.write_csv(score.scores_for_csv(scores), csv_output)
-    run.lap("write")
-    model_info = {"model_uri": model_uri, "model_name": loaded.name, "model_version": loaded.version,
-                  "model_run_id": loaded.metadata.get("run_id")}
-    data_info = {"canonical_dir": str(canonical_dir), "fingerprint": io.file_fingerprint(canonical_dir),
+    resolved = tracking.resolve_model(job.model_uri, job.project_root)
+    laps = Laps()
+    with engine_for(params.engine) as engine:
+        tables = engine.tables(str(job.canonical_dir))
+        data_start, data_end = engine.data_span(tables)
+        instant = _as_of(params, job.as_of, data_start, data_end)
+        scored = engine.score(tables, instant, resolved, job, laps)
+    data_info = {"canonical_dir": str(job.canonical_dir), "fingerprint": scored.data_fingerprint,
                  "first_event": data_start.isoformat(), "last_event": data_end.isoformat()}
-    return _report_score_run(params, run, scores, snapshot, loaded.metadata.get("drift_profile", {}), instant,
-                             model_info, data_info, str(output), csv_output, report_path, manifest_path, previous,
-                             truth, engine="duckdb", headline_path=headline_path, outcomes=outcome_sources)
+    return _report_score_run(job, engine.name, laps, scored, instant, data_info, outcome_sources)
 
 
 def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp, data_end: pd.Timestamp
@@ -488,74 +414,22 @@ def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp,
     return instant
 
 
-class _ScoreRun:
-    """Wall-clock time of each step of a scoring run, for the manifest."""
-
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-        self._clock = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.timings[name] = round(now - self._clock, 3)
-        self._clock = now
-
-
-def _run_score_spark(params: Params, canonical_dir: str, model_uri: str, output: str, report_path: Path | None,
-                     as_of: pd.Timestamp | None, csv_output: Path | str | None, project_root: Path | None,
-                     previous: pd.DataFrame | None, manifest_path: Path | None, truth: pd.DataFrame | None,
-                     headline_path: Path | None, outcomes: tuple[str, str] | None = None) -> dict:
-    """The same job on Spark; the report and manifest read the written scores back (a few columns)."""
-    import hashlib
-
-    _require_pyspark()
-    from churnlens import spark
-    run = _ScoreRun()
-    session = spark.session(params.engine.spark_master, params.engine.spark_driver_memory)
-    tables = spark.canonical_tables(session, canonical_dir)
-    data_start, data_end = spark.data_span(tables)
-    instant = _as_of(params, as_of, data_start, data_end)
-    scores, snapshot, loaded = spark.score(session, tables, instant, params, model_uri, project_root)
-    spark.write_parquet(scores, output)
-    if csv_output is not None:
-        scores.coalesce(1).write.mode("overwrite").option("header", True).csv(str(csv_output))
-    run.lap("features_score_and_write")
-    written = session.read.parquet(output)
-    needed = ["customer_id", "segment", "low_confidence", "churn_probability", "customer_value", "in_campaign",
-              "action_cost",
-              "priority", "top_reasons"]
-    local_scores = written.select(*needed).toPandas()
-    total = len(local_scores)
-    sample = snapshot.sample(fraction=min(1.0, 100_000 / max(total, 1)), seed=0).toPandas()  # drift on a sample
-    spark.release()
-    run.lap("read_back")
-    files = sorted(tables["transactions"].inputFiles())
-    model_info = {"model_uri": model_uri, "model_name": loaded.name, "model_version": loaded.version,
-                  "model_run_id": loaded.metadata.get("run_id")}
-    data_info = {"canonical_dir": canonical_dir, "first_event": data_start.isoformat(),
-                 "last_event": data_end.isoformat(),
-                 "fingerprint": "files:" + hashlib.sha256("\n".join(files).encode()).hexdigest()}
-    return _report_score_run(params, run, local_scores, sample, loaded.metadata.get("drift_profile", {}), instant,
-                             model_info, data_info, output, csv_output, report_path, manifest_path, previous, truth,
-                             engine="spark", headline_path=headline_path, outcomes=outcomes)
-
-
-def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snapshot: pd.DataFrame, profile: dict,
-                      instant: pd.Timestamp, model_info: dict, data_info: dict, output: str,
-                      csv_output: Path | str | None, report_path: Path | None, manifest_path: Path | None,
-                      previous: pd.DataFrame | None, truth: pd.DataFrame | None, engine: str,
-                      headline_path: Path | None = None,
-                      outcomes: tuple[str, str] | None = None) -> dict:
+def _report_score_run(job: ScoreJob, engine: str, laps: Laps, scored: Scored, instant: pd.Timestamp,
+                      data_info: dict, outcomes: tuple[str, str] | None) -> dict:
     """Segment report, drift check and run manifest of a scoring run, whichever engine scored.
     The manifest goes to ``manifest_path``, else beside a local output, else the working folder."""
     from churnlens import plots
 
-    config = params.score
-    report = score.segment_report(scores, previous)
-    report.update({"as_of": score.utc(instant).isoformat(), "model_name": model_info["model_name"],
-                   "model_version": model_info["model_version"]})
-    if truth is not None:
-        report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], truth)
+    config = job.params.score
+    scores, snapshot, loaded = scored.scores, scored.snapshot, scored.model
+    profile = loaded.contract.drift_profile
+    model_info = {"model_uri": job.model_uri, "model_name": loaded.name, "model_version": loaded.version,
+                  "model_run_id": loaded.contract.run_id}
+    report = score.segment_report(scores, job.previous)
+    report.update({"as_of": score.utc(instant).isoformat(), "model_name": loaded.name,
+                   "model_version": loaded.version})
+    if job.truth is not None:
+        report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], job.truth)
     unknown = segments.unknown_contract_types(snapshot, config.segments)
     if unknown:
         report["unknown_contract_types"] = unknown
@@ -563,19 +437,19 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
                     "component is left out. Map them there", sorted(unknown))
     if outcomes is not None:
         report["construct_validity"] = construct_validity_report(scores, *outcomes, instant,
-                                                                 params.features.horizon_days)
+                                                                 job.params.features.horizon_days)
     stability = drift.population_stability(profile, snapshot)
     drifted = {name: value for name, value in stability.items() if value > config.drift_warning_psi}
     for name, value in drifted.items():
         log.warning("drift: %s has PSI %.2f against the training population (threshold %.2f)", name, value,
                     config.drift_warning_psi)
     if not stability:
-        log.warning("drift: model %s v%s carries no training profile; drift not checked", model_info["model_name"],
-                    model_info["model_version"])
-    report_path = report_path or _beside(output, "segment_report.json")
+        log.warning("drift: model %s v%s carries no training profile; drift not checked", loaded.name,
+                    loaded.version)
+    report_path = job.report_path or job.beside("segment_report.json")
     io.write_json(report, report_path)
     plots.segment_plot(report, report_path.with_suffix(".png"))
-    run.lap("report")
+    laps.lap("report")
     manifest = {
         "as_of": score.utc(instant).isoformat(), "engine": engine, **model_info, "data": data_info,
         "rows": {"customers_scored": len(scores), "in_campaign": report["campaign_customers"],
@@ -586,25 +460,16 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
         "drift": {"threshold": config.drift_warning_psi, "psi": stability, "warnings": sorted(drifted),
                   "not_compared": {name: why for name, why in drift.NOT_COMPARED.items() if name in profile},
                   "rows_compared": len(snapshot)},
-        "outputs": {"scores": output, "csv": str(csv_output) if csv_output else None,
-                    "segment_report": str(report_path)},
-        "timings_seconds": {**run.timings, "total": round(sum(run.timings.values()), 3)},
+        "outputs": {"scores": scored.output, "csv": scored.csv_output, "segment_report": str(report_path)},
+        "timings_seconds": {**laps.timings, "total": round(sum(laps.timings.values()), 3)},
         "churnlens_version": _version(),
     }
-    manifest_path = manifest_path or _beside(output, "manifest.json")
+    manifest_path = job.manifest_path or job.beside("manifest.json")
     io.write_json(manifest, manifest_path)
-    if headline_path is not None:
-        io.write_json(score.segment_headline(report), headline_path)
+    if job.headline_path is not None:
+        io.write_json(score.segment_headline(report), job.headline_path)
     log.info("scored %d customers in %.1f s", len(scores), manifest["timings_seconds"]["total"])
     return {**report, "outputs": {**manifest["outputs"], "manifest": str(manifest_path)}}
-
-
-def _beside(output: str, suffix: str) -> Path:
-    """Where a scoring run's side files go unless told: next to a local output (so a run outside
-    DVC never writes into the pipeline's tracked reports), else the working folder."""
-    if "://" in output:
-        return Path(f"scores.{suffix}")
-    return Path(output).with_name(f"{Path(output).stem}.{suffix}")
 
 
 def _outcomes(outcomes: Path | str | None, canonical_dir: Path | str) -> tuple[str, str] | None:
@@ -637,29 +502,3 @@ def _version() -> str:
     import importlib.metadata
 
     return importlib.metadata.version("churnlens")
-
-
-def _score_in_chunks(loaded: tracking.LoadedModel, snapshot: pd.DataFrame, numeric: list[str],
-                     categorical: list[str], params: Params, show_progress: bool) -> tuple[np.ndarray, pd.Series | None]:
-    """Probabilities and reasons for everyone, ``chunk_rows`` at a time."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from churnlens import model
-
-    config = params.score
-    probability = np.empty(len(snapshot))
-    reasons: list[pd.Series] = []
-    # Every row is scored on its own, so smaller steps than chunk_rows give the same bytes; about
-    # twenty of them let the bar move on a batch that fits one chunk.
-    step = min(config.chunk_rows, max(1_000, -(-len(snapshot) // 20)))
-    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not show_progress) as progress:
-        task = progress.add_task("scoring", total=len(snapshot))
-        for start in range(0, len(snapshot), step):
-            chunk = snapshot.iloc[start:start + step]
-            chunk_probability = model.churn_probability(loaded.pipeline, chunk, numeric, categorical)
-            probability[start:start + len(chunk)] = chunk_probability
-            reasons.append(score.customer_reasons(loaded.pipeline, chunk, chunk_probability, numeric, categorical,
-                                                  config, params.features.windows_days))
-            progress.advance(task, len(chunk))
-    return probability, (pd.concat(reasons) if reasons else None)
