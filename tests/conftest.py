@@ -91,3 +91,16 @@ def tiny_config(**kwargs) -> SimulateConfig:
 
 def ts(text: str) -> pd.Timestamp:
     return pd.Timestamp(text)
+
+
+def active_customers(canonical_dir: Path, as_of: pd.Timestamp, lookback_days: int) -> set[str]:
+    """The customers a scoring run at ``as_of`` must score, from the canonical tables: a purchase
+    within ``lookback_days`` before it, and no cancellation by it."""
+    lines = pd.read_parquet(canonical_dir / "transactions.parquet")
+    bought = lines[~lines["is_return"] & (lines["timestamp"] <= as_of)].groupby("customer_id")["timestamp"].max()
+    recent = set(bought[bought > as_of - pd.Timedelta(days=lookback_days)].index)
+    customers = canonical_dir / "customers.parquet"
+    if not customers.exists():
+        return recent
+    table = pd.read_parquet(customers)
+    return recent - set(table.loc[table["cancellation_date"] <= as_of, "customer_id"])

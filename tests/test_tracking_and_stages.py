@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from churnlens.config import parse_params
 from churnlens.score import ScoreJob
 from churnlens.stages import run_evaluate, run_score, run_train
 from churnlens.tracking import ModelNotFoundError, load_model
-from conftest import PROJECT_ROOT, run_small_pipeline, small_params_dict
+from conftest import PROJECT_ROOT, active_customers, run_small_pipeline, small_params_dict
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,8 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     assert {"brand_advocate", "brand_user", "brand_comparer"} <= set(per_segment)
     assert sum(v["n"] for v in per_segment.values()) == pipeline_run["evaluated"]["model"]["n"]
     assert "segment/brand_comparer/roc_auc" in run.data.metrics
-    assert len(run.data.tags["git_commit"]) == 40 or run.data.tags["git_commit"] == "unknown"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
+    assert run.data.tags["git_commit"] == head.strip() and len(head.strip()) == 40  # the tests run in a clone
     assert len(run.data.tags["data_fingerprint"]) == 64
     artifacts = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}
     assert {"evaluation/roc.png", "evaluation/calibration.png", "evaluation/gains.csv", "evaluation/profit.png",
@@ -104,7 +106,6 @@ def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
     report = run_score(ScoreJob(params, root / "data/canonical", "models:/churnlens@champion", output,
                        root / "reports/segment_report.json"))
     scores = pd.read_parquet(output)
-    snapshots = pd.read_parquet(root / "data/features/snapshots.parquet")
     assert scores["customer_id"].is_unique and len(scores) == report["customers"] > 50
     assert ((scores["churn_probability"] > 0) & (scores["churn_probability"] < 1)).all()
     assert str(scores["as_of"].dt.tz) == "UTC"
@@ -119,9 +120,11 @@ def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
     assert list(table.columns) == list(scores.columns) and len(table) == len(scores)
     assert (table["churn_probability"].round(4) == table["churn_probability"]).all()
     assert np.allclose(table["churn_probability"], scores["churn_probability"], atol=5e-5)
-    # Active = bought within the lookback before the as-of date, like the training population.
-    last = snapshots.groupby("customer_id")["cutoff"].max()
-    assert set(scores["customer_id"]) & set(last.index)
+    # Active = bought within the lookback before the as-of date, not cancelled by it, like the
+    # training population: exactly those customers are scored.
+    as_of = scores["as_of"].iloc[0].tz_convert("UTC").tz_localize(None)
+    assert set(scores["customer_id"]) == active_customers(root / "data/canonical", as_of,
+                                                          params.features.active_lookback_days)
     again = root / "again.parquet"
     rerun = run_score(ScoreJob(params, root / "data/canonical", "models:/churnlens@champion", again, root / "r2.json",
                       previous=scores[["customer_id", "segment"]]))
@@ -190,6 +193,8 @@ def test_as_of_outside_the_data_is_a_clear_error(pipeline_run) -> None:
 
 
 def test_worse_challenger_is_not_promoted(pipeline_run) -> None:
+    """End to end: the registry's aliases, tags and description after a rejected challenger (the
+    decision against a better champion itself is tested in test_evaluate)."""
     root = pipeline_run["root"]
     raw = small_params_dict(train={"xgboost": {"n_estimators": 1, "max_depth": 1, "early_stopping_rounds": 1,
                                                "learning_rate": 0.01}})
@@ -254,3 +259,58 @@ def test_every_column_of_the_scores_file_is_documented(pipeline_run) -> None:
     for written in (pd.read_parquet(root / "documented/scores.parquet"), pd.read_csv(root / "documented/scores.csv")):
         undocumented = [c for c in written.columns if f"| `{c}` |" not in committed]
         assert not undocumented, f"columns missing from docs/scores.md: {undocumented}"
+
+
+def test_scoring_in_chunks_gives_the_scores_of_one_pass(pipeline_run) -> None:
+    from churnlens import model, score
+    from churnlens.engines.duckdb import score_in_chunks
+
+    params = pipeline_run["params"]
+    loaded = load_model("models:/churnlens@champion")
+    rows = pd.read_parquet(pipeline_run["root"] / "data/features/snapshots.parquet").head(2_500)
+    assert len(rows) == 2_500  # chunks of 1,000 rows: three of them, the last one short
+    probability, reasons = score_in_chunks(loaded, rows, params, show_progress=False)
+    numeric, categorical = loaded.contract.numeric_features, loaded.contract.categorical_features
+    whole = model.churn_probability(loaded.pipeline, rows, numeric, categorical)
+    assert np.array_equal(probability, whole)
+    expected = score.customer_reasons(loaded.pipeline, rows, whole, numeric, categorical, params.score,
+                                      params.features.windows_days)
+    pd.testing.assert_series_equal(reasons, expected)
+
+
+def test_cli_reports_user_errors_with_exit_code_1_and_no_traceback(pipeline_run) -> None:
+    from typer.testing import CliRunner
+
+    from churnlens.cli import app
+
+    root, runner = pipeline_run["root"], CliRunner()
+    outside = runner.invoke(app, ["score", "--as-of", "2030-01-01", "--output", str(root / "late.parquet"),
+                                  "--model", "models:/churnlens@champion"])
+    assert outside.exit_code == 1 and "outside the data" in outside.output, outside.output
+    assert not (root / "late.parquet").exists()
+    missing = runner.invoke(app, ["evaluate", "--train-report", str(root / "reports/none.json")])
+    assert missing.exit_code == 1 and "none.json" in missing.output, missing.output
+    unknown = runner.invoke(app, ["features", "--engine", "flink"])
+    assert unknown.exit_code != 0 and "flink" in unknown.output, unknown.output
+    for result in (outside, missing, unknown):
+        assert "Traceback" not in result.output and not isinstance(result.exception, AssertionError | KeyError)
+
+
+def test_cli_scores_as_of_a_date_and_writes_the_catalog(pipeline_run) -> None:
+    from typer.testing import CliRunner
+
+    from churnlens.cli import app
+    from churnlens.features import feature_catalog_markdown, feature_definitions
+
+    root, runner = pipeline_run["root"], CliRunner()
+    snapshots = pd.read_parquet(root / "data/features/snapshots.parquet")
+    day = (snapshots["cutoff"].max() - pd.Timedelta(days=30)).date().isoformat()
+    result = runner.invoke(app, ["score", "--as-of", day, "--output", str(root / "dated.parquet"),
+                                 "--model", "models:/churnlens@champion"])
+    assert result.exit_code == 0, result.output
+    dated = pd.read_parquet(root / "dated.parquet")
+    assert (dated["as_of"] == pd.Timestamp(day, tz="UTC")).all() and len(dated) > 0
+    catalog = runner.invoke(app, ["catalog", "--output", str(root / "features.md"), "--scores", str(root / "s.md")])
+    assert catalog.exit_code == 0, catalog.output
+    windows = pipeline_run["params"].features.windows_days
+    assert (root / "features.md").read_text() == feature_catalog_markdown(feature_definitions(windows))

@@ -372,3 +372,10 @@ def tune(train_rows: pd.DataFrame, validation_rows: pd.DataFrame, numeric: list[
     best = min(range(len(trials)), key=lambda i: trials[i]["validation_logloss"])
     chosen = {k: v for k, v in trials[best].items() if k not in ("validation_logloss", "trees")}
     return TuningResult(config.model_copy(update={"xgboost": config.xgboost.model_copy(update=chosen)}), trials)
+
+
+def mean_abs_contributions(model: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame, numeric: list[str],
+                           categorical: list[str]) -> pd.DataFrame:
+    """Mean absolute contribution per feature over ``frame``, largest first (the importance table)."""
+    return (contributions(model, frame, numeric, categorical).abs().mean().sort_values(ascending=False)
+            .rename("mean_abs_shap").rename_axis("feature").reset_index())

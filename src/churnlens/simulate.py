@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from churnlens.config import PERSONAS, SimulateConfig
-from churnlens.schemas import INTERACTION_TYPES
 
 CATEGORIES = (
     "signature", "premium_care", "limited_edition",  # distinctive lines advocates favour

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from churnlens.config import FeaturesConfig
 from churnlens.features import USUAL_PRICE_MIN_LINES, USUAL_PRICE_MONTHS, Feature, FeaturePlan
+from churnlens.sqltext import quote_name
 
 Step = tuple[str, str]  # (relation name, the SELECT that defines it)
 EVENT_RELATIONS = ("lines", "orders", "interactions")
@@ -91,16 +92,6 @@ def event_steps(available: dict[str, set[str]]) -> list[Step]:
         steps.append(("interactions", f"SELECT customer_id, timestamp AS ts, type, {value} FROM src_interactions"))
     return steps
 
-
-
-def quote_name(name: str) -> str:
-    """An SQL identifier, quoted (embedded quotes doubled)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def literal(value: str) -> str:
-    """An SQL string literal (embedded quotes doubled): file paths and values put into SQL."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _inline_derived(features: list[Feature]) -> dict[str, str]:

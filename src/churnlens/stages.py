@@ -96,6 +96,7 @@ class FeatureLists:
 
 def run_train(params: Params, snapshots_path: Path, features_report: Path, model_dir: Path, report_path: Path,
               project_root: Path) -> dict:
+    from churnlens import evaluate as ev
     from churnlens import model
 
     started = time.perf_counter()
@@ -119,7 +120,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     deployed_rows = model.rows_at(snapshots, deployed.train_cutoffs)
     seconds = time.perf_counter() - started
     log.info("train: final model fitted in %.0f s (%d trees); backtest folds next", seconds, fitted.best_iteration)
-    folds, skipped_folds = backtest(snapshots, lists, params)
+    folds, skipped_folds = ev.backtest(snapshots, lists.numeric, lists.categorical, params)
     log.info("train: logging the run and the model to MLflow")
 
     lineage = {"deployed_train_cutoffs": [c.date().isoformat() for c in deployed.train_cutoffs],
@@ -178,36 +179,6 @@ def _require_both_classes(labels: pd.Series, where: str) -> None:
             "needs both outcomes. Use a longer history, a shorter features.horizon_days, or earlier cutoffs")
 
 
-def backtest(snapshots: pd.DataFrame, lists: FeatureLists, params: Params) -> tuple[dict[str, float], list[dict]]:
-    """Per-fold metrics of the expanding-window backtest, with their mean and spread, and the
-    folds that could not be run, each with its reason."""
-    from churnlens import evaluate as ev
-    from churnlens import model
-
-    per_fold: dict[str, list[float]] = {}
-    metrics: dict[str, float] = {}
-    folds, skipped = model.backtest_splits(snapshots, params.features, params.train)
-    for number, split in enumerate(folds, start=1):
-        fitted = model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
-                                               lists.numeric, lists.categorical, params.train)
-        test = split.holdout_rows(snapshots)
-        probability = model.churn_probability(fitted.pipeline, test, lists.numeric, lists.categorical)
-        result = ev.classification_metrics(test[model.LABEL].to_numpy(dtype=int), probability,
-                                           params.evaluate.top_fraction)
-        for name in ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift"):
-            metrics[f"fold{number}_{name}"] = result[name]
-            per_fold.setdefault(name, []).append(result[name])
-        log.info("backtest fold %d (test cutoff %s): ROC AUC %.3f", number, split.holdout.date(), result["roc_auc"])
-    for fold in skipped:
-        log.warning("backtest fold at %s skipped: %s", fold.test_cutoff.date(), fold.reason)
-    for name, values in per_fold.items():
-        metrics[f"backtest_{name}_mean"] = float(np.mean(values))
-        metrics[f"backtest_{name}_std"] = float(np.std(values))
-    metrics["backtest_folds"] = len(per_fold.get("roc_auc", []))
-    metrics["backtest_folds_skipped"] = len(skipped)
-    return metrics, [{"test_cutoff": f.test_cutoff.date().isoformat(), "reason": f.reason} for f in skipped]
-
-
 def _score_holdout(pipeline: object, contract: ModelContract, holdout: pd.DataFrame) -> np.ndarray:
     from churnlens import model
 
@@ -237,66 +208,52 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     config = params.evaluate
     trained = io.read_json(train_report)
     snapshots = pd.read_parquet(snapshots_path)
+    challenger = tracking.load_model(str(model_dir))
     split = model.TemporalSplit.from_dict(trained["split"])
-    holdout_cutoff = split.holdout
     holdout = split.holdout_rows(snapshots)
     train_rows = model.rows_at(snapshots, sorted(set(split.train + split.validation)))
     y = holdout[model.LABEL].to_numpy(dtype=int)
 
-    challenger = tracking.load_model(str(model_dir))
     # The deployed model was refit on the holdout's labels: its score there would be in-sample. The
     # honest figure is the procedure's, trained strictly before the holdout (deterministic refit).
     evaluated = evaluated_procedure(snapshots, trained, challenger.contract, params)
     probability = _score_holdout(evaluated.pipeline, challenger.contract, holdout)
+    baselines = ev.baseline_scores(train_rows, holdout, params.train.seed, params.features.horizon_days)
     results = {"model": ev.classification_metrics(y, probability, config.top_fraction)}
-    baseline_scores = {
-        "recency_rule": (ev.recency_baseline(holdout), False),
-        "rfm_logistic": (ev.rfm_logistic_baseline(train_rows, holdout, params.train.seed), True),
-        "bgnbd_no_purchase": (ev.bgnbd_baseline(holdout, params.features.horizon_days), True),
-    }
-    for name, (values, is_probability) in baseline_scores.items():
+    for name, (values, is_probability) in baselines.items():
         results[name] = ev.classification_metrics(y, values, config.top_fraction, is_probability)
-
-    metric = config.promotion_metric
-    key = metric.removeprefix("neg_")
-    beats = {name: ev.promotion_score(results["model"], metric) > ev.promotion_score(results[name], metric)
-             for name in baseline_scores if key in results[name]}
-    comparison = {"beats_baselines": beats,
-                  "improvement_over": {name: results["model"][key] - results[name][key]
-                                       for name in baseline_scores if key in results[name]}}
-    promotion = decide_promotion(params, trained, holdout, results["model"], beats)
+    comparison = ev.baseline_comparison(results, list(baselines), config.promotion_metric)
+    promotion = _promotion(params, trained, holdout, results["model"], comparison["beats_baselines"])
     if trained["split"].get("overlapping_labels"):
         promotion["warning"] = ("short history: the training labels overlap the holdout's label window, so the "
                                 "holdout figures are optimistic")
 
-    curves = ev.curves(y, probability, config.calibration_bins)
-    baseline_curves = {name: ev.curves(y, (values - values.min()) / (np.ptp(values) or 1.0), config.calibration_bins)
-                       for name, (values, _) in baseline_scores.items()}
+    curves = {"model": ev.curves(y, probability, config.calibration_bins)}
+    curves.update({name: ev.curves(y, (values - values.min()) / (np.ptp(values) or 1.0), config.calibration_bins)
+                   for name, (values, _) in baselines.items()})
     value = holdout["spend_365d"].clip(lower=0).fillna(0).to_numpy(dtype=float)
-    economics = {"contact_cost": config.contact_cost, "incentive_cost": config.incentive_cost,
-                 "acceptance_rate": config.acceptance_rate}
-    for name, scores, target in [("model", probability, curves),
-                                 *[(b, v, baseline_curves[b]) for b, (v, _) in baseline_scores.items()]]:
-        full = ev.profit_curve(y, scores, value, **economics)
-        target["profit"] = ev.thin(full)
-        results[name].update(ev.best_campaign(full))
+    scores = {"model": probability, **{name: values for name, (values, _) in baselines.items()}}
+    for name, (profit, best) in ev.campaign_profits(y, scores, value, config).items():
+        curves[name]["profit"] = profit
+        results[name].update(best)
+    model_curves, baseline_curves = curves.pop("model"), curves
+    per_segment = ev.segment_metrics(holdout, y, probability, params.score.segments, config.top_fraction)
+    holdout_cutoff = split.holdout.date().isoformat()
+    payload = {"holdout_cutoff": holdout_cutoff, **results, **comparison, "promotion": promotion,
+               "per_segment": per_segment}
+
     sample = holdout.sample(min(len(holdout), 5000), random_state=params.train.seed)
-    importance = (model.contributions(challenger.pipeline, sample, challenger.contract.numeric_features,
-                                      challenger.contract.categorical_features)
-                  .abs().mean().sort_values(ascending=False).rename("mean_abs_shap").rename_axis("feature")
-                  .reset_index())
+    importance = model.mean_abs_contributions(challenger.pipeline, sample, challenger.contract.numeric_features,
+                                              challenger.contract.categorical_features)
     io.write_csv(importance, plots_dir / "importance.csv")
     plots.importance_plot(importance, plots_dir / "importance.png")
     # A rescaled rank is no probability: reliability data only for the baselines that are.
-    probability_baselines = {b: c for b, c in baseline_curves.items() if baseline_scores[b][1]}
-    for name in curves:
-        io.write_csv(ev.curve_table(name, curves, probability_baselines if name == "calibration" else baseline_curves),
+    probability_baselines = {b: c for b, c in baseline_curves.items() if baselines[b][1]}
+    for name in model_curves:
+        io.write_csv(ev.curve_table(name, model_curves,
+                                    probability_baselines if name == "calibration" else baseline_curves),
                      plots_dir / f"{name}.csv")
-    plots.evaluation_plots(curves, baseline_curves, holdout_cutoff.date().isoformat(), plots_dir)
-
-    per_segment = segment_metrics(holdout, y, probability, params)
-    payload = {"holdout_cutoff": holdout_cutoff.date().isoformat(), **results, **comparison, "promotion": promotion,
-               "per_segment": per_segment}
+    plots.evaluation_plots(model_curves, baseline_curves, holdout_cutoff, plots_dir)
     io.write_json(payload, metrics_path)
     if headline_path is not None:
         io.write_json(ev.headline_metrics(results), headline_path)
@@ -305,57 +262,34 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
             for name, values in results.items() for k, v in values.items()}
     flat.update({f"segment/{segment}/{k}": v for segment, values in per_segment.items() for k, v in values.items()})
     tracking.log_evaluation(trained["run_id"], flat, plots_dir)
-    tracking.record_promotion(trained["model_name"], trained["model_version"], promotion, results,
-                              holdout_cutoff.date().isoformat())
+    tracking.record_promotion(trained["model_name"], trained["model_version"], promotion, results, holdout_cutoff)
     return payload
 
 
-def segment_metrics(holdout: pd.DataFrame, y: np.ndarray, probability: np.ndarray, params: Params) -> dict:
-    """Holdout metrics within each loyalty segment (AUCs only where both classes occur)."""
-    from churnlens import evaluate as ev
-
-    assigned = segments.assign_segments(holdout.reset_index(drop=True), params.score.segments)["segment"].to_numpy()
-    result = {}
-    for segment in sorted(set(assigned)):
-        inside = assigned == segment
-        result[segment] = {"n": int(inside.sum()), "churn_rate": float(y[inside].mean()),
-                           "mean_churn_probability": float(probability[inside].mean())}
-        if len(np.unique(y[inside])) == 2:
-            result[segment].update(ev.classification_metrics(y[inside], probability[inside],
-                                                             params.evaluate.top_fraction))
-    return result
-
-
-def decide_promotion(params: Params, trained: dict, holdout: pd.DataFrame, challenger_metrics: dict,
-                     beats_baselines: dict[str, bool]) -> dict:
-    """Champion/challenger on the same holdout; a model that loses to a baseline is never promoted."""
+def _promotion(params: Params, trained: dict, holdout: pd.DataFrame, challenger_metrics: dict,
+               beats_baselines: dict[str, bool]) -> dict:
+    """The promotion decision (:func:`churnlens.evaluate.promotion_decision`), and the champion
+    alias moved to the challenger when it wins."""
     from churnlens import evaluate as ev
 
     name, version = trained["model_name"], trained["model_version"]
-    metric, config = params.evaluate.promotion_metric, params.evaluate
+    metric = params.evaluate.promotion_metric
     challenger_score = ev.promotion_score(challenger_metrics, metric)
-    decision = {"metric": metric, "challenger_version": version, "challenger_score": challenger_score}
     champion_version = tracking.alias_version(name, tracking.CHAMPION)
-    decision["previous_champion_version"] = champion_version
-    if not all(beats_baselines.values()):
-        losers = [b for b, ok in beats_baselines.items() if not ok]
-        return {**decision, "promoted": False, "reason": f"does not beat baseline(s) {losers} on {metric}"}
-    if champion_version is None or champion_version == version:
+    champion_score = None
+    if ev.needs_champion_score(beats_baselines, version, champion_version):
+        try:
+            champion = tracking.load_model(f"models:/{name}@{tracking.CHAMPION}")
+            champion_score = _honest_champion_score(champion, holdout, params)
+        except (KeyError, ValueError) as exc:
+            log.warning("champion version %s cannot score this holdout (%s); the challenger replaces it",
+                        champion_version, exc)
+            champion_score = float("-inf")
+    decision = ev.promotion_decision(metric, version, challenger_score, beats_baselines, champion_version,
+                                     champion_score, params.evaluate.min_improvement)
+    if decision["promoted"]:
         tracking.set_alias(name, tracking.CHAMPION, version)
-        return {**decision, "promoted": True, "reason": "no champion yet" if champion_version is None else "re-run"}
-    try:
-        champion = tracking.load_model(f"models:/{name}@{tracking.CHAMPION}")
-        champion_score = _honest_champion_score(champion, holdout, params)
-    except (KeyError, ValueError) as exc:
-        log.warning("champion version %s cannot score this holdout (%s); the challenger replaces it",
-                    champion_version, exc)
-        champion_score = float("-inf")
-    decision["champion_score"] = champion_score
-    if challenger_score > champion_score + config.min_improvement:
-        tracking.set_alias(name, tracking.CHAMPION, version)
-        return {**decision, "promoted": True, "reason": f"beats champion v{champion_version} on {metric}"}
-    return {**decision, "promoted": False,
-            "reason": f"champion v{champion_version} is as good or better on {metric}"}
+    return decision
 
 
 def _honest_champion_score(champion: tracking.LoadedModel, holdout: pd.DataFrame, params: Params) -> float:
@@ -366,10 +300,9 @@ def _honest_champion_score(champion: tracking.LoadedModel, holdout: pd.DataFrame
     from churnlens import model
 
     metric = params.evaluate.promotion_metric
-    span = pd.Timedelta(params.features.label_end)
     cutoff = pd.Timestamp(holdout["cutoff"].iloc[0])
     trained_on = [pd.Timestamp(c) for c in champion.contract.deployed_train_cutoffs]
-    if all(c + span <= cutoff for c in trained_on):
+    if all(params.features.label_complete(c, cutoff) for c in trained_on):
         probability = _score_holdout(champion.pipeline, champion.contract, holdout)
         y = holdout[model.LABEL].to_numpy(dtype=int)
         return ev.promotion_score(ev.classification_metrics(y, probability, params.evaluate.top_fraction), metric)

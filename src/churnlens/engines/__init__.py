@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from churnlens.schemas import CANONICAL_TABLES
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -38,10 +38,9 @@ from churnlens.sql import (
     event_steps,
     has_cancellations,
     last_columns,
-    literal,
-    quote_name,
     snapshot_sql,
 )
+from churnlens.sqltext import literal, quote_name
 
 if TYPE_CHECKING:
     from churnlens.config import Params
@@ -111,7 +110,7 @@ class _Engine:
         # disk, so memory_limit really bounds DuckDB's share of memory.
         self.con = duckdb.connect(str(Path(self._spill.name) / "events.duckdb"))
         for setting in ("TimeZone = 'UTC'", f"memory_limit = '{config.memory_limit}'",
-                        f"temp_directory = '{self._spill.name}'",
+                        f"temp_directory = {literal(self._spill.name)}",
                         # Measures are fetched one query at a time and must line up row by row.
                         "preserve_insertion_order = true"):
             self.con.execute(f"SET {setting}")
@@ -322,7 +321,7 @@ def write_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: list[
     with _Engine(tables, cutoffs, config, None) as engine, atomic_path(target) as temporary:
         # Pass 1 streams the blocks (by customer) to a scratch file and keeps the few columns the
         # per-cutoff fits need; pass 2 appends the fitted features, batch by batch.
-        scratch, fit_columns = Path(engine._spill.name) / "snapshots.parquet", fit_columns(engine.plan)
+        scratch, fit_inputs = Path(engine._spill.name) / "snapshots.parquet", fit_columns(engine.plan)
         inputs, writer = [], None
         for block in engine.blocks(with_labels=True):
             if label_complete_until is None:
@@ -332,18 +331,18 @@ def write_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: list[
                                   type=pa.timestamp("us"))
                 complete = pc.less_equal(block["cutoff"], limit)
             block = block.append_column("label_complete", complete)
-            if fit_columns:
-                inputs.append(block.select(fit_columns))
+            if fit_inputs:
+                inputs.append(block.select(fit_inputs))
             if writer is None:
-                writer = pq.ParquetWriter(scratch if fit_columns else temporary, block.schema, compression="zstd")
+                writer = pq.ParquetWriter(scratch if fit_inputs else temporary, block.schema, compression="zstd")
             writer.write_table(block)
         writer.close()
-        if fit_columns:
+        if fit_inputs:
             fits = bgnbd.fits_per_cutoff(_cutoff_frame(pa.concat_tables(inputs)))
             writer = None
             for batch in pq.ParquetFile(scratch).iter_batches(batch_size=200_000):
                 table = pa.Table.from_batches([batch])
-                rows = _cutoff_frame(table.select(fit_columns))
+                rows = _cutoff_frame(table.select(fit_inputs))
                 fitted = with_fitted_features(rows, engine.plan, config, fits)[list(bgnbd.BTYD_FEATURES)]
                 for name in bgnbd.BTYD_FEATURES:
                     table = table.append_column(name, pa.array(fitted[name].to_numpy(dtype=np.float64)))
@@ -424,7 +423,7 @@ class DuckDBEngine:
         laps.lap("features")
         log.info("score: %d active customers; probabilities, reasons and segments", len(snapshot))
         score.require_model_inputs(loaded, snapshot.columns)
-        probability, reasons = _score_in_chunks(loaded, snapshot, params, job.show_progress)
+        probability, reasons = score_in_chunks(loaded, snapshot, params, job.show_progress)
         laps.lap("predict_and_reasons")
         assigned = segments.assign_segments(snapshot, params.score.segments)
         scores = score.build_scores(snapshot, probability, assigned, params.score, instant, loaded.name,
@@ -447,7 +446,7 @@ class DuckDBEngine:
         self.close()
 
 
-def _score_in_chunks(loaded: LoadedModel, snapshot: pd.DataFrame, params: Params, show_progress: bool
+def score_in_chunks(loaded: LoadedModel, snapshot: pd.DataFrame, params: Params, show_progress: bool
                      ) -> tuple[np.ndarray, pd.Series | None]:
     """Probabilities and reasons for everyone, ``chunk_rows`` at a time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
