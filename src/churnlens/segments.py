@@ -32,12 +32,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from churnlens.config import SegmentRules
+from churnlens.config import PERSONAS, SegmentRules
 
 INDEX_OF_SEGMENT = {
-    "brand_advocate": "advocacy_index",
-    "brand_user": "switching_cost_index",
-    "brand_comparer": "price_sensitivity_index",
+    PERSONAS[0]: "advocacy_index",  # brand_advocate
+    PERSONAS[1]: "switching_cost_index",  # brand_user
+    PERSONAS[2]: "price_sensitivity_index",  # brand_comparer
 }
 
 
@@ -177,14 +177,11 @@ def _price_drops_in_a_short_history(out: pd.DataFrame, price_components: pd.Data
     shows = too_little & (out["price_sensitivity_index"] >= rules.single_basket_price_index)
     names = np.array(list(price_components.columns), dtype=object)
     strongest = names[np.argmax(np.nan_to_num(price_components.to_numpy(dtype="float64"), nan=-np.inf), axis=1)]
-    out.loc[shows, "segment"] = "brand_comparer"
+    out.loc[shows, "segment"] = PERSONAS[2]  # brand_comparer
     out.loc[shows, "segment_driver"] = [f"{name} (too short a history to compare indices)"
                                         for name in strongest[shows.to_numpy()]]
     out.loc[shows, "segment_margin"] = np.nan
     out.loc[shows, "low_confidence"] = True
-
-
-PERSONAS = tuple(INDEX_OF_SEGMENT)
 
 
 def agreement_with_truth(assigned: pd.DataFrame, truth: pd.DataFrame) -> dict:
