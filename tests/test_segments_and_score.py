@@ -7,7 +7,7 @@ import pytest
 from churnlens.config import ScoreConfig, SegmentRules
 from churnlens.score import (PROBABILITY_BOUNDS, build_scores, feature_descriptions, plain_reasons, retention_plan,
                              risk_tiers, segment_report)
-from churnlens.segments import assign_segments
+from churnlens.segments import assign_segments, stable_or_growing_spend
 from conftest import project_params_dict
 
 
@@ -34,7 +34,7 @@ def test_segment_rules_on_hand_built_customers() -> None:
     result = assign_segments(HAND_BUILT, SegmentRules()).set_index("customer_id")
     assert result["segment"].to_dict() == {"advocate": "brand_advocate", "user": "brand_user",
                                            "comparer": "brand_comparer", "newcomer": "insufficient_history"}
-    assert result.loc["advocate", "segment_driver"] in {"nps", "referrals", "full_price_buying"}
+    assert result.loc["advocate", "segment_driver"] in {"nps", "referrals"}
     assert result.loc["user", "segment_driver"] in {"contract", "autopay"}
     assert (result.loc[["advocate", "user", "comparer"], "segment_margin"] > 0.2).all()
 
@@ -50,6 +50,66 @@ def test_segment_does_not_depend_on_the_batch() -> None:
     alone = assign_segments(HAND_BUILT.iloc[[2]], SegmentRules())
     together = assign_segments(HAND_BUILT, SegmentRules()).iloc[[2]].reset_index(drop=True)
     pd.testing.assert_frame_equal(alone, together)
+
+
+def buyer(**overrides) -> dict:
+    """A customer of a bare purchase log (no interaction or profile fields)."""
+    base = {"customer_id": "B", "purchases_lifetime": 6, "days_since_first_purchase": 300, "purchases_90d": 2,
+            "spend_trend_90d": 0.0, "below_usual_price_share_365d": 0.0, "below_usual_spend_share_365d": 0.0,
+            "repeat_line_share_365d": 0.2, "purchase_gap_cv": 0.8, "return_rate_365d": 0.0}
+    return {**base, **overrides}
+
+
+def test_stable_or_growing_spend_by_hand() -> None:
+    frame = pd.DataFrame([buyer(spend_trend_90d=0.3), buyer(spend_trend_90d=0.0),
+                          buyer(spend_trend_90d=-np.log(2.0)), buyer(spend_trend_90d=-np.log(8.0)),
+                          buyer(spend_trend_90d=0.0, purchases_90d=0)])
+    # Held or grew: 1; halved: half way to a quarter; below a quarter, or nothing bought lately: 0.
+    assert stable_or_growing_spend(frame).tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0])
+
+
+def test_advocacy_is_evidence_scaled_down_by_price_drops_and_returns() -> None:
+    frame = pd.DataFrame([
+        buyer(customer_id="explorer"),
+        # A fifth of the lines in price drops: full-price buying 0.5; returns 10%: few returns 0.5.
+        buyer(customer_id="bargains", below_usual_price_share_365d=0.2, below_usual_spend_share_365d=0.2),
+        buyer(customer_id="returns", return_rate_365d=0.1),
+    ])
+    result = assign_segments(frame, SegmentRules()).set_index("customer_id")
+    # Evidence: exploring 0.8 and spend that held 1.0 -> 0.9; qualifiers scale it by 1, 0.75, 0.75.
+    assert result["advocacy_index"].to_dict() == pytest.approx({"explorer": 0.9, "bargains": 0.675,
+                                                               "returns": 0.675})
+    assert result.loc["explorer", "segment"] == "brand_advocate"
+    assert result.loc["explorer", "segment_driver"] == "stable_or_growing_spend"
+
+
+def test_full_price_and_few_returns_alone_make_no_advocate() -> None:
+    # Bought at the usual price, returned nothing, but no product ids (no repeat or exploration
+    # measure), too few purchases for a cadence and nothing bought for 90 days: no attitude shows.
+    quiet = buyer(purchases_lifetime=3, purchases_90d=0, spend_trend_90d=-2.0, repeat_line_share_365d=np.nan,
+                  purchase_gap_cv=np.nan)
+    result = assign_segments(pd.DataFrame([quiet]), SegmentRules())
+    assert result.loc[0, "segment"] == "insufficient_history"
+    assert result.loc[0, "segment_driver"] == "no loyalty index reaches score.segments.min_index"
+    # The same customer still buying: spend that holds is evidence of attachment.
+    active = assign_segments(pd.DataFrame([{**quiet, "purchases_90d": 1, "spend_trend_90d": 0.0}]), SegmentRules())
+    assert active.loc[0, "segment"] == "brand_advocate"
+
+
+def test_one_basket_in_price_drops_is_a_low_confidence_comparer() -> None:
+    one_basket = {"purchases_lifetime": 1, "days_since_first_purchase": 20, "purchases_90d": 1}
+    frame = pd.DataFrame([
+        buyer(customer_id="drops", below_usual_price_share_365d=0.3, below_usual_spend_share_365d=0.25, **one_basket),
+        buyer(customer_id="full_price", below_usual_price_share_365d=0.05, **one_basket),
+    ])
+    result = assign_segments(frame, SegmentRules()).set_index("customer_id")
+    assert result.loc["drops", "segment"] == "brand_comparer"
+    assert bool(result.loc["drops", "low_confidence"]) and np.isnan(result.loc["drops", "segment_margin"])
+    assert result.loc["drops", "segment_driver"].startswith("bought_in_price_drops")
+    assert result.loc["full_price", "segment"] == "insufficient_history"
+    assert not result.loc["full_price", "low_confidence"]
+    switched_off = assign_segments(frame, SegmentRules(single_basket_price_index=None))
+    assert set(switched_off["segment"]) == {"insufficient_history"}
 
 
 @pytest.fixture
@@ -120,3 +180,23 @@ def test_reasons_are_plain_words_with_the_customers_own_values() -> None:
     assert "mean" not in at_risk  # a feature that lowers the risk is no reason for it
     # Nothing pushes this customer's risk up: what keeps it low, largest first.
     assert loyal.startswith("low risk: purchases in the 90 days: 6; no purchase for 5 days")
+
+
+def test_new_rules_stay_per_customer() -> None:
+    rng = np.random.default_rng(3)
+    many = pd.DataFrame([buyer(customer_id=f"c{i}", purchases_lifetime=int(rng.integers(1, 12)),
+                               days_since_first_purchase=float(rng.uniform(10, 500)),
+                               purchases_90d=int(rng.integers(0, 3)), spend_trend_90d=float(rng.normal(0, 1.5)),
+                               below_usual_price_share_365d=float(rng.uniform(0, 0.6)),
+                               below_usual_spend_share_365d=float(rng.uniform(0, 0.6)),
+                               repeat_line_share_365d=float(rng.uniform(0, 1)),
+                               return_rate_365d=float(rng.uniform(0, 0.2))) for i in range(60)])
+    quiet = buyer(customer_id="quiet", purchases_90d=0, repeat_line_share_365d=np.nan, purchase_gap_cv=np.nan)
+    many = pd.concat([many, pd.DataFrame([quiet])], ignore_index=True)
+    together = assign_segments(many, SegmentRules())
+    drivers = set(together["segment_driver"])  # the new rules fire in this batch
+    assert "no loyalty index reaches score.segments.min_index" in drivers
+    assert any(d.endswith("(too short a history to compare indices)") for d in drivers)
+    for i in range(len(many)):
+        alone = assign_segments(many.iloc[[i]].reset_index(drop=True), SegmentRules())
+        pd.testing.assert_frame_equal(alone, together.iloc[[i]].reset_index(drop=True))

@@ -71,13 +71,15 @@ SCORE_COLUMN_DEFINITIONS = (
                 "low). From the model's SHAP contributions."),
     ScoreColumn("segment", "text",
                 "Loyalty segment: brand_advocate, brand_user, brand_comparer, or insufficient_history "
-                "(too little history, or fewer than two loyalty indices observable)."),
+                "(too little history, fewer than two loyalty indices observable, or no index reaching "
+                "`score.segments.min_index`)."),
     ScoreColumn("segment_margin", "float",
                 "Lead of the winning loyalty index over the runner-up (indices in [0, 1]); below "
                 "`score.segments.min_margin` the segment is a close call. Empty when not comparable.", 3),
     ScoreColumn("low_confidence", "true / false",
                 "True when `segment_margin` is below `score.segments.min_margin`: the segment is a close call "
-                "between two loyalty indices."),
+                "between two loyalty indices; always true for a brand_comparer from too short a history "
+                "(price-drop buying in one basket, `score.segments.single_basket_price_index`)."),
     ScoreColumn("segment_driver", "text",
                 "The component of the winning loyalty index with the strongest value (e.g. `referrals`, "
                 "`contract`, `discount_share`), or why the customer has no segment."),

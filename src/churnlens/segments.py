@@ -5,8 +5,11 @@ feature is missing for a customer is skipped, not guessed). Every index can be c
 bare purchase log (customer, time, product, quantity, price); interaction and profile fields
 enrich it where present:
 
-* advocacy: buying at the product's usual price, exploring products not bought before, stable or
-  growing spend, few returns; NPS, referrals, praise vs complaints where present;
+* advocacy: evidence of attachment - exploring products not bought before and stable or growing
+  spend (nothing bought in the last 90 days is spend that did not hold); NPS, referrals, praise
+  vs complaints where present. Full-price buying and few returns do not count as evidence (nearly
+  every occasional buyer shows both): they scale the advocacy index down for customers who buy
+  in price drops or return a lot;
 * switching cost / habit: repeat-basket share, a regular cadence; contract, autopay, products
   held and tenure where present;
 * price sensitivity: share of lines and of spend bought below the product's usual price;
@@ -14,8 +17,12 @@ enrich it where present:
 
 The segment is the index with the highest value (brand advocate / brand user / brand
 comparer), the margin is its lead over the runner-up (``low_confidence`` below
-``score.segments.min_margin``), and customers with too little history get
-``insufficient_history``, as do customers for whom fewer than two indices can be computed.
+``score.segments.min_margin``). ``insufficient_history`` goes to customers with too little
+history, to those for whom fewer than two indices can be computed, and to those whose best
+index stays under ``score.segments.min_index`` (no attitude shows; a segment is never the
+leftover of the other two). One exception: a single basket can show price-drop buying, so a
+customer with too little history whose price-sensitivity index alone reaches
+``score.segments.single_basket_price_index`` is a brand comparer, always ``low_confidence``.
 All transforms are fixed functions of one customer's features (no batch quantiles), so a
 segment never depends on who else is in the batch; they read features only, never personas.
 """
@@ -59,6 +66,24 @@ def unknown_contract_types(features: pd.DataFrame, rules: SegmentRules) -> dict[
     return {str(name): int(n) for name, n in unmapped.value_counts().sort_index().items()}
 
 
+def stable_or_growing_spend(features: pd.DataFrame) -> pd.Series:
+    """1 when the last 90 days' spend is at least that of the 90 days before, falling to 0 at a
+    quarter of it; 0 when nothing was bought in the last 90 days (spend stopped, it did not hold)."""
+    held = _clip(1.0 + _get(features, "spend_trend_90d") / np.log(4.0))
+    return held.where(~(_get(features, "purchases_90d") == 0), 0.0)
+
+
+def advocacy_qualifiers(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame:
+    """Full-price buying and few returns, in [0, 1]. Nearly every occasional buyer shows both, so
+    they are no evidence of attachment on their own: they scale the advocacy evidence down for a
+    customer who buys in price drops or returns a lot, instead of lifting everyone else."""
+    below_usual = _clip(_get(features, "below_usual_price_share_365d") / rules.price_drop_share_full)
+    discount = _get(features, "discount_share_365d")
+    # Full price: below the product's usual price where known, else below the list price.
+    return pd.DataFrame({"full_price_buying": (1.0 - below_usual).fillna(_clip(1.0 - discount * 2.0)),
+                         "few_returns": _clip(1.0 - _get(features, "return_rate_365d") * 5.0)})
+
+
 def index_components(features: pd.DataFrame, rules: SegmentRules) -> dict[str, dict[str, pd.Series]]:
     """Every component, scaled to [0, 1] by a fixed transform; NaN where the feature is unknown."""
     nps = _get(features, "last_nps").fillna(_get(features, "mean_nps_365d"))
@@ -68,18 +93,14 @@ def index_components(features: pd.DataFrame, rules: SegmentRules) -> dict[str, d
     # A gap CV needs a few gaps: with two purchases it is 0 by construction, not "regular".
     enough_gaps = _get(features, "purchases_lifetime") >= rules.min_orders_for_cadence
     regular = _clip(1.0 - _get(features, "purchase_gap_cv")).where(enough_gaps)
-    # Full price: below the product's usual price where known, else below the list price.
     discount = _get(features, "discount_share_365d")
-    full_price = (1.0 - below_usual).fillna(_clip(1.0 - discount * 2.0))
     return {
         "advocacy_index": {
             "nps": _clip((nps - 5.0) / 5.0),
             "referrals": _clip(_get(features, "referrals_365d") / 2.0),
             "praise_vs_complaints": _clip((_get(features, "praise_complaint_balance_365d") + 1.0) / 2.0),
-            "full_price_buying": full_price,
-            "exploring_new_lines": 1.0 - repeat,
-            "growing_spend": _clip(0.5 + _get(features, "spend_trend_90d") / 2.0),
-            "few_returns": _clip(1.0 - _get(features, "return_rate_365d") * 5.0),
+            "exploring_new_lines": _clip(1.0 - _get(features, "repeat_line_share_365d")),
+            "stable_or_growing_spend": stable_or_growing_spend(features),
         },
         "switching_cost_index": {
             "repeat_basket": repeat,
@@ -105,6 +126,7 @@ def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame
     out = pd.DataFrame({"customer_id": features["customer_id"].to_numpy()}, index=features.index)
     for index_name, parts in components.items():
         out[index_name] = parts.mean(axis=1, skipna=True)
+    out["advocacy_index"] *= advocacy_qualifiers(features, rules).mean(axis=1, skipna=True).fillna(1.0)
     indices = out[list(INDEX_OF_SEGMENT.values())]
     # An index without a single observed component is unknown, and unknown never wins.
     scores = indices.fillna(-1.0).to_numpy()
@@ -134,10 +156,32 @@ def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame
     out.loc[too_few_signals, "segment"] = "insufficient_history"
     out.loc[too_few_signals, "segment_driver"] = "fewer than two loyalty indices observable in the data"
     out.loc[too_few_signals, "segment_margin"] = np.nan
+    # A winner with hardly any evidence is no segment: without this, a customer who shows none of
+    # the three attitudes would land in whichever index happens to be listed first on a tie.
+    no_signal = (scores[rows, order[:, 0]] < rules.min_index) & ~too_little & ~too_few_signals
+    out.loc[no_signal, "segment"] = "insufficient_history"
+    out.loc[no_signal, "segment_driver"] = "no loyalty index reaches score.segments.min_index"
     out["low_confidence"] = (out["segment_margin"] < rules.min_margin) & ~too_little
+    _price_drops_in_a_short_history(out, components["price_sensitivity_index"], too_little, rules)
     return out.reset_index(drop=True)
 
 
+def _price_drops_in_a_short_history(out: pd.DataFrame, price_components: pd.DataFrame, too_little: pd.Series,
+                                    rules: SegmentRules) -> None:
+    """One basket cannot show habit, cadence or a spend trend, but it can show price-drop buying:
+    a customer with too short a history whose price-sensitivity index alone reaches
+    ``single_basket_price_index`` is a brand comparer, always flagged low-confidence (no other
+    index to compare with, so no margin)."""
+    if rules.single_basket_price_index is None:
+        return
+    shows = too_little & (out["price_sensitivity_index"] >= rules.single_basket_price_index)
+    names = np.array(list(price_components.columns), dtype=object)
+    strongest = names[np.argmax(np.nan_to_num(price_components.to_numpy(dtype="float64"), nan=-np.inf), axis=1)]
+    out.loc[shows, "segment"] = PERSONAS[2]  # brand_comparer
+    out.loc[shows, "segment_driver"] = [f"{name} (too short a history to compare indices)"
+                                        for name in strongest[shows.to_numpy()]]
+    out.loc[shows, "segment_margin"] = np.nan
+    out.loc[shows, "low_confidence"] = True
 
 
 def agreement_with_truth(assigned: pd.DataFrame, truth: pd.DataFrame) -> dict:
