@@ -258,16 +258,28 @@ def fit_trees(rows: pd.DataFrame, numeric: list[str], categorical: list[str], co
                         classifier__sample_weight=row_weights(rows, config))
 
 
+ISOTONIC_MIN_ROWS = 1000  # below this an isotonic step function fits the calibration rows' noise
+
+
+def calibration_method(configured: str, rows: int) -> str:
+    """``auto``: isotonic where there are enough calibration rows, else a two-parameter sigmoid
+    (Platt), which cannot overfit a few hundred rows (a young log's held-out quarter)."""
+    if configured != "auto":
+        return configured
+    return "isotonic" if rows >= ISOTONIC_MIN_ROWS else "sigmoid"
+
+
 def calibrated(pipeline: Pipeline, rows: pd.DataFrame, numeric: list[str], categorical: list[str],
                config: TrainConfig) -> CalibratedClassifierCV:
     """``pipeline`` (frozen) with a probability calibration fitted on ``rows``, which must be out of
     time for its trees. Probabilities stay within [floor, 1 - floor]: an isotonic step fitted on a
     few customers would otherwise promise certainty (p = 0 or 1) that a later season breaks."""
     floor = config.probability_floor
-    model = CalibratedClassifierCV(FrozenEstimator(pipeline), method=config.calibration)
+    method = calibration_method(config.calibration, len(rows))
+    model = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
     x, y = model_input(rows, numeric, categorical), rows[LABEL].astype(int)
     model.fit(x, y)
-    if config.calibration == "isotonic":
+    if method == "isotonic":
         scores = pipeline.predict_proba(x)[:, 1]
         model.calibrated_classifiers_[0].calibrators[0].set_params(y_min=floor, y_max=1 - floor).fit(scores, y)
     return model
