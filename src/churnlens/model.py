@@ -94,7 +94,7 @@ def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: Tra
                  [pd.Timestamp(c).date().isoformat() for c in incomplete])
     if not complete:
         raise TemporalModelUnsupported("train: no cutoff has a complete label window; add data or shorten features.horizon_days")
-    span = pd.Timedelta(days=features.lead_days + features.horizon_days)
+    span = pd.Timedelta(features.label_end)
     holdout = complete[-1]
     labelled_before = lambda instant: [c for c in complete if c + span <= instant]  # noqa: E731
     candidates = labelled_before(holdout)
@@ -135,7 +135,7 @@ def backtest_splits(snapshots: pd.DataFrame, features: FeaturesConfig, train: Tr
     Folds that lack enough history are returned as skipped, with the reason.
     """
     final = temporal_split(snapshots, features, train)
-    span = pd.Timedelta(days=features.lead_days + features.horizon_days)
+    span = pd.Timedelta(features.label_end)
     complete = labelled_cutoffs(snapshots)
     candidates = [c for c in complete if c + span <= final.holdout][-train.backtest_folds:] if train.backtest_folds else []
     if train.backtest_folds and len(candidates) < train.backtest_folds:
@@ -417,3 +417,10 @@ def bgnbd_fallback_model(rows: pd.DataFrame, floor: float) -> Pipeline:
     identity.classes_, identity.coef_, identity.intercept_ = np.array([0, 1]), np.array([[1.0, -1.0]]), np.zeros(1)
     identity.n_features_in_ = 2
     return Pipeline([("preprocess", preprocess), ("classifier", identity)])
+
+
+def mean_abs_contributions(model: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame, numeric: list[str],
+                           categorical: list[str]) -> pd.DataFrame:
+    """Mean absolute contribution per feature over ``frame``, largest first (the importance table)."""
+    return (contributions(model, frame, numeric, categorical).abs().mean().sort_values(ascending=False)
+            .rename("mean_abs_shap").rename_axis("feature").reset_index())
