@@ -314,3 +314,41 @@ def test_cli_scores_as_of_a_date_and_writes_the_catalog(pipeline_run) -> None:
     assert catalog.exit_code == 0, catalog.output
     windows = pipeline_run["params"].features.windows_days
     assert (root / "features.md").read_text() == feature_catalog_markdown(feature_definitions(windows))
+
+
+def test_a_log_too_young_for_a_temporal_model_gets_the_scored_bgnbd_fallback(tmp_path: Path, monkeypatch) -> None:
+    """Two labelled cutoffs cannot train, validate and judge a model: train says so, registers the
+    BG/NBD model instead, and scoring works with it, its probabilities BG/NBD's, never 0 or 1."""
+    from churnlens.engines.duckdb import DuckDBEngine, compute_snapshots
+    from churnlens.stages import run_features, run_ingest_stage, run_simulate
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    raw = small_params_dict(simulate={"n_days": 200})
+    raw["features"]["cutoffs"].update({"min_history_days": 60, "every_days": 30})
+    params = parse_params(raw)
+    run_simulate(params, tmp_path / "data/raw", tmp_path / "truth.parquet")
+    run_ingest_stage(params, tmp_path, tmp_path / "canonical", tmp_path / "quarantine", tmp_path / "ingest.json")
+    features = run_features(params, tmp_path / "canonical", tmp_path / "snapshots.parquet", tmp_path / "features.json")
+    assert features["complete_cutoffs"] == 2
+
+    trained = run_train(params, tmp_path / "snapshots.parquet", tmp_path / "features.json", tmp_path / "model",
+                        tmp_path / "train.json", PROJECT_ROOT)
+    assert trained["model_kind"] == "bgnbd_fallback" and "need at least 3" in trained["fallback_reason"]
+    evaluated = run_evaluate(params, tmp_path / "snapshots.parquet", tmp_path / "model", tmp_path / "train.json",
+                             tmp_path / "metrics.json", tmp_path / "plots")
+    assert evaluated["promotion"]["promoted"] and 0.5 < evaluated["model"]["roc_auc"] <= 1
+
+    as_of = pd.Timestamp(params.simulate.start_date) + pd.Timedelta(days=180)
+    scored = run_score(ScoreJob(params, tmp_path / "canonical", "models:/churnlens@champion",
+                                tmp_path / "scores.parquet", tmp_path / "segments.json", as_of=as_of,
+                                manifest_path=tmp_path / "manifest.json"))
+    assert io.read_json(tmp_path / "manifest.json")["model_kind"] == "bgnbd_fallback"
+    scores = pd.read_parquet(tmp_path / "scores.parquet").set_index("customer_id")
+    snapshot, _ = compute_snapshots(DuckDBEngine().tables(str(tmp_path / "canonical")), [as_of], params.features,
+                                    with_labels=False)
+    expected = snapshot.set_index("customer_id").loc[scores.index, "btyd_p_no_purchase_horizon"]
+    floor = params.train.probability_floor
+    np.testing.assert_allclose(scores["churn_probability"], expected.clip(floor, 1 - floor), rtol=1e-9)
+    assert scores["churn_probability"].between(0, 1, inclusive="neither").all()
+    assert scored["outputs"]["scores"]

@@ -248,8 +248,9 @@ class TrainConfig(_Section):
     backtest_folds: int = Field(3, ge=0, description="expanding-window folds before the holdout (0 = none)")
     xgboost: XGBoostParams = XGBoostParams()
     tuning: TuningConfig = TuningConfig()
-    calibration: Literal["isotonic", "sigmoid", "none"] = Field(
-        "isotonic", description="fitted out of time: on cutoffs whose rows never trained the trees"
+    calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
+        "auto", description="fitted out of time: on cutoffs whose rows never trained the trees; auto = isotonic "
+        "from 1000 calibration rows, sigmoid below"
     )
     class_weight: Literal["none", "balanced"] = Field(
         "none", description="balanced = weight churners by negatives/positives (scale_pos_weight)"

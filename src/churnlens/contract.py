@@ -21,6 +21,9 @@ class ModelContract:
     # The reference population for drift checks (see churnlens.drift).
     drift_profile: dict = field(default_factory=dict)
     run_id: str | None = None
+    # "temporal", or "bgnbd_fallback" where the data could not train a temporal model (and why).
+    model_kind: str = "temporal"
+    fallback_reason: str | None = None
 
     @property
     def features(self) -> list[str]:

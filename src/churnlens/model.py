@@ -10,14 +10,19 @@ import pandas as pd
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.frozen import FrozenEstimator
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OrdinalEncoder
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 from xgboost import XGBClassifier
 
 from churnlens.config import FeaturesConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 LABEL = "churned"
+
+
+class TemporalModelUnsupported(ValueError):
+    """The data cannot train and judge a temporal model: too few labelled cutoffs, or one outcome only."""
 
 
 CUSTOMER_GROUPS = 4  # one in four customers is held out where time alone cannot separate the rows
@@ -88,7 +93,7 @@ def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: Tra
         log.info("not used for training or evaluation (label window extends past the data): %s",
                  [pd.Timestamp(c).date().isoformat() for c in incomplete])
     if not complete:
-        raise ValueError("train: no cutoff has a complete label window; add data or shorten features.horizon_days")
+        raise TemporalModelUnsupported("train: no cutoff has a complete label window; add data or shorten features.horizon_days")
     span = pd.Timedelta(features.label_end)
     holdout = complete[-1]
     labelled_before = lambda instant: [c for c in complete if c + span <= instant]  # noqa: E731
@@ -103,7 +108,7 @@ def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: Tra
         raise ValueError(f"no training cutoff's label window closes before a validation cutoff that closes before "
                          f"{holdout.date()}")
     if len(earlier) < 2:
-        raise ValueError(
+        raise TemporalModelUnsupported(
             f"train: only {len(complete)} cutoff(s) have a complete label window (the last is {holdout.date()}); "
             "need at least 3 (train, validation, holdout). Add data, use a denser "
             "grid (features.cutoffs.every_days, e.g. 7) or a smaller features.cutoffs.min_history_days, or lower "
@@ -253,16 +258,28 @@ def fit_trees(rows: pd.DataFrame, numeric: list[str], categorical: list[str], co
                         classifier__sample_weight=row_weights(rows, config))
 
 
+ISOTONIC_MIN_ROWS = 1000  # below this an isotonic step function fits the calibration rows' noise
+
+
+def calibration_method(configured: str, rows: int) -> str:
+    """``auto``: isotonic where there are enough calibration rows, else a two-parameter sigmoid
+    (Platt), which cannot overfit a few hundred rows (a young log's held-out quarter)."""
+    if configured != "auto":
+        return configured
+    return "isotonic" if rows >= ISOTONIC_MIN_ROWS else "sigmoid"
+
+
 def calibrated(pipeline: Pipeline, rows: pd.DataFrame, numeric: list[str], categorical: list[str],
                config: TrainConfig) -> CalibratedClassifierCV:
     """``pipeline`` (frozen) with a probability calibration fitted on ``rows``, which must be out of
     time for its trees. Probabilities stay within [floor, 1 - floor]: an isotonic step fitted on a
     few customers would otherwise promise certainty (p = 0 or 1) that a later season breaks."""
     floor = config.probability_floor
-    model = CalibratedClassifierCV(FrozenEstimator(pipeline), method=config.calibration)
+    method = calibration_method(config.calibration, len(rows))
+    model = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
     x, y = model_input(rows, numeric, categorical), rows[LABEL].astype(int)
     model.fit(x, y)
-    if config.calibration == "isotonic":
+    if method == "isotonic":
         scores = pipeline.predict_proba(x)[:, 1]
         model.calibrated_classifiers_[0].calibrators[0].set_params(y_min=floor, y_max=1 - floor).fit(scores, y)
     return model
@@ -326,6 +343,9 @@ def contributions(model: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame,
 
     pipeline = tree_pipeline(model)
     preprocess, classifier = pipeline.named_steps["preprocess"], pipeline.named_steps["classifier"]
+    if isinstance(classifier, LogisticRegression):  # the BG/NBD fallback: its one input explains it all
+        values = preprocess.transform(model_input(frame, numeric, categorical)) @ classifier.coef_[0]
+        return pd.DataFrame({FALLBACK_FEATURE: values}, index=frame.index)
     matrix = DMatrix(preprocess.transform(model_input(frame, numeric, categorical)),
                      feature_names=list(preprocess.get_feature_names_out()))
     values = classifier.get_booster().predict(matrix, pred_contribs=True,
@@ -372,6 +392,31 @@ def tune(train_rows: pd.DataFrame, validation_rows: pd.DataFrame, numeric: list[
     best = min(range(len(trials)), key=lambda i: trials[i]["validation_logloss"])
     chosen = {k: v for k, v in trials[best].items() if k not in ("validation_logloss", "trees")}
     return TuningResult(config.model_copy(update={"xgboost": config.xgboost.model_copy(update=chosen)}), trials)
+
+
+# ---------------------------------------------------------------- fallback: BG/NBD alone
+FALLBACK_KIND = "bgnbd_fallback"
+FALLBACK_FEATURE = "btyd_p_no_purchase_horizon"
+
+
+def bgnbd_fallback_model(rows: pd.DataFrame, floor: float) -> Pipeline:
+    """The churn model for data that cannot train a temporal one: BG/NBD's P(no purchase in the
+    horizon), which needs no label (each cutoff's fit sees only its own history), kept within
+    [floor, 1 - floor]. Built from scikit-learn parts so it is saved, loaded and scored like the
+    trained model: a logistic regression with weights (1, -1) on (log p, log(1 - p)) returns p.
+    """
+    one_to_one = {"feature_names_out": "one-to-one"}
+    clip = lambda: FunctionTransformer(np.clip, kw_args={"a_min": floor, "a_max": 1 - floor}, **one_to_one)  # noqa: E731
+    preprocess = ColumnTransformer(
+        [("log_p", make_pipeline(clip(), FunctionTransformer(np.log, **one_to_one)), [FALLBACK_FEATURE]),
+         ("log_1_minus_p", make_pipeline(clip(), FunctionTransformer(np.negative, **one_to_one),
+                                         FunctionTransformer(np.log1p, **one_to_one)), [FALLBACK_FEATURE])],
+        remainder="drop")
+    preprocess.fit(model_input(rows, [FALLBACK_FEATURE], []))
+    identity = LogisticRegression()
+    identity.classes_, identity.coef_, identity.intercept_ = np.array([0, 1]), np.array([[1.0, -1.0]]), np.zeros(1)
+    identity.n_features_in_ = 2
+    return Pipeline([("preprocess", preprocess), ("classifier", identity)])
 
 
 def mean_abs_contributions(model: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame, numeric: list[str],

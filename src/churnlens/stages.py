@@ -104,10 +104,14 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     tracking.check_store()  # a broken store should fail now, not after the training
     snapshots = pd.read_parquet(snapshots_path)
     lists = FeatureLists.from_report(io.read_json(features_report))
-    split = model.temporal_split(snapshots, params.features, params.train)
-    train_rows, validation_rows = split.train_rows(snapshots), split.validation_rows(snapshots)
-    _require_both_classes(train_rows[model.LABEL], "training cutoffs")
-    _require_both_classes(validation_rows[model.LABEL], "validation cutoffs")
+    try:
+        split = model.temporal_split(snapshots, params.features, params.train)
+        train_rows, validation_rows = split.train_rows(snapshots), split.validation_rows(snapshots)
+        _require_both_classes(train_rows[model.LABEL], "training cutoffs")
+        _require_both_classes(validation_rows[model.LABEL], "validation cutoffs")
+    except model.TemporalModelUnsupported as exc:
+        return _train_fallback(params, snapshots, snapshots_path, lists, features_report, model_dir, report_path,
+                               project_root, str(exc))
     # Training takes minutes on real data: say what is running.
     log.info("train: %d training rows, %d validation rows; tuning: %d trials", len(train_rows),
              len(validation_rows), params.train.tuning.n_trials)
@@ -162,6 +166,38 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     return report
 
 
+def _train_fallback(params: Params, snapshots: pd.DataFrame, snapshots_path: Path, lists: FeatureLists,
+                    features_report: Path, model_dir: Path, report_path: Path, project_root: Path,
+                    reason: str) -> dict:
+    """Register the BG/NBD model as the churn model when the data cannot support a temporal one,
+    so that scoring still works, its scores labelled as coming from the fallback."""
+    from churnlens import model
+
+    if model.FALLBACK_FEATURE not in lists.numeric:
+        raise model.TemporalModelUnsupported(f"{reason}; and the BG/NBD fallback needs the feature "
+                                             f"{model.FALLBACK_FEATURE}, which the snapshots do not have")
+    log.warning("%s.\ntrain: registering the BG/NBD fallback instead: churn probability = BG/NBD P(no purchase in "
+                "the next %d days), fitted per cutoff on history only (no label needed). Retrain when more "
+                "cutoffs are labelled to get the temporal model.", reason, params.features.horizon_days)
+    latest = snapshots[snapshots["cutoff"] == snapshots["cutoff"].max()]
+    fallback = model.bgnbd_fallback_model(latest, params.train.probability_floor)
+    numeric = [model.FALLBACK_FEATURE]
+    contract = ModelContract(numeric, [], model_kind=model.FALLBACK_KIND, fallback_reason=reason,
+                             drift_profile=drift.drift_profile(latest, numeric, []))
+    tags = {**tracking.git_commit(project_root), **tracking.dvc_lock_hashes(project_root, "train"),
+            "data_fingerprint": io.file_fingerprint(snapshots_path), "model_kind": model.FALLBACK_KIND}
+    registered = tracking.log_training_run(
+        experiment=params.train.experiment_name, model_name=params.train.registered_model_name,
+        params={"features": params.features.model_dump(mode="json"), "model_kind": model.FALLBACK_KIND},
+        metrics={}, tags=tags, pipeline=fallback, example=model.model_input(latest.head(50), numeric, []),
+        metadata=contract.to_metadata(), artifacts={"features": features_report}, model_dir=model_dir)
+    report = {"run_id": registered.run_id, "model_name": registered.name, "model_version": registered.version,
+              "model_kind": model.FALLBACK_KIND, "fallback_reason": reason, "split": None,
+              "deployed_train_cutoffs": [], "metrics": {}}
+    io.write_json(report, report_path)
+    return report
+
+
 def _require_inputs(*paths: Path) -> None:
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
@@ -171,9 +207,11 @@ def _require_inputs(*paths: Path) -> None:
 
 def _require_both_classes(labels: pd.Series, where: str) -> None:
     """A classifier needs churners and stayers; say so instead of scikit-learn's class error."""
+    from churnlens.model import TemporalModelUnsupported
+
     classes = sorted(labels.dropna().astype(int).unique().tolist())
     if len(classes) < 2:
-        raise ValueError(
+        raise TemporalModelUnsupported(
             f"train: every labelled customer in the {where} has churned={classes[0] if classes else 'nothing'} "
             "(e.g. every customer bought once, or the data is shorter than features.horizon_days); a churn model "
             "needs both outcomes. Use a longer history, a shorter features.horizon_days, or earlier cutoffs")
@@ -208,6 +246,8 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     config = params.evaluate
     trained = io.read_json(train_report)
     snapshots = pd.read_parquet(snapshots_path)
+    if trained.get("model_kind") == model.FALLBACK_KIND:
+        return _evaluate_fallback(params, snapshots, trained, metrics_path, headline_path)
     challenger = tracking.load_model(str(model_dir))
     split = model.TemporalSplit.from_dict(trained["split"])
     holdout = split.holdout_rows(snapshots)
@@ -263,6 +303,41 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     flat.update({f"segment/{segment}/{k}": v for segment, values in per_segment.items() for k, v in values.items()})
     tracking.log_evaluation(trained["run_id"], flat, plots_dir)
     tracking.record_promotion(trained["model_name"], trained["model_version"], promotion, results, holdout_cutoff)
+    return payload
+
+
+def _evaluate_fallback(params: Params, snapshots: pd.DataFrame, trained: dict, metrics_path: Path,
+                       headline_path: Path | None) -> dict:
+    """The BG/NBD fallback learns from no label, so every labelled cutoff is out of sample for it:
+    judged on the latest one where there is one. It becomes champion only where there is none
+    (so that scoring works); it never replaces a temporal champion."""
+    from churnlens import evaluate as ev
+    from churnlens import model
+
+    labelled = model.labelled_cutoffs(snapshots)
+    payload: dict = {"model_kind": model.FALLBACK_KIND, "fallback_reason": trained["fallback_reason"]}
+    if labelled:
+        holdout = model.rows_at(snapshots, labelled[-1:])
+        y = holdout[model.LABEL].to_numpy(dtype=int)
+        payload["holdout_cutoff"] = labelled[-1].date().isoformat()
+        if len(np.unique(y)) == 2:
+            payload["model"] = ev.classification_metrics(y, holdout[model.FALLBACK_FEATURE].to_numpy(dtype=float),
+                                                         params.evaluate.top_fraction)
+    name, version = trained["model_name"], trained["model_version"]
+    champion = tracking.alias_version(name, tracking.CHAMPION)
+    promoted = champion is None or champion == version
+    if promoted:
+        tracking.set_alias(name, tracking.CHAMPION, version)
+    payload["promotion"] = {"promoted": promoted, "challenger_version": version,
+                            "previous_champion_version": champion,
+                            "reason": "BG/NBD fallback: no champion yet" if promoted else
+                            f"BG/NBD fallback never replaces champion v{champion}"}
+    log.warning("evaluate: model v%s is the BG/NBD fallback (%s); %s", version, trained["fallback_reason"],
+                payload["promotion"]["reason"])
+    io.write_json(payload, metrics_path)
+    if headline_path is not None:
+        io.write_json({k: round(float(v), 4) for k, v in payload.get("model", {}).items()
+                       if k in ev.HEADLINE_METRICS}, headline_path)
     return payload
 
 
@@ -357,7 +432,10 @@ def _report_score_run(job: ScoreJob, engine: str, laps: Laps, scored: Scored, in
     scores, snapshot, loaded = scored.scores, scored.snapshot, scored.model
     profile = loaded.contract.drift_profile
     model_info = {"model_uri": job.model_uri, "model_name": loaded.name, "model_version": loaded.version,
-                  "model_run_id": loaded.contract.run_id}
+                  "model_run_id": loaded.contract.run_id, "model_kind": loaded.contract.model_kind}
+    if loaded.contract.model_kind != "temporal":
+        log.warning("score: model %s v%s is the %s (%s); its scores are BG/NBD probabilities", loaded.name,
+                    loaded.version, loaded.contract.model_kind, loaded.contract.fallback_reason)
     report = score.segment_report(scores, job.previous)
     report.update({"as_of": score.utc(instant).isoformat(), "model_name": loaded.name,
                    "model_version": loaded.version})
