@@ -132,12 +132,12 @@ def run(kind: str, engine: str, folder: Path, master: str, driver_memory: str, s
     target = OUT / f"scale_{kind}_{engine}"
     session = None
     if engine == "spark":
-        from churnlens import spark
+        from churnlens.engines import spark
 
         session = spark.session(master, driver_memory)
     started = time.perf_counter()
     if kind == "features" and engine == "duckdb":
-        from churnlens.features import write_snapshots
+        from churnlens.engines.duckdb import write_snapshots
 
         write_snapshots(tables, cutoffs(folder), params.features, target.with_suffix(".parquet"))
     elif kind == "features":
@@ -146,10 +146,11 @@ def run(kind: str, engine: str, folder: Path, master: str, driver_memory: str, s
     else:
         from score_benchmark import MODEL
 
+        from churnlens.score import ScoreJob
         from churnlens.stages import run_score
 
         as_of = cutoffs(folder)[-1] + pd.Timedelta(days=91)
-        run_score(params, folder, str(MODEL), target / "scores.parquet", target / "report.json", as_of=as_of)
+        run_score(ScoreJob(params, folder, str(MODEL), target / "scores.parquet", target / "report.json", as_of=as_of))
     stats = {"seconds_in_job": time.perf_counter() - started}
     if session is not None:
         stats.update(spark_stats(session))
