@@ -37,6 +37,9 @@ class Daemons:
         self.folder = folder
         self.processes: list[subprocess.Popen] = []
         atexit.register(self.stop)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            # A terminated test run (a CI timeout) exits through atexit instead of leaving JVMs behind.
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
