@@ -168,6 +168,15 @@ def test_scores_never_claim_certainty(score_config) -> None:
     assert scores.set_index("customer_id").loc["comparer", "churn_probability"] == 0.5  # inside: untouched
 
 
+def test_reasons_read_the_same_when_engines_differ_in_the_last_bits() -> None:
+    """Seen on a two-worker Spark cluster: a mean of 43.41499999999999 there and 43.41500000000001
+    on DuckDB (within 1e-15 relative) printed as 43.41 and 43.42."""
+    features = pd.DataFrame({"mean_purchase_value_365d": [43.41499999999999, 43.41500000000001]}, index=[1, 2])
+    contribution = pd.DataFrame({"num__mean_purchase_value_365d": [0.5, 0.5]}, index=[1, 2])
+    reasons = plain_reasons(contribution, features, feature_descriptions((30, 90, 365)))
+    assert reasons.loc[1] == reasons.loc[2]
+
+
 def test_reasons_are_plain_words_with_the_customers_own_values() -> None:
     features = pd.DataFrame({"days_since_last_purchase": [84.0, 5.0], "mean_purchase_gap_days": [28.0, 20.0],
                              "purchases_90d": [1.0, 6.0]}, index=[7, 9])

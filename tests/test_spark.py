@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
+from spark_checks import assert_same_frames, assert_same_scores
 
 from churnlens.engines import duckdb as single_machine
 from churnlens.config import FeaturesConfig
@@ -23,23 +23,6 @@ def spark():
     session = engine.session("local[2]", "4g")
     yield session
     session.stop()
-
-
-def assert_same_frames(duckdb_frame: pd.DataFrame, spark_frame: pd.DataFrame, key: list[str]) -> None:
-    """Every column of every row equal, floats within a relative 1e-9 (summation order differs)."""
-    left = duckdb_frame.sort_values(key).reset_index(drop=True)
-    right = spark_frame.sort_values(key).reset_index(drop=True)
-    assert list(left.columns) == list(right.columns)
-    assert len(left) == len(right) > 0
-    for column in left.columns:
-        if pd.api.types.is_float_dtype(left[column]):
-            a, b = left[column].to_numpy(float), right[column].to_numpy(float)
-            assert np.array_equal(np.isnan(a), np.isnan(b)), column
-            assert np.allclose(a, b, rtol=1e-9, atol=1e-9, equal_nan=True), column
-        else:
-            same = left[column].astype("string").fillna("<NA>") == right[column].astype("string").fillna("<NA>")
-            assert same.all(), f"{column}: {left.loc[~same, column].head(3).tolist()} != " \
-                               f"{right.loc[~same, column].head(3).tolist()}"
 
 
 @pytest.mark.parametrize("config", [
@@ -64,9 +47,21 @@ def test_spark_features_equal_duckdb_features(spark, small_data, tmp_path: Path,
 
 
 def test_features_stage_on_spark_writes_the_same_snapshots(spark, reviewed_project: dict, tmp_path: Path) -> None:
+    """Also on a session whose owner chose other settings than churnlens would: they survive the job."""
     root, params = reviewed_project["root"], reviewed_project["params"]
     on_spark = params.model_copy(update={"engine": params.engine.model_copy(update={"name": "spark"})})
-    report = run_features(on_spark, root / "data/canonical", tmp_path / "snapshots.parquet", tmp_path / "f.json")
+    own = {"spark.sql.shuffle.partitions": "5", "spark.sql.adaptive.enabled": "false"}
+    before = {key: spark.conf.get(key) for key in own}
+    for key, value in own.items():
+        spark.conf.set(key, value)
+    try:
+        report = run_features(on_spark, root / "data/canonical", tmp_path / "snapshots.parquet", tmp_path / "f.json")
+        assert {key: spark.conf.get(key) for key in own} == own
+    finally:
+        for key, value in before.items():
+            spark.conf.set(key, value)
+    # With adaptive execution off, the write keeps the caller's 5 shuffle partitions: 5 part files.
+    assert len(list((tmp_path / "snapshots.parquet").glob("part-*.parquet"))) == 5
     written = pd.read_parquet(tmp_path / "snapshots.parquet")  # a folder of part files
     expected = pd.read_parquet(root / "data/features/snapshots.parquet")
     assert report["rows"] == len(expected)
@@ -75,7 +70,7 @@ def test_features_stage_on_spark_writes_the_same_snapshots(spark, reviewed_proje
 
 def test_spark_scores_equal_single_machine_scores(spark, reviewed_project: dict, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same registered model, applied with mlflow.pyfunc.spark_udf, gives the same scores."""
+    """The same registered model, applied inside mapInPandas, gives the same scores."""
     root, params = reviewed_project["root"], reviewed_project["params"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", reviewed_project["tracking_uri"])
     on_spark = params.model_copy(update={"engine": params.engine.model_copy(update={"name": "spark"})})
@@ -83,13 +78,7 @@ def test_spark_scores_equal_single_machine_scores(spark, reviewed_project: dict,
     as_of = pd.Timestamp(single["as_of"].iloc[0])
     report = run_score(ScoreJob(on_spark, root / "data/canonical", "models:/churnlens@champion", tmp_path / "scores.parquet",
                        tmp_path / "report.json", as_of=as_of, manifest_path=tmp_path / "manifest.json"))
-    on_cluster = pd.read_parquet(tmp_path / "scores.parquet")
-    # Spark writes a TIMESTAMP (an instant, in its UTC session) that pandas reads back naive.
-    as_of_on_cluster = on_cluster["as_of"]
-    if as_of_on_cluster.dt.tz is None:
-        as_of_on_cluster = as_of_on_cluster.dt.tz_localize("UTC")
-    on_cluster["as_of"] = as_of_on_cluster.astype(single["as_of"].dtype)
-    assert_same_frames(single, on_cluster[single.columns], ["customer_id"])
+    assert_same_scores(single, tmp_path / "scores.parquet")
     assert report["customers"] == len(single)
     manifest = pd.read_json(tmp_path / "manifest.json", typ="series")
     assert manifest["engine"] == "spark" and manifest["model_version"] == reviewed_project["trained"]["model_version"]

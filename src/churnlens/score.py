@@ -186,13 +186,17 @@ def _reason(name: str, row: pd.Series, descriptions: dict[str, str]) -> str:
     value = row.get(name)
     if value is None or pd.isna(value):
         return f"{descriptions.get(name, name.replace('_', ' '))}: none recorded"
+    # Engines sum in different orders, so a value can differ in its last bits: 43.414999999 on
+    # one and 43.415000001 on another would print 43.41 and 43.42. Nine significant digits first
+    # make both the same number before it is rounded for reading.
+    value = value if isinstance(value, str) else float(f"{float(value):.9g}")
     if name == "days_since_last_purchase":
         gap = row.get("mean_purchase_gap_days")
+        gap = float(f"{float(gap):.9g}") if gap is not None and pd.notna(gap) else gap
         usual = f", {value / gap:.1f}x their usual gap" if gap is not None and pd.notna(gap) and gap > 0 else ""
         return f"no purchase for {value:.0f} days{usual}"
     if name == "overdue_ratio":
         return f"{value:.1f}x overdue against their usual purchase gap"
-    # Rounded before trimming, so the engines' last-bit differences in a value read the same.
     days = name.startswith("days_") or "_days" in name
     shown = (value if isinstance(value, str) else f"{value:,.0f}" if days
              else f"{value:,.2f}".removesuffix(".00"))

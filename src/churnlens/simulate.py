@@ -18,6 +18,7 @@ depends only on the config (including the chunk size), never on timing.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -400,14 +401,14 @@ def customer_id_for(index: np.ndarray) -> np.ndarray:
     return np.char.add("C", np.char.zfill(index.astype(str), 8))
 
 
-def simulate(config: SimulateConfig) -> SimulatedData:
-    """Generate transactions, interactions, customers and the hidden ground truth."""
+def simulate_chunks(config: SimulateConfig) -> Iterator[SimulatedData]:
+    """The simulated tables one chunk of customers at a time (each chunk's rows unsorted, order ids
+    still integers), so data larger than memory can be written as it is generated."""
     root = np.random.SeedSequence(config.seed)
     shock_seed, *chunk_seeds = root.spawn(1 + -(-config.n_customers // config.customers_per_chunk))
     market = np.random.default_rng(shock_seed)
     shocks = price_shock_days(config, market)
     promotions = Promotions.draw(config.n_days, market)
-    parts: dict[str, list[pd.DataFrame]] = {"transactions": [], "interactions": [], "customers": [], "truth": []}
     order_offset = 1
     for chunk, seed in enumerate(chunk_seeds):
         rng = np.random.default_rng(seed)
@@ -419,20 +420,27 @@ def simulate(config: SimulateConfig) -> SimulatedData:
         transactions = _transactions(config, attributes, alive, progress, customer_ids, rng, order_offset,
                                      promotions)
         order_offset = int(transactions["order_id"].max()) + 1 if len(transactions) else order_offset
-        parts["transactions"].append(transactions)
-        parts["interactions"].append(_interactions(config, attributes, alive, progress, customer_ids, rng))
-        parts["customers"].append(_customers_table(config, attributes, customer_ids))
-        parts["truth"].append(_ground_truth(config, attributes, customer_ids))
+        yield SimulatedData(
+            transactions=transactions,
+            interactions=_interactions(config, attributes, alive, progress, customer_ids, rng),
+            customers=_customers_table(config, attributes, customer_ids),
+            ground_truth=_ground_truth(config, attributes, customer_ids),
+        )
+
+
+def simulate(config: SimulateConfig) -> SimulatedData:
+    """Generate transactions, interactions, customers and the hidden ground truth."""
+    chunks = list(simulate_chunks(config))
 
     def combine(frames: list[pd.DataFrame], order: list[str]) -> pd.DataFrame:
         return pd.concat(frames, ignore_index=True).sort_values(order, kind="stable").reset_index(drop=True)
 
-    transactions = combine(parts["transactions"], ["customer_id", "timestamp", "order_id"])
+    transactions = combine([c.transactions for c in chunks], ["customer_id", "timestamp", "order_id"])
     transactions.insert(0, "transaction_id", np.arange(1, len(transactions) + 1))
     transactions["order_id"] = np.char.add("O", transactions["order_id"].to_numpy().astype(str))
     return SimulatedData(
         transactions=transactions,
-        interactions=combine(parts["interactions"], ["customer_id", "timestamp", "type"]),
-        customers=combine(parts["customers"], ["customer_id"]),
-        ground_truth=combine(parts["truth"], ["customer_id"]),
+        interactions=combine([c.interactions for c in chunks], ["customer_id", "timestamp", "type"]),
+        customers=combine([c.customers for c in chunks], ["customer_id"]),
+        ground_truth=combine([c.ground_truth for c in chunks], ["customer_id"]),
     )

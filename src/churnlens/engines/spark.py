@@ -2,12 +2,13 @@
 
 Same definitions, different engine: the features are the portable SQL of
 :mod:`churnlens.sql` (generated from :func:`churnlens.features.feature_definitions`,
-transpiled to Spark SQL by sqlglot), the model is applied with ``mlflow.pyfunc.spark_udf`` from
-this project's registry, and the per-customer parts of scoring (segments, risk tier, action,
-priority, reasons) run the same pandas functions as the single-machine job inside
-``mapInPandas``. Only the campaign (a budget over the whole ranking) is a Spark window.
+transpiled to Spark SQL by sqlglot); the driver loads the model from this project's registry
+and the per-customer parts of scoring (probability, segments, risk tier, action, priority,
+reasons) run the same pandas functions as the single-machine job inside ``mapInPandas``. Only
+the campaign (a budget over the whole ranking) is a Spark window.
 
-Spark itself is the user's: ``local[*]`` by default, any master URL, or an existing session.
+Spark itself is the user's: ``local[*]`` by default, any master URL, a Spark Connect server
+(``sc://host:port``), or an existing session.
 Paths are anything Spark reads and writes (local, HDFS, S3, DBFS).
 """
 
@@ -32,7 +33,6 @@ from churnlens.features import FeaturePlan, feature_definitions, fit_columns, pl
 from churnlens.sql import snapshot_query, to_dialect
 
 if TYPE_CHECKING:
-    from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
     from churnlens.score import ScoreJob
@@ -40,37 +40,58 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def session_settings(master: str | None, driver_memory: str) -> dict[str, str]:
+    """What churnlens sets on a session it starts itself, for ``master`` (None: the master of
+    spark-submit). A session that already exists keeps its own settings (see :func:`session`)."""
+    # Cutoffs and day windows are instants in UTC; a local time zone would shift day boundaries.
+    settings = {"spark.sql.session.timeZone": "UTC"}
+    if master is not None and master.startswith("sc://"):
+        # A Connect client may change SQL settings only; memory and shuffle are the server's.
+        return settings
+    settings.update({
+        # In local mode the driver's heap is the whole engine's memory: Spark's 1g default is too
+        # small for the joins of a feature sweep.
+        "spark.driver.memory": driver_memory,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",  # toPandas and createDataFrame via Arrow
+        "spark.ui.showConsoleProgress": "false",
+    })
+    if master is None:
+        return settings
+    # The assembly joins a dozen relations in one stage: a sorter per join side, each taking a
+    # whole memory page up front. Default pages (up to 64 MB) exhaust a task's share of execution
+    # memory however small the data ("UNABLE_TO_ACQUIRE_MEMORY ... got 0").
+    settings["spark.buffer.pageSize"] = "2m"
+    if master.startswith("local"):
+        # The default 200 shuffle partitions are sized for clusters; here most would be empty.
+        settings["spark.sql.shuffle.partitions"] = str(8 * (os.cpu_count() or 1))
+    return settings
+
+
 def session(master: str | None = None, driver_memory: str = "4g") -> SparkSession:
-    """The active Spark session, or a new one on ``master`` (default ``local[*]``), in UTC.
-    In local mode the driver's heap is the whole engine's memory: Spark's 1g default is too
-    small for the joins of a feature sweep."""
+    """The active Spark session, or a new one on ``master`` (default ``local[*]``; ``sc://host:port``
+    for Spark Connect) with :func:`session_settings`."""
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
+        # Someone else's session (a notebook, Databricks, a test) keeps its memory, partitions and
+        # pages. The time zone is the one setting the results depend on, so it is set to UTC.
         active.conf.set("spark.sql.session.timeZone", "UTC")
         return active
     # Workers must run this interpreter (the one with churnlens and pandas), not the system python.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # Under spark-submit the JVM already knows its master; only a session of our own needs one.
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ and master is None
-    master = master or "local[*]"
-    builder = SparkSession.builder.appName("churnlens")
-    if not submitted:
-        builder = builder.master(master)
-    builder = (builder
-               .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.driver.memory", driver_memory)
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-               .config("spark.ui.showConsoleProgress", "false"))
-    if not submitted and master.startswith("local"):
-        # The default 200 shuffle partitions are sized for clusters; here most would be empty.
-        builder = builder.config("spark.sql.shuffle.partitions", str(8 * (os.cpu_count() or 1)))
-    if not submitted:
-        # The assembly joins a dozen relations in one stage: a sorter per join side, each taking
-        # a whole memory page up front. Default pages (up to 64 MB) exhaust a task's share of
-        # execution memory however small the data ("UNABLE_TO_ACQUIRE_MEMORY ... got 0").
-        builder = builder.config("spark.buffer.pageSize", "2m")
+    master = None if submitted else (master or "local[*]")
+    builder = SparkSession.builder
+    if master is not None and master.startswith("sc://"):
+        builder = builder.remote(master)
+    else:
+        builder = builder.appName("churnlens")
+        if master is not None:
+            builder = builder.master(master)
+    for key, value in session_settings(master, driver_memory).items():
+        builder = builder.config(key, value)
     return builder.getOrCreate()
 
 
@@ -208,18 +229,18 @@ def write_snapshots(spark: SparkSession, tables: dict[str, DataFrame], cutoffs: 
     return plan
 
 
-def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: Broadcast, params: Params, as_of: str,
+def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: object, params: Params, as_of: str,
                       name: str, version: str, numeric: list[str], categorical: list[str]) -> Iterator[pd.DataFrame]:
-    """Per Spark partition: the single-machine per-customer scoring on each Arrow batch. The model
-    comes from the driver (broadcast): executors never resolve registry URIs against a store of
-    their own."""
-    from churnlens import score, segments
+    """Per Spark partition: the single-machine scoring (probability, reasons, segments, plan) on
+    each Arrow batch, with the pipeline the driver loaded. It travels inside this function's
+    closure, so executors never resolve registry URIs nor read the driver's files, and no
+    ``sparkContext`` is needed (Spark Connect has none; classic Spark broadcasts a large closure)."""
+    from churnlens import model, score, segments
 
     config = params.score
-    pipeline = pipeline.value
     for batch in batches:
         batch = batch.reset_index(drop=True)
-        probability = batch["churn_probability"].to_numpy()
+        probability = model.churn_probability(pipeline, batch, numeric, categorical)
         reasons = score.customer_reasons(pipeline, batch, probability, numeric, categorical, config,
                                          params.features.windows_days)
         assigned = segments.assign_segments(batch, config.segments)
@@ -231,7 +252,6 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
     """The batch scoring job on Spark: one row per active customer, the columns of
     :data:`churnlens.score.SCORE_COLUMNS`, ranked by priority, with the budgeted campaign.
     Also returns the feature snapshot it scored (for drift checks) and the model it used."""
-    import mlflow.pyfunc
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -239,18 +259,11 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
     from churnlens import score as single_machine
 
     loaded = tracking.load_resolved(resolved)
-    pipeline = spark.sparkContext.broadcast(loaded.pipeline)
     numeric, categorical = loaded.contract.numeric_features, loaded.contract.categorical_features
     snapshot, _ = compute_snapshots(spark, tables, [as_of], params.features, with_labels=False)
     snapshot = snapshot.persist(StorageLevel.MEMORY_AND_DISK)  # scored, then sampled for the drift check
     _cached.append(snapshot)
     single_machine.require_model_inputs(loaded, snapshot.columns)
-    # pyfunc returns [P(stay), P(churn)] per row (the model is logged with predict_proba).
-    predict = mlflow.pyfunc.spark_udf(spark, resolved.uri, result_type=T.ArrayType(T.DoubleType()),
-                                      env_manager="local")
-    typed = snapshot.withColumns({**{c: F.col(c).cast("string") for c in categorical},
-                                  **{c: F.col(c).cast("double") for c in numeric}})
-    with_probability = typed.withColumn("churn_probability", predict(*categorical, *numeric)[1])
     rows_schema = T.StructType([
         T.StructField("customer_id", T.StringType()), T.StructField("as_of", T.TimestampType()),
         T.StructField("churn_probability", T.DoubleType()), T.StructField("segment", T.StringType()),
@@ -263,9 +276,9 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
         T.StructField("priority", T.DoubleType()),
     ])
     # The validated params travel pickled with the function: no partition parses them again.
-    arguments = (pipeline, params, pd.Timestamp(as_of).isoformat(),
+    arguments = (loaded.pipeline, params, pd.Timestamp(as_of).isoformat(),
                  loaded.name, loaded.version, numeric, categorical)
-    rows = with_probability.mapInPandas(lambda batches: _score_partitions(batches, *arguments), rows_schema)
+    rows = snapshot.mapInPandas(lambda batches: _score_partitions(batches, *arguments), rows_schema)
     # The campaign: by priority (ties by customer id), while worthwhile and within the budget.
     budget = params.score.campaign_budget
     ranking = Window.orderBy(F.col("priority").desc(), F.col("customer_id").asc()).rowsBetween(
