@@ -15,18 +15,19 @@ import numpy as np
 import pandas as pd
 
 from churnlens import features as ft
-from churnlens import drift, io, score, segments, tracking
+from churnlens import drift, io, score, segments, single_date, tracking
 from churnlens.config import FeaturesConfig, Params
-from churnlens.ingest import run_ingest
-from churnlens.simulate import simulate
 
 log = logging.getLogger(__name__)
 # Every stage runs in its own process: scikit-learn, XGBoost and matplotlib are imported only by
-# the stages that use them (together they cost ~8 s of start-up on a 2-core machine).
+# the stages that use them (together they cost ~8 s of start-up on a 2-core machine); so are
+# ingest (pandera, which pulls in pyspark.pandas when pyspark is installed) and the simulator.
 CANONICAL_TABLES = ("transactions", "interactions", "customers")
 
 
 def run_simulate(params: Params, raw_dir: Path, truth_path: Path) -> dict[str, int]:
+    from churnlens.simulate import simulate
+
     data = simulate(params.simulate)
     counts = {}
     for name in CANONICAL_TABLES:
@@ -42,6 +43,8 @@ def run_simulate(params: Params, raw_dir: Path, truth_path: Path) -> dict[str, i
 
 
 def run_ingest_stage(params: Params, base: Path, canonical_dir: Path, quarantine_dir: Path, report: Path) -> dict:
+    from churnlens.ingest import run_ingest
+
     return run_ingest(params.ingest, base, canonical_dir, quarantine_dir, report)
 
 
@@ -446,7 +449,7 @@ def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output:
     loaded = tracking.load_resolved(resolved)
     run.lap("load_model")
     log.info("score: features as of %s with %s v%s", instant.isoformat(), loaded.name, loaded.version)
-    snapshot, _ = ft.compute_snapshots(tables, [instant], params.features, with_labels=False)
+    snapshot, _ = single_date.compute_snapshot(tables, instant, params.features)
     run.lap("features")
     log.info("score: %d active customers; probabilities, reasons and segments", len(snapshot))
     numeric, categorical = loaded.metadata.get("numeric_features", []), loaded.metadata.get("categorical_features", [])
