@@ -33,7 +33,7 @@ def prepare(customers: int) -> Path:
 
 
 def cutoffs(folder: Path) -> list[pd.Timestamp]:
-    from churnlens.features import data_span
+    from churnlens.engines.duckdb import data_span
 
     _, end = data_span({"transactions": str(folder / "transactions.parquet")})
     last = end.normalize() - pd.Timedelta(days=91)
@@ -49,21 +49,22 @@ def run(kind: str, engine: str, folder: Path, master: str) -> None:
     tables = {n: str(folder / f"{n}.parquet") for n in ("transactions", "interactions", "customers")}
     target = OUT / f"engines_{kind}_{engine}"
     if kind == "features" and engine == "duckdb":
-        from churnlens.features import write_snapshots
+        from churnlens.engines.duckdb import write_snapshots
 
         write_snapshots(tables, cutoffs(folder), params.features, target.with_suffix(".parquet"))
     elif kind == "features":
-        from churnlens import spark
+        from churnlens.engines import spark
 
         session = spark.session(master)
         spark.write_snapshots(session, spark.read_tables(session, tables), cutoffs(folder), params.features,
                               str(target.with_suffix(".parquet")), None)
     else:
+        from churnlens.score import ScoreJob
         from churnlens.stages import run_score
 
         model = OUT / "score_model"
         as_of = cutoffs(folder)[-1] + pd.Timedelta(days=91)
-        run_score(params, folder, str(model), target / "scores.parquet", target / "report.json", as_of=as_of)
+        run_score(ScoreJob(params, folder, str(model), target / "scores.parquet", target / "report.json", as_of=as_of))
 
 
 def main() -> None:

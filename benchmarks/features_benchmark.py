@@ -87,7 +87,7 @@ def prepare(customers: int, days: int, transactions: int) -> Path:
 
 def run_churnlens(folder: Path, n_cutoffs: int) -> None:
     from churnlens.config import FeaturesConfig
-    from churnlens.features import write_snapshots
+    from churnlens.engines.duckdb import write_snapshots
 
     tables = {name: str(folder / f"{name}.parquet") for name in ("transactions", "interactions", "customers")}
     target = OUT / f"snapshots_{n_cutoffs}.parquet"

@@ -30,7 +30,7 @@ import yaml
 from churnlens import evaluate as ev
 from churnlens.bgnbd import DAYS_PER_UNIT, fit_bgnbd
 from churnlens.config import load_params
-from churnlens.features import compute_snapshots
+from churnlens.engines.duckdb import compute_snapshots
 from churnlens.model import LABEL
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -48,7 +48,8 @@ def train_model(folder: Path) -> None:
     from churnlens import model, tracking
     from churnlens.config import FeaturesConfig, TrainConfig
     from churnlens.drift import drift_profile
-    from churnlens.features import compute_snapshots
+    from churnlens.contract import ModelContract
+    from churnlens.engines.duckdb import compute_snapshots
 
     if (MODEL / "MLmodel").exists():
         return
@@ -57,10 +58,10 @@ def train_model(folder: Path) -> None:
     numeric = [n for n in plan.names if n not in plan.categorical]
     train, validation = snapshots[snapshots["cutoff"] < grid[-1]], snapshots[snapshots["cutoff"] == grid[-1]]
     fitted = model.fit_with_early_stopping(train, validation, numeric, plan.categorical, TrainConfig())
-    metadata = {"numeric_features": numeric, "categorical_features": plan.categorical,
-                "drift_profile": drift_profile(validation, numeric, plan.categorical)}
+    contract = ModelContract(numeric, plan.categorical,
+                             drift_profile=drift_profile(validation, numeric, plan.categorical))
     tracking.save_model_dir(fitted.pipeline, model.model_input(train.head(50), numeric, plan.categorical),
-                            metadata, MODEL)
+                            contract.to_metadata(), MODEL)
 
 
 def as_of(folder: Path) -> str:

@@ -25,7 +25,8 @@ TABLE_SETS = {"transactions only": ("transactions",), "all tables": ("transactio
 
 def main() -> None:
     from churnlens.config import load_params
-    from churnlens.features import compute_snapshots, scoring_cutoff
+    from churnlens.engines.duckdb import compute_snapshots
+    from churnlens.features import scoring_cutoff
     from churnlens.segments import PERSONAS, agreement_with_truth, assign_segments
     from churnlens.simulate import simulate
 

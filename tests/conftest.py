@@ -61,6 +61,7 @@ def run_small_pipeline(root: Path) -> dict:
 def reviewed_project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A finished small project (data, reports, scores, models, an MLflow store) for the review
     surfaces: notebooks, the MLflow server and its UI. Read it, do not change it."""
+    from churnlens.score import ScoreJob
     from churnlens.stages import run_score
 
     root = tmp_path_factory.mktemp("reviewed")
@@ -69,9 +70,9 @@ def reviewed_project(tmp_path_factory: pytest.TempPathFactory) -> dict:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.chdir(root)
         run = run_small_pipeline(root)
-        run_score(run["params"], root / "data/canonical", "models:/churnlens@champion",
+        run_score(ScoreJob(run["params"], root / "data/canonical", "models:/churnlens@champion",
                   root / "data/scores/scores.parquet", root / "reports/segment_report.json",
-                  truth=pd.read_parquet(root / "data/truth/ground_truth.parquet"))
+                  truth=pd.read_parquet(root / "data/truth/ground_truth.parquet")))
     return {**run, "tracking_uri": uri}
 
 
@@ -90,3 +91,16 @@ def tiny_config(**kwargs) -> SimulateConfig:
 
 def ts(text: str) -> pd.Timestamp:
     return pd.Timestamp(text)
+
+
+def active_customers(canonical_dir: Path, as_of: pd.Timestamp, lookback_days: int) -> set[str]:
+    """The customers a scoring run at ``as_of`` must score, from the canonical tables: a purchase
+    within ``lookback_days`` before it, and no cancellation by it."""
+    lines = pd.read_parquet(canonical_dir / "transactions.parquet")
+    bought = lines[~lines["is_return"] & (lines["timestamp"] <= as_of)].groupby("customer_id")["timestamp"].max()
+    recent = set(bought[bought > as_of - pd.Timedelta(days=lookback_days)].index)
+    customers = canonical_dir / "customers.parquet"
+    if not customers.exists():
+        return recent
+    table = pd.read_parquet(customers)
+    return recent - set(table.loc[table["cancellation_date"] <= as_of, "customer_id"])

@@ -52,13 +52,44 @@ def load_package(src: Path) -> dict[str, _Module]:
         for node in tree.body:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 module.definitions[node.name] = node
+            if isinstance(node, ast.ClassDef):
+                # Methods are reached one by one (see stage_use): an engine class holds the
+                # features' operations and the scoring's, and a stage runs only some of them.
+                for member in node.body:
+                    if isinstance(member, ast.FunctionDef | ast.AsyncFunctionDef):
+                        module.definitions[f"{node.name}.{member.name}"] = member
             elif isinstance(node, ast.Assign | ast.AnnAssign):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 for target in targets:
                     if isinstance(target, ast.Name):
                         module.definitions[target.id] = node
         modules[name] = module
+    for module in modules.values():  # `from churnlens.engines import timegrid` binds a module too
+        for bound, (target, attribute) in list(module.bindings.items()):
+            if attribute is not None and f"{target}.{attribute}" in modules:
+                module.bindings[bound] = (f"{target}.{attribute}", None)
     return modules
+
+
+def _derived_reads(modules: dict[str, _Module]) -> dict[str, set[str]]:
+    """Per property or method of the config classes, the fields it reads (``self.<field>``):
+    ``params.features.label_end`` reads ``lead_days`` and ``horizon_days``."""
+    config = modules.get(f"{PACKAGE}.config")
+    reads: dict[str, set[str]] = {}
+    for name, node in (config.definitions.items() if config else ()):
+        if "." in name:
+            reads.setdefault(name.split(".")[1], set()).update(
+                child.attr for child in ast.walk(node)
+                if isinstance(child, ast.Attribute) and isinstance(child.value, ast.Name) and child.value.id == "self")
+    changed = True
+    while changed:  # a method reading another (self.label_end) reads what that one reads
+        changed = False
+        for fields_read in reads.values():
+            extra = set().union(*(reads.get(f, set()) for f in fields_read)) - fields_read
+            if extra:
+                fields_read |= extra
+                changed = True
+    return reads
 
 
 @dataclass
@@ -80,10 +111,23 @@ def _attribute_chain(node: ast.Attribute) -> list[str]:
 
 def stage_use(modules: dict[str, _Module], entry: tuple[str, str], sections: dict[str, dict]) -> StageUse:
     """Modules and params reached from ``entry`` = (module, function)."""
+    derived = _derived_reads(modules)
     seen: set[tuple[str, str]] = set()
     reached_modules: set[str] = set()
     used_params: set[tuple[str, str | None]] = set()
     queue = [entry]
+    reached_classes: set[tuple[str, str]] = set()
+    used_attributes: set[str] = set()
+
+    def reach_methods(classes: set[tuple[str, str]], attributes: set[str]) -> None:
+        # A method runs when a reached class's method name is used anywhere reached (the type
+        # of ``engine`` in ``engine.score(...)`` is not known statically); construction and
+        # ``with`` run the dunder methods.
+        for module_name, class_name in classes:
+            for attribute in attributes | {"__init__", "__post_init__", "__enter__", "__exit__"}:
+                if f"{class_name}.{attribute}" in modules[module_name].definitions:
+                    queue.append((module_name, f"{class_name}.{attribute}"))
+
     while queue:
         module_name, name = queue.pop()
         if (module_name, name) in seen or module_name not in modules:
@@ -92,6 +136,14 @@ def stage_use(modules: dict[str, _Module], entry: tuple[str, str], sections: dic
         module = modules[module_name]
         reached_modules.add(module_name)
         node = module.definitions.get(name)
+        if isinstance(node, ast.ClassDef):
+            reached_classes.add((module_name, name))
+            reach_methods({(module_name, name)}, used_attributes)
+            node = ast.ClassDef(name=node.name, bases=node.bases, keywords=node.keywords, decorator_list=[],
+                                body=[m for m in node.body if not isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)]
+                                or [ast.Pass()], type_params=[])
+        elif "." in name:
+            name = name.split(".")[0]  # the method's names resolve in its module
         if node is None:
             if name in module.bindings:  # a name re-exported by import
                 target_module, attribute = module.bindings[name]
@@ -100,6 +152,10 @@ def stage_use(modules: dict[str, _Module], entry: tuple[str, str], sections: dic
         local = {**module.bindings, **_import_bindings(list(ast.walk(node)))}
         # Only whole chains count: `params.train.seed` reads train.seed, not all of train.
         inner = {id(child.value) for child in ast.walk(node) if isinstance(child, ast.Attribute)}
+        attributes = {child.attr for child in ast.walk(node) if isinstance(child, ast.Attribute)
+                      and _attribute_chain(child)[:1] not in ([n] for n in PARAMS_NAMES)} - used_attributes
+        used_attributes |= attributes
+        reach_methods(reached_classes, attributes)
         for child in ast.walk(node):
             if id(child) in inner:
                 continue
@@ -114,7 +170,11 @@ def stage_use(modules: dict[str, _Module], entry: tuple[str, str], sections: dic
                 if len(chain) >= 2 and chain[0] in local and local[chain[0]][1] is None:
                     queue.append((local[chain[0]][0], chain[1]))  # module.function
                 if len(chain) >= 2 and chain[0] in PARAMS_NAMES and chain[1] in sections:
-                    key = chain[2] if len(chain) >= 3 and chain[2] in sections[chain[1]] else None
+                    section = sections[chain[1]]
+                    if len(chain) >= 3 and chain[2] not in section and derived.get(chain[2], set()) & set(section):
+                        used_params |= {(chain[1], key) for key in derived[chain[2]] if key in section}
+                        continue
+                    key = chain[2] if len(chain) >= 3 and chain[2] in section else None
                     used_params.add((chain[1], key))
     return StageUse(reached_modules, used_params)
 

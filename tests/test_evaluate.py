@@ -72,3 +72,45 @@ def test_expected_calibration_error_measures_the_reliability_gap() -> None:
     assert expected_calibration_error(y, shifted) == pytest.approx(np.mean(shifted - probability), abs=0.01)
     metrics = classification_metrics(y, probability, 0.1)
     assert metrics["ece"] == expected_calibration_error(y, probability)
+
+
+PROMOTION = {"metric": "roc_auc", "version": "3", "min_improvement": 0.01}
+
+
+@pytest.mark.parametrize(("challenger", "champion", "promoted", "reason"), [
+    (0.80, 0.75, True, "beats champion v2 on roc_auc"),
+    (0.755, 0.75, False, "champion v2 is as good or better on roc_auc"),  # within min_improvement
+    (0.70, 0.75, False, "champion v2 is as good or better on roc_auc"),
+], ids=["beats-champion", "within-min-improvement", "worse-than-champion"])
+def test_promotion_compares_a_challenger_that_beats_the_baselines_with_the_champion(
+        challenger: float, champion: float, promoted: bool, reason: str) -> None:
+    from churnlens.evaluate import needs_champion_score, promotion_decision
+
+    beats = {"recency_rule": True, "rfm_logistic": True}
+    assert needs_champion_score(beats, "3", "2")
+    decision = promotion_decision(PROMOTION["metric"], "3", challenger, beats, "2", champion,
+                                  PROMOTION["min_improvement"])
+    assert decision["promoted"] is promoted and decision["reason"] == reason
+    assert decision["champion_score"] == champion and decision["previous_champion_version"] == "2"
+
+
+def test_a_challenger_losing_to_a_baseline_is_never_promoted_even_without_a_champion() -> None:
+    from churnlens.evaluate import needs_champion_score, promotion_decision
+
+    beats = {"recency_rule": True, "rfm_logistic": False}
+    assert not needs_champion_score(beats, "1", None)
+    decision = promotion_decision("roc_auc", "1", 0.99, beats, None, None, 0.0)
+    assert decision["promoted"] is False and "rfm_logistic" in decision["reason"]
+    first = promotion_decision("roc_auc", "1", 0.99, {"recency_rule": True}, None, None, 0.0)
+    assert first["promoted"] is True and first["reason"] == "no champion yet"
+
+
+def test_backtest_summary_of_no_fold_reports_none() -> None:
+    from churnlens.evaluate import backtest_summary
+
+    assert backtest_summary([], 2) == {"backtest_folds": 0, "backtest_folds_skipped": 2}
+    folds = [{n: v for n in ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift")}
+             for v in (0.6, 0.8)]
+    summary = backtest_summary(folds, 0)
+    assert summary["fold2_roc_auc"] == 0.8 and summary["backtest_roc_auc_mean"] == pytest.approx(0.7)
+    assert summary["backtest_roc_auc_std"] == pytest.approx(0.1) and summary["backtest_folds"] == 2

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from churnlens.config import FeaturesConfig
+from churnlens.engines.duckdb import compute_snapshots
 from churnlens.features import (
     FAMILIES,
-    compute_snapshots,
     cutoff_grid,
     feature_catalog_markdown,
     feature_definitions,
@@ -327,13 +327,13 @@ def test_price_level_uses_the_previous_month_only() -> None:
 def test_portable_sql_equals_the_sweep(small_data, config) -> None:
     """Two independent computations of every feature: the numpy time-grid sweep and the plain
     join-and-aggregate SQL that Spark runs (here on DuckDB)."""
-    from churnlens.sqlref import compute_snapshots_duckdb
+    from churnlens.engines.duckdb import reference_snapshots
 
     tables = {"transactions": small_data.transactions, "interactions": small_data.interactions,
               "customers": small_data.customers}
     cutoffs = list(pd.date_range("2023-06-01", "2024-05-01", freq="37D"))
     sweep, plan = compute_snapshots(tables, cutoffs, config)
-    reference, _ = compute_snapshots_duckdb(tables, cutoffs, config)
+    reference, _ = reference_snapshots(tables, cutoffs, config)
     assert len(sweep) > 1000 and list(sweep.columns) == list(reference.columns)
     for column in sweep.columns:
         if column in plan.names and column not in plan.categorical:

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from churnlens.config import ConfigError, SegmentRules, parse_params
-from churnlens.features import compute_snapshots, scoring_cutoff
+from churnlens.engines.duckdb import compute_snapshots
+from churnlens.features import scoring_cutoff
 from churnlens.segments import PERSONAS, agreement_with_truth, assign_segments, unknown_contract_types
 from churnlens.simulate import simulate
 from churnlens.stages import construct_validity_report, run_simulate

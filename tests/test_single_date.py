@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from churnlens.config import FeaturesConfig
-from churnlens.features import compute_snapshots
+from churnlens.engines.duckdb import compute_snapshots
 from churnlens.single_date import compute_snapshot
 from test_features import CONFIG, CUTOFF, fixture_tables
 

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnlens import features as ft
+from churnlens.engines import duckdb as single_machine
 from churnlens.config import FeaturesConfig
+from churnlens.score import ScoreJob
 from churnlens.stages import run_features, run_score
 
 pytestmark = pytest.mark.spark
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.spark
 
 @pytest.fixture(scope="module")
 def spark():
-    from churnlens import spark as engine
+    from churnlens.engines import spark as engine
 
     session = engine.session("local[2]", "4g")
     yield session
@@ -46,17 +47,17 @@ def assert_same_frames(duckdb_frame: pd.DataFrame, spark_frame: pd.DataFrame, ke
     FeaturesConfig(label="no_purchase", lead_days=7, partial_churn_below=0.4, windows_days=(14, 60, 180)),
 ], ids=["defaults", "lead-partial-other-windows"])
 def test_spark_features_equal_duckdb_features(spark, small_data, tmp_path: Path, config: FeaturesConfig) -> None:
-    from churnlens import spark as engine
+    from churnlens.engines import spark as engine
 
     paths = {}
     for name, frame in (("transactions", small_data.transactions), ("interactions", small_data.interactions),
                         ("customers", small_data.customers)):
         paths[name] = str(tmp_path / f"{name}.parquet")
         frame.to_parquet(paths[name], index=False)
-    data_start, data_end = ft.data_span(paths)
+    data_start, data_end = single_machine.data_span(paths)
     cutoffs = list(pd.date_range(data_start.normalize() + pd.Timedelta(days=150), data_end, freq="45D"))
     assert len(cutoffs) >= 5
-    expected, plan = ft.compute_snapshots(paths, cutoffs, config)
+    expected, plan = single_machine.compute_snapshots(paths, cutoffs, config)
     snapshots, spark_plan = engine.compute_snapshots(spark, engine.read_tables(spark, paths), cutoffs, config)
     assert spark_plan.names == plan.names and len(plan.names) > 40
     assert_same_frames(expected, snapshots.toPandas(), ["customer_id", "cutoff"])
@@ -80,8 +81,8 @@ def test_spark_scores_equal_single_machine_scores(spark, reviewed_project: dict,
     on_spark = params.model_copy(update={"engine": params.engine.model_copy(update={"name": "spark"})})
     single = pd.read_parquet(root / "data/scores/scores.parquet")
     as_of = pd.Timestamp(single["as_of"].iloc[0])
-    report = run_score(on_spark, root / "data/canonical", "models:/churnlens@champion", tmp_path / "scores.parquet",
-                       tmp_path / "report.json", as_of=as_of, manifest_path=tmp_path / "manifest.json")
+    report = run_score(ScoreJob(on_spark, root / "data/canonical", "models:/churnlens@champion", tmp_path / "scores.parquet",
+                       tmp_path / "report.json", as_of=as_of, manifest_path=tmp_path / "manifest.json"))
     on_cluster = pd.read_parquet(tmp_path / "scores.parquet")
     # Spark writes a TIMESTAMP (an instant, in its UTC session) that pandas reads back naive.
     as_of_on_cluster = on_cluster["as_of"]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from churnlens.timegrid import NO_TIME, EventsOnGrid, TimeGrid, distinct_in_window
+from churnlens.engines.timegrid import NO_TIME, EventsOnGrid, TimeGrid, distinct_in_window
 
 events = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 40), st.floats(-5, 5, allow_nan=False)),
                   max_size=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ from mlflow import MlflowClient
 
 from churnlens import io, tracking
 from churnlens.config import parse_params
+from churnlens.score import ScoreJob
 from churnlens.stages import run_evaluate, run_score, run_train
 from churnlens.tracking import ModelNotFoundError, load_model
-from conftest import PROJECT_ROOT, run_small_pipeline, small_params_dict
+from conftest import PROJECT_ROOT, active_customers, run_small_pipeline, small_params_dict
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,8 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     assert {"brand_advocate", "brand_user", "brand_comparer"} <= set(per_segment)
     assert sum(v["n"] for v in per_segment.values()) == pipeline_run["evaluated"]["model"]["n"]
     assert "segment/brand_comparer/roc_auc" in run.data.metrics
-    assert len(run.data.tags["git_commit"]) == 40 or run.data.tags["git_commit"] == "unknown"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
+    assert run.data.tags["git_commit"] == head.strip() and len(head.strip()) == 40  # the tests run in a clone
     assert len(run.data.tags["data_fingerprint"]) == 64
     artifacts = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}
     assert {"evaluation/roc.png", "evaluation/calibration.png", "evaluation/gains.csv", "evaluation/profit.png",
@@ -86,10 +89,10 @@ def test_pyfunc_returns_probabilities_and_local_copy_matches(pipeline_run) -> No
     snapshots = pd.read_parquet(pipeline_run["root"] / "data/features/snapshots.parquet").head(2000)
     registered = load_model("models:/churnlens@champion")
     local = load_model(str(pipeline_run["root"] / "models/churn_model"))
-    columns = registered.metadata["categorical_features"] + registered.metadata["numeric_features"]
+    columns = registered.contract.categorical_features + registered.contract.numeric_features
     from churnlens.model import model_input
 
-    frame = model_input(snapshots, registered.metadata["numeric_features"], registered.metadata["categorical_features"])
+    frame = model_input(snapshots, registered.contract.numeric_features, registered.contract.categorical_features)
     pyfunc = np.asarray(mlflow.pyfunc.load_model("models:/churnlens@champion").predict(frame[columns]))
     assert pyfunc.shape == (2000, 2) and np.allclose(pyfunc.sum(axis=1), 1.0)
     assert ((pyfunc >= 0) & (pyfunc <= 1)).all() and len(np.unique(pyfunc[:, 1])) > 10
@@ -100,10 +103,9 @@ def test_pyfunc_returns_probabilities_and_local_copy_matches(pipeline_run) -> No
 def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
     root, params = pipeline_run["root"], pipeline_run["params"]
     output = root / "data/scores/scores.parquet"
-    report = run_score(params, root / "data/canonical", "models:/churnlens@champion", output,
-                       root / "reports/segment_report.json")
+    report = run_score(ScoreJob(params, root / "data/canonical", "models:/churnlens@champion", output,
+                       root / "reports/segment_report.json"))
     scores = pd.read_parquet(output)
-    snapshots = pd.read_parquet(root / "data/features/snapshots.parquet")
     assert scores["customer_id"].is_unique and len(scores) == report["customers"] > 50
     assert ((scores["churn_probability"] > 0) & (scores["churn_probability"] < 1)).all()
     assert str(scores["as_of"].dt.tz) == "UTC"
@@ -118,12 +120,14 @@ def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
     assert list(table.columns) == list(scores.columns) and len(table) == len(scores)
     assert (table["churn_probability"].round(4) == table["churn_probability"]).all()
     assert np.allclose(table["churn_probability"], scores["churn_probability"], atol=5e-5)
-    # Active = bought within the lookback before the as-of date, like the training population.
-    last = snapshots.groupby("customer_id")["cutoff"].max()
-    assert set(scores["customer_id"]) & set(last.index)
+    # Active = bought within the lookback before the as-of date, not cancelled by it, like the
+    # training population: exactly those customers are scored.
+    as_of = scores["as_of"].iloc[0].tz_convert("UTC").tz_localize(None)
+    assert set(scores["customer_id"]) == active_customers(root / "data/canonical", as_of,
+                                                          params.features.active_lookback_days)
     again = root / "again.parquet"
-    rerun = run_score(params, root / "data/canonical", "models:/churnlens@champion", again, root / "r2.json",
-                      previous=scores[["customer_id", "segment"]])
+    rerun = run_score(ScoreJob(params, root / "data/canonical", "models:/churnlens@champion", again, root / "r2.json",
+                      previous=scores[["customer_id", "segment"]]))
     pd.testing.assert_frame_equal(scores, pd.read_parquet(again))  # identical reruns
     assert rerun["stability"] == {"customers_in_both_runs": len(scores), "changed_segment": 0}
 
@@ -131,7 +135,7 @@ def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
 def test_score_manifest_records_the_run(pipeline_run) -> None:
     root, params = pipeline_run["root"], pipeline_run["params"]
     output = root / "manifested/scores.parquet"
-    report = run_score(params, root / "data/canonical", "models:/churnlens@champion", output, root / "m.json")
+    report = run_score(ScoreJob(params, root / "data/canonical", "models:/churnlens@champion", output, root / "m.json"))
     manifest = io.read_json(output.with_name("scores.manifest.json"))
     assert manifest["model_version"] == pipeline_run["trained"]["model_version"] == report["model_version"]
     assert manifest["model_run_id"] == pipeline_run["trained"]["run_id"]
@@ -142,7 +146,7 @@ def test_score_manifest_records_the_run(pipeline_run) -> None:
     assert {"features", "predict_and_reasons", "write", "total"} <= set(manifest["timings_seconds"])
     model_features = pipeline_run["trained"]["metrics"]  # the model was trained on these rows
     assert model_features["train_rows"] > 0
-    numeric = load_model("models:/churnlens@champion").metadata["numeric_features"]
+    numeric = load_model("models:/churnlens@champion").contract.numeric_features
     compared, left_out = set(manifest["drift"]["psi"]), set(manifest["drift"]["not_compared"])
     assert compared | left_out >= set(numeric) and not compared & left_out
     assert "days_since_first_purchase" in left_out  # moves with the calendar: no alarm on ageing
@@ -156,8 +160,8 @@ def test_segments_match_simulated_personas(pipeline_run) -> None:
 
     root = pipeline_run["root"]
     truth = pd.read_parquet(root / "data/truth/ground_truth.parquet")
-    report = run_score(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion",
-                       root / "s.parquet", root / "r.json", truth=truth)
+    report = run_score(ScoreJob(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion",
+                       root / "s.parquet", root / "r.json", truth=truth))
     joined = pd.read_parquet(root / "s.parquet").merge(truth, on="customer_id")
     decided = joined[joined["segment"] != "insufficient_history"]
     agreement = report["ground_truth"]
@@ -177,18 +181,20 @@ def test_missing_alias_and_foreign_uris_are_clear_errors(pipeline_run) -> None:
         load_model(str(pipeline_run["root"] / "nowhere"))
     # The model is checked before any data is read: the canonical folder here does not even exist.
     with pytest.raises(ModelNotFoundError, match=r"models:/churnlens@gold"):
-        run_score(pipeline_run["params"], pipeline_run["root"] / "nowhere", "models:/churnlens@gold",
-                  pipeline_run["root"] / "never.parquet")
+        run_score(ScoreJob(pipeline_run["params"], pipeline_run["root"] / "nowhere", "models:/churnlens@gold",
+                  pipeline_run["root"] / "never.parquet"))
 
 
 def test_as_of_outside_the_data_is_a_clear_error(pipeline_run) -> None:
     root = pipeline_run["root"]
     with pytest.raises(ValueError, match=r"as-of 2030-01-01 is outside the data"):
-        run_score(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion", root / "x.parquet",
-                  root / "x.json", as_of=pd.Timestamp("2030-01-01"))
+        run_score(ScoreJob(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion", root / "x.parquet",
+                  root / "x.json", as_of=pd.Timestamp("2030-01-01")))
 
 
 def test_worse_challenger_is_not_promoted(pipeline_run) -> None:
+    """End to end: the registry's aliases, tags and description after a rejected challenger (the
+    decision against a better champion itself is tested in test_evaluate)."""
     root = pipeline_run["root"]
     raw = small_params_dict(train={"xgboost": {"n_estimators": 1, "max_depth": 1, "early_stopping_rounds": 1,
                                                "learning_rate": 0.01}})
@@ -248,8 +254,63 @@ def test_every_column_of_the_scores_file_is_documented(pipeline_run) -> None:
     committed = (PROJECT_ROOT / "docs" / "scores.md").read_text(encoding="utf-8")
     assert committed == scores_dictionary_markdown(), "run `churnlens catalog` to regenerate docs/scores.md"
     root = pipeline_run["root"]
-    run_score(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion",
-              root / "documented/scores.parquet")
+    run_score(ScoreJob(pipeline_run["params"], root / "data/canonical", "models:/churnlens@champion",
+              root / "documented/scores.parquet"))
     for written in (pd.read_parquet(root / "documented/scores.parquet"), pd.read_csv(root / "documented/scores.csv")):
         undocumented = [c for c in written.columns if f"| `{c}` |" not in committed]
         assert not undocumented, f"columns missing from docs/scores.md: {undocumented}"
+
+
+def test_scoring_in_chunks_gives_the_scores_of_one_pass(pipeline_run) -> None:
+    from churnlens import model, score
+    from churnlens.engines.duckdb import score_in_chunks
+
+    params = pipeline_run["params"]
+    loaded = load_model("models:/churnlens@champion")
+    rows = pd.read_parquet(pipeline_run["root"] / "data/features/snapshots.parquet").head(2_500)
+    assert len(rows) == 2_500  # chunks of 1,000 rows: three of them, the last one short
+    probability, reasons = score_in_chunks(loaded, rows, params, show_progress=False)
+    numeric, categorical = loaded.contract.numeric_features, loaded.contract.categorical_features
+    whole = model.churn_probability(loaded.pipeline, rows, numeric, categorical)
+    assert np.array_equal(probability, whole)
+    expected = score.customer_reasons(loaded.pipeline, rows, whole, numeric, categorical, params.score,
+                                      params.features.windows_days)
+    pd.testing.assert_series_equal(reasons, expected)
+
+
+def test_cli_reports_user_errors_with_exit_code_1_and_no_traceback(pipeline_run) -> None:
+    from typer.testing import CliRunner
+
+    from churnlens.cli import app
+
+    root, runner = pipeline_run["root"], CliRunner()
+    outside = runner.invoke(app, ["score", "--as-of", "2030-01-01", "--output", str(root / "late.parquet"),
+                                  "--model", "models:/churnlens@champion"])
+    assert outside.exit_code == 1 and "outside the data" in outside.output, outside.output
+    assert not (root / "late.parquet").exists()
+    missing = runner.invoke(app, ["evaluate", "--train-report", str(root / "reports/none.json")])
+    assert missing.exit_code == 1 and "none.json" in missing.output, missing.output
+    unknown = runner.invoke(app, ["features", "--engine", "flink"])
+    assert unknown.exit_code != 0 and "flink" in unknown.output, unknown.output
+    for result in (outside, missing, unknown):
+        assert "Traceback" not in result.output and not isinstance(result.exception, AssertionError | KeyError)
+
+
+def test_cli_scores_as_of_a_date_and_writes_the_catalog(pipeline_run) -> None:
+    from typer.testing import CliRunner
+
+    from churnlens.cli import app
+    from churnlens.features import feature_catalog_markdown, feature_definitions
+
+    root, runner = pipeline_run["root"], CliRunner()
+    snapshots = pd.read_parquet(root / "data/features/snapshots.parquet")
+    day = (snapshots["cutoff"].max() - pd.Timedelta(days=30)).date().isoformat()
+    result = runner.invoke(app, ["score", "--as-of", day, "--output", str(root / "dated.parquet"),
+                                 "--model", "models:/churnlens@champion"])
+    assert result.exit_code == 0, result.output
+    dated = pd.read_parquet(root / "dated.parquet")
+    assert (dated["as_of"] == pd.Timestamp(day, tz="UTC")).all() and len(dated) > 0
+    catalog = runner.invoke(app, ["catalog", "--output", str(root / "features.md"), "--scores", str(root / "s.md")])
+    assert catalog.exit_code == 0, catalog.output
+    windows = pipeline_run["params"].features.windows_days
+    assert (root / "features.md").read_text() == feature_catalog_markdown(feature_definitions(windows))

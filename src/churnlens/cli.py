@@ -168,6 +168,7 @@ def ingest(
 
 EngineOption = Annotated[str | None, typer.Option(
     help="duckdb (this machine) or spark; default: engine.name in params")]
+CanonicalDirOption = Annotated[str, typer.Option(help="folder (or URI, on Spark) of canonical Parquet")]
 SparkMasterOption = Annotated[str | None, typer.Option(
     help="Spark master URL (local[4], spark://host:7077, yarn, k8s://...); default: engine.spark_master")]
 
@@ -189,8 +190,7 @@ def _with_engine(params: Params, engine: str | None, spark_master: str | None) -
 @_user_errors
 def features(
     params: ParamsOption = DEFAULT_PARAMS,
-    canonical_dir: Annotated[str, typer.Option(help="folder (or URI, on Spark) of canonical Parquet")
-                             ] = "data/canonical",
+    canonical_dir: CanonicalDirOption = "data/canonical",
     output: Annotated[str, typer.Option(help="snapshots keyed by (customer_id, cutoff)")
                       ] = "data/features/snapshots.parquet",
     report: Annotated[Path, typer.Option()] = Path("reports/features.json"),
@@ -243,7 +243,10 @@ def evaluate(
     """Holdout metrics against baselines, plots, and champion/challenger promotion."""
     from churnlens.stages import run_evaluate
 
-    result = run_evaluate(_params(params), snapshots, model_dir, train_report, metrics, plots_dir, headline)
+    try:
+        result = run_evaluate(_params(params), snapshots, model_dir, train_report, metrics, plots_dir, headline)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
     m, promotion = result["model"], result["promotion"]
     best = max((name for name in result["beats_baselines"]), key=lambda name: result[name].get("roc_auc", 0.0))
     log.info("holdout %s: ROC AUC %.3f (best baseline %s %.3f), PR AUC %.3f, Brier %.4f, lift@10%% %.2f",
@@ -258,8 +261,7 @@ def evaluate(
 @_user_errors
 def score(
     params: ParamsOption = DEFAULT_PARAMS,
-    canonical_dir: Annotated[str, typer.Option(help="folder (or URI, on Spark) of canonical Parquet")
-                             ] = "data/canonical",
+    canonical_dir: CanonicalDirOption = "data/canonical",
     model: Annotated[str | None, typer.Option(help="models:/<name>@<alias>, models:/<name>/<version> or a "
                                                    "model folder; default: score.model_uri")] = None,
     as_of: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="scoring date (its midnight, UTC)")
@@ -290,6 +292,7 @@ def score(
 
     import pandas as pd
 
+    from churnlens.score import ScoreJob
     from churnlens.stages import run_score
     from churnlens.tracking import ModelNotFoundError
 
@@ -299,10 +302,10 @@ def score(
     previous = pd.read_parquet(output, columns=["customer_id", "segment"]) if local_output else None
     known = pd.read_parquet(truth, columns=["customer_id", "persona"]) if truth is not None else None
     try:
-        result = run_score(loaded_params, canonical_dir, model or loaded_params.score.model_uri, output, report,
+        result = run_score(ScoreJob(loaded_params, canonical_dir, model or loaded_params.score.model_uri, output, report,
                            pd.Timestamp(as_of) if as_of else None, csv, Path.cwd(), previous=previous,
                            manifest_path=manifest, truth=known, show_progress=sys.stderr.isatty(),
-                           headline_path=headline, outcomes=outcomes)
+                           headline_path=headline, outcomes=outcomes))
     except (ModelNotFoundError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     log.info("scored %d customers as of %s with %s v%s; campaign: %d customers, expected value saved %.0f",

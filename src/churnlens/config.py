@@ -199,6 +199,20 @@ class FeaturesConfig(_Section):
             raise ValueError(f"expected a strictly increasing list of positive day counts, got {list(value)}")
         return value
 
+    @property
+    def label_end(self) -> dt.timedelta:
+        """From a cutoff to the end of its label window (``lead_days + horizon_days``): the one
+        definition of how far a cutoff's label reaches."""
+        return dt.timedelta(days=self.lead_days + self.horizon_days)
+
+    def labels_complete_until(self, data_end: dt.datetime) -> dt.datetime:
+        """The last cutoff whose whole label window lies inside data ending at ``data_end``: a
+        label is trustworthy only then."""
+        return data_end - self.label_end
+
+    def label_complete(self, cutoff: dt.datetime, data_end: dt.datetime) -> bool:
+        return cutoff <= self.labels_complete_until(data_end)
+
 
 # --------------------------------------------------------------------------- train / evaluate
 class XGBoostParams(_Section):

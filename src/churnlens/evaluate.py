@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
@@ -16,7 +18,10 @@ from sklearn.metrics import (
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from churnlens.config import EvaluateConfig, Params, SegmentRules
 from churnlens.model import LABEL
+
+log = logging.getLogger(__name__)
 
 RFM_FEATURES = ["days_since_last_purchase", "purchases_365d", "spend_365d"]
 
@@ -168,3 +173,112 @@ def curve_table(name: str, model_curves: dict[str, pd.DataFrame],
               if name in curves_of]
     table = pd.concat(parts, ignore_index=True)
     return table[["scorer", *[c for c in table.columns if c != "scorer"]]]
+
+
+def baseline_scores(train_rows: pd.DataFrame, holdout: pd.DataFrame, seed: int, horizon_days: int
+                    ) -> dict[str, tuple[np.ndarray, bool]]:
+    """Each baseline's scores on the holdout, and whether they are probabilities."""
+    return {
+        "recency_rule": (recency_baseline(holdout), False),
+        "rfm_logistic": (rfm_logistic_baseline(train_rows, holdout, seed), True),
+        "bgnbd_no_purchase": (bgnbd_baseline(holdout, horizon_days), True),
+    }
+
+
+def baseline_comparison(results: dict[str, dict[str, float]], baselines: list[str], metric: str) -> dict:
+    """Whether the model beats each baseline on the promotion metric, and by how much."""
+    key = metric.removeprefix("neg_")
+    compared = [name for name in baselines if key in results[name]]
+    return {"beats_baselines": {name: promotion_score(results["model"], metric) > promotion_score(results[name], metric)
+                                for name in compared},
+            "improvement_over": {name: results["model"][key] - results[name][key] for name in compared}}
+
+
+def campaign_profits(y_true: np.ndarray, scores: dict[str, np.ndarray], value: np.ndarray, config: EvaluateConfig
+                     ) -> dict[str, tuple[pd.DataFrame, dict[str, float]]]:
+    """Per scorer: its (thinned) profit curve and its best campaign, under the configured economics."""
+    economics = {"contact_cost": config.contact_cost, "incentive_cost": config.incentive_cost,
+                 "acceptance_rate": config.acceptance_rate}
+    profits = {}
+    for name, score in scores.items():
+        full = profit_curve(y_true, score, value, **economics)
+        profits[name] = (thin(full), best_campaign(full))
+    return profits
+
+
+def segment_metrics(holdout: pd.DataFrame, y: np.ndarray, probability: np.ndarray, rules: SegmentRules,
+                    top_fraction: float) -> dict:
+    """Holdout metrics within each loyalty segment (AUCs only where both classes occur)."""
+    from churnlens.segments import assign_segments
+
+    assigned = assign_segments(holdout.reset_index(drop=True), rules)["segment"].to_numpy()
+    result = {}
+    for segment in sorted(set(assigned)):
+        inside = assigned == segment
+        result[segment] = {"n": int(inside.sum()), "churn_rate": float(y[inside].mean()),
+                           "mean_churn_probability": float(probability[inside].mean())}
+        if len(np.unique(y[inside])) == 2:
+            result[segment].update(classification_metrics(y[inside], probability[inside], top_fraction))
+    return result
+
+
+def backtest_summary(per_fold: list[dict[str, float]], skipped: int) -> dict[str, float]:
+    """Each fold's metrics (``fold<k>_<metric>``), their mean and spread, and the fold counts."""
+    metrics: dict[str, float] = {}
+    for number, result in enumerate(per_fold, start=1):
+        metrics.update({f"fold{number}_{name}": result[name] for name in BACKTEST_METRICS})
+    for name in BACKTEST_METRICS if per_fold else ():
+        values = [result[name] for result in per_fold]
+        metrics[f"backtest_{name}_mean"] = float(np.mean(values))
+        metrics[f"backtest_{name}_std"] = float(np.std(values))
+    metrics["backtest_folds"] = len(per_fold)
+    metrics["backtest_folds_skipped"] = skipped
+    return metrics
+
+
+def promotion_decision(metric: str, version: str, challenger_score: float, beats_baselines: dict[str, bool],
+                       champion_version: str | None, champion_score: float | None, min_improvement: float) -> dict:
+    """Champion/challenger on the same holdout; a model that loses to a baseline is never promoted.
+    ``champion_score`` is needed only when there is another champion to compare with."""
+    decision = {"metric": metric, "challenger_version": version, "challenger_score": challenger_score,
+                "previous_champion_version": champion_version}
+    if not all(beats_baselines.values()):
+        losers = [b for b, ok in beats_baselines.items() if not ok]
+        return {**decision, "promoted": False, "reason": f"does not beat baseline(s) {losers} on {metric}"}
+    if champion_version is None or champion_version == version:
+        return {**decision, "promoted": True, "reason": "no champion yet" if champion_version is None else "re-run"}
+    decision["champion_score"] = champion_score
+    if challenger_score > champion_score + min_improvement:
+        return {**decision, "promoted": True, "reason": f"beats champion v{champion_version} on {metric}"}
+    return {**decision, "promoted": False, "reason": f"champion v{champion_version} is as good or better on {metric}"}
+
+
+def needs_champion_score(beats_baselines: dict[str, bool], version: str, champion_version: str | None) -> bool:
+    """Whether :func:`promotion_decision` will compare the challenger with a champion."""
+    return all(beats_baselines.values()) and champion_version not in (None, version)
+
+
+BACKTEST_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift")
+
+
+def backtest(snapshots: pd.DataFrame, numeric: list[str], categorical: list[str], params: Params
+             ) -> tuple[dict[str, float], list[dict]]:
+    """Per-fold metrics of the expanding-window backtest, with their mean and spread, and the
+    folds that could not be run, each with its reason."""
+    from churnlens import model
+
+    per_fold = []
+    folds, skipped = model.backtest_splits(snapshots, params.features, params.train)
+    for number, split in enumerate(folds, start=1):
+        fitted = model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
+                                               numeric, categorical, params.train)
+        test = split.holdout_rows(snapshots)
+        probability = model.churn_probability(fitted.pipeline, test, numeric, categorical)
+        per_fold.append(classification_metrics(test[LABEL].to_numpy(dtype=int), probability,
+                                               params.evaluate.top_fraction))
+        log.info("backtest fold %d (test cutoff %s): ROC AUC %.3f", number, split.holdout.date(),
+                 per_fold[-1]["roc_auc"])
+    for fold in skipped:
+        log.warning("backtest fold at %s skipped: %s", fold.test_cutoff.date(), fold.reason)
+    return (backtest_summary(per_fold, len(skipped)),
+            [{"test_cutoff": f.test_cutoff.date().isoformat(), "reason": f.reason} for f in skipped])

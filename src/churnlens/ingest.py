@@ -22,6 +22,8 @@ import duckdb
 from churnlens.config import IngestConfig, TableSource
 from churnlens.io import atomic_path, remove_stale_temporaries, write_json
 from churnlens.schemas import INTERACTION_TYPES, TABLES, pandera_schema
+from churnlens.sqltext import literal
+from churnlens.sqltext import quote_name as quote
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +63,6 @@ class TableReport:
         }
 
 
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def resolve_files(table: str, source: TableSource, base: Path) -> list[str]:
     """A file, a directory (every CSV/Parquet below it) or a glob, relative to ``base``."""
     pattern = Path(source.path) if Path(source.path).is_absolute() else base / source.path
@@ -100,7 +94,7 @@ def _source_format(table: str, source: TableSource, files: list[str]) -> str:
     if len(formats) != 1 or None in formats:
         raise IngestError(
             f"ingest.{table}: cannot tell the format of {files[:3]} from their names; "
-            "set ingest.{table}.format to 'csv' or 'parquet'"
+            f"set ingest.{table}.format to 'csv' or 'parquet'"
         )
     return formats.pop()
 
@@ -398,7 +392,8 @@ def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource
     report.accepted = sum(count for reason, count in counts if not reason)
 
     if report.rows_read != report.accepted + report.quarantined_total + report.duplicates_removed:
-        raise AssertionError(f"ingest.{table}: reconciliation failed: {report.as_dict()}")
+        raise RuntimeError(f"ingest.{table}: rows read != accepted + quarantined + duplicates ({report.as_dict()}); "
+                           "this is a bug in churnlens, please report it with this message")
     share = report.quarantined_total / report.rows_read if report.rows_read else 0.0
     if share > config.max_quarantine_share:
         top = sorted(report.quarantined.items(), key=lambda kv: -kv[1])[:3]

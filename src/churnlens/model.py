@@ -89,7 +89,7 @@ def temporal_split(snapshots: pd.DataFrame, features: FeaturesConfig, train: Tra
                  [pd.Timestamp(c).date().isoformat() for c in incomplete])
     if not complete:
         raise ValueError("train: no cutoff has a complete label window; add data or shorten features.horizon_days")
-    span = pd.Timedelta(days=features.lead_days + features.horizon_days)
+    span = pd.Timedelta(features.label_end)
     holdout = complete[-1]
     labelled_before = lambda instant: [c for c in complete if c + span <= instant]  # noqa: E731
     candidates = labelled_before(holdout)
@@ -130,7 +130,7 @@ def backtest_splits(snapshots: pd.DataFrame, features: FeaturesConfig, train: Tr
     Folds that lack enough history are returned as skipped, with the reason.
     """
     final = temporal_split(snapshots, features, train)
-    span = pd.Timedelta(days=features.lead_days + features.horizon_days)
+    span = pd.Timedelta(features.label_end)
     complete = labelled_cutoffs(snapshots)
     candidates = [c for c in complete if c + span <= final.holdout][-train.backtest_folds:] if train.backtest_folds else []
     if train.backtest_folds and len(candidates) < train.backtest_folds:
@@ -372,3 +372,10 @@ def tune(train_rows: pd.DataFrame, validation_rows: pd.DataFrame, numeric: list[
     best = min(range(len(trials)), key=lambda i: trials[i]["validation_logloss"])
     chosen = {k: v for k, v in trials[best].items() if k not in ("validation_logloss", "trees")}
     return TuningResult(config.model_copy(update={"xgboost": config.xgboost.model_copy(update=chosen)}), trials)
+
+
+def mean_abs_contributions(model: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame, numeric: list[str],
+                           categorical: list[str]) -> pd.DataFrame:
+    """Mean absolute contribution per feature over ``frame``, largest first (the importance table)."""
+    return (contributions(model, frame, numeric, categorical).abs().mean().sort_values(ascending=False)
+            .rename("mean_abs_shap").rename_axis("feature").reset_index())

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 
 from churnlens.io import atomic_path
 
 
-def _save(figure: plt.Figure, target: Path) -> Path:
+# Figures are drawn without pyplot: no global backend to set at import, no figure registry to close.
+def _subplots(*grid: int, figsize: tuple[float, float]):
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(*grid)
+
+
+def _save(figure: Figure, target: Path) -> Path:
     figure.tight_layout()
     with atomic_path(target, suffix=".png") as temporary:
         figure.savefig(temporary, dpi=110, format="png")
-    plt.close(figure)
     return target
 
 
@@ -35,7 +37,7 @@ def evaluation_plots(curves: dict[str, pd.DataFrame], baselines: dict[str, dict[
                    "Expected profit (currency of the amounts)"),
     }
     for name, (x, y, title, xlabel, ylabel) in specs.items():
-        figure, axis = plt.subplots(figsize=(5.5, 4.5))
+        figure, axis = _subplots(figsize=(5.5, 4.5))
         axis.plot(curves[name][x], curves[name][y], label="churnlens model", linewidth=2)
         for baseline, baseline_curves in baselines.items():
             axis.plot(baseline_curves[name][x], baseline_curves[name][y], label=baseline, linestyle="--")
@@ -48,7 +50,7 @@ def evaluation_plots(curves: dict[str, pd.DataFrame], baselines: dict[str, dict[
         written.append(_save(figure, out_dir / f"{name}.png"))
 
     calibration = curves["calibration"]
-    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    figure, axis = _subplots(figsize=(5.5, 4.5))
     axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, label="perfect calibration")
     axis.plot(calibration["predicted"], calibration["observed"], marker="o", label="churnlens model")
     axis.set(title=f"Reliability (holdout {holdout_label})", xlabel="Mean predicted churn probability",
@@ -61,7 +63,7 @@ def evaluation_plots(curves: dict[str, pd.DataFrame], baselines: dict[str, dict[
 def segment_plot(report: dict, target: Path) -> Path:
     segments = report["segments"]
     names = sorted(segments)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, right) = _subplots(1, 2, figsize=(10, 4))
     left.bar(names, [100 * segments[n]["share"] for n in names], color="#4C72B0")
     left.set(title="Segment mix", ylabel="Share of active customers (%)")
     right.bar(names, [segments[n]["value_at_risk"] for n in names], color="#C44E52")
@@ -74,7 +76,7 @@ def segment_plot(report: dict, target: Path) -> Path:
 def importance_plot(importance: pd.DataFrame, target: Path, top: int = 20) -> Path:
     """Global importance: mean absolute SHAP value per feature (holdout sample)."""
     shown = importance.head(top).iloc[::-1]
-    figure, axis = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.5))
+    figure, axis = _subplots(figsize=(7, 0.3 * len(shown) + 1.5))
     axis.barh(shown["feature"], shown["mean_abs_shap"], color="#4C72B0")
     axis.set(title="What drives churn risk (holdout)", xlabel="Mean |SHAP value| (log-odds of churn)")
     return _save(figure, target)

@@ -7,10 +7,12 @@ check each stage boundary, and the schema table in the README.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
-import pandera.pandas as pa
+
+if TYPE_CHECKING:
+    import pandera.pandas as pa
 
 Kind = Literal["id", "timestamp", "float", "int", "bool", "text"]
 
@@ -61,6 +63,7 @@ TABLES: dict[str, tuple[CanonicalColumn, ...]] = {
     "interactions": INTERACTIONS,
     "customers": CUSTOMERS,
 }
+CANONICAL_TABLES = tuple(TABLES)
 # Columns ingest adds to the canonical transactions table.
 DERIVED_TRANSACTION_COLUMNS = ("is_return",)
 
@@ -76,6 +79,10 @@ _PANDERA_DTYPES = {
 
 def pandera_schema(table: str, present: list[str] | None = None) -> pa.DataFrameSchema:
     """The contract of a canonical table; optional columns are checked when present."""
+    # Imported here: pandera pulls in pyspark.pandas when pyspark is installed (seconds of start-up),
+    # and only ingest checks tables with it; the declarations above are read by every stage.
+    import pandera.pandas as pa
+
     columns: dict[str, pa.Column] = {}
     for column in TABLES[table]:
         checks = []

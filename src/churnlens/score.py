@@ -4,16 +4,48 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from churnlens.config import PERSONAS, ScoreConfig
+from churnlens.config import PERSONAS, Params, ScoreConfig
 
 # No customer is certain to stay or to leave: a calibrator fitted on a finite validation set
 # returns exactly 0 or 1 where a bin was pure, which a CRM reads as certainty (and a log loss
 # cannot score). The scores file never carries those two values.
 PROBABILITY_BOUNDS = (0.001, 0.999)
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """One batch scoring run: the data, the model, where the outputs go, and the optional inputs
+    of its report. ``as_of`` None = ``features.as_of`` or the day after the last event; a None
+    side path = beside a local output (else the working folder); ``outcomes`` (canonical
+    transactions of a later extract) adds the segments' construct validity."""
+
+    params: Params
+    canonical_dir: Path | str
+    model_uri: str
+    output: Path | str
+    report_path: Path | None = None
+    as_of: pd.Timestamp | None = None
+    csv_output: Path | str | None = None
+    project_root: Path | None = None
+    previous: pd.DataFrame | None = None
+    manifest_path: Path | None = None
+    truth: pd.DataFrame | None = None
+    show_progress: bool = False
+    headline_path: Path | None = None
+    outcomes: Path | str | None = None
+
+    def beside(self, suffix: str) -> Path:
+        """Where a side file goes unless told: next to a local output (so a run outside DVC never
+        writes into the pipeline's tracked reports), else the working folder."""
+        output = str(self.output)
+        if "://" in output:
+            return Path(f"scores.{suffix}")
+        return Path(output).with_name(f"{Path(output).stem}.{suffix}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +113,14 @@ def scores_dictionary_markdown() -> str:
         decimals = "" if column.decimals is None else str(column.decimals)
         lines.append(f"| `{column.name}` | {column.type} | {decimals} | {column.meaning} |")
     return "\n".join([*lines, ""])
+
+
+def require_model_inputs(model: object, columns: object) -> None:
+    """A model (a loaded model: name, version, contract) can score only rows holding its inputs."""
+    missing = model.contract.missing_from(columns)
+    if missing:
+        raise ValueError(f"score: model {model.name} v{model.version} needs features {missing} that the data "
+                         "does not provide; retrain on this data or supply the missing tables")
 
 
 def scores_for_csv(scores: pd.DataFrame) -> pd.DataFrame:

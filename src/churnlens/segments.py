@@ -25,12 +25,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from churnlens.config import SegmentRules
+from churnlens.config import PERSONAS, SegmentRules
 
 INDEX_OF_SEGMENT = {
-    "brand_advocate": "advocacy_index",
-    "brand_user": "switching_cost_index",
-    "brand_comparer": "price_sensitivity_index",
+    PERSONAS[0]: "advocacy_index",  # brand_advocate
+    PERSONAS[1]: "switching_cost_index",  # brand_user
+    PERSONAS[2]: "price_sensitivity_index",  # brand_comparer
 }
 
 
@@ -138,7 +138,6 @@ def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame
     return out.reset_index(drop=True)
 
 
-PERSONAS = tuple(INDEX_OF_SEGMENT)
 
 
 def agreement_with_truth(assigned: pd.DataFrame, truth: pd.DataFrame) -> dict:

@@ -88,7 +88,6 @@ PERSONA_PROFILES: dict[str, Persona] = {
     ),
 }
 
-INTERACTION_TYPES = ("visit", "support_contact", "complaint", "praise", "referral", "survey", "campaign_response")
 SURVEY_RATE = 1 / 90
 HISTORY_BEFORE_START_DAYS = 3 * 365
 PROMOTION_WEEK_SHARE = 0.12  # share of (product, week) pairs in a price drop

@@ -1,6 +1,6 @@
 """Features for one as-of date in one DuckDB query: the scoring job's and the latest snapshot's path.
 
-The many-cutoff sweep (:func:`churnlens.features.compute_snapshots`) prepares every event into a
+The many-cutoff sweep (:func:`churnlens.engines.duckdb.compute_snapshots`) prepares every event into a
 sorted, customer-coded copy and places it on a time grid, which pays off across many cutoffs. With
 one cutoff, a window feature is just a filtered aggregate: ``sum(measure) FILTER (WHERE cutoff -
 offset - window < ts <= cutoff - offset)`` per customer. This module generates that query from the
@@ -26,19 +26,10 @@ import numpy as np
 import pandas as pd
 
 from churnlens.config import FeaturesConfig
-from churnlens.features import (
-    Feature,
-    FeaturePlan,
-    _last_columns,
-    _register_sources,
-    assembly_sql,
-    event_steps,
-    feature_definitions,
-    has_cancellations,
-    plan_features,
-    quote_name,
-    with_fitted_features,
-)
+from churnlens.engines.duckdb import register_sources
+from churnlens.features import Feature, FeaturePlan, feature_definitions, plan_features, with_fitted_features
+from churnlens.sql import assembly_sql, event_steps, has_cancellations, last_columns
+from churnlens.sqltext import quote_name
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +73,7 @@ def _distinct_step(feature: Feature, alias: str) -> tuple[str, str]:
 
 
 def _last_ts_columns(features: list[Feature]) -> list[str]:
-    return [f"max(ts) FILTER (WHERE ({f.where}) AND {_inside(0, f.window_days)}) AS {quote_name(_last_columns(f)[0])}"
+    return [f"max(ts) FILTER (WHERE ({f.where}) AND {_inside(0, f.window_days)}) AS {quote_name(last_columns(f)[0])}"
             for f in features]
 
 
@@ -93,7 +84,7 @@ def _uses_value(feature: Feature) -> bool:
 def _last_value_step(feature: Feature, alias: str) -> tuple[str, str]:
     """The value of the latest matching event; ties at one instant take the largest value, as
     in the sweep. Only the events at the latest instant are read."""
-    ts_column, value_column = (quote_name(c) for c in _last_columns(feature))
+    ts_column, value_column = (quote_name(c) for c in last_columns(feature))
     return alias, f"""
         SELECT e.customer_id, max(CAST(e.value AS DOUBLE)) AS {value_column}
         FROM {feature.source} e JOIN agg_{feature.source} a ON a.customer_id = e.customer_id AND e.ts = a.{ts_column}
@@ -141,7 +132,7 @@ def snapshot_sql(plan: FeaturePlan, config: FeaturesConfig, available: dict[str,
             joins.append((f"agg_{source}", [f.name for f in by_kind("window", source)], True))
             lasts = [f for f in by_kind("last") if f.source == source]
             if lasts:
-                joins.append((f"agg_{source}", [_last_columns(f)[0] for f in lasts], False))
+                joins.append((f"agg_{source}", [last_columns(f)[0] for f in lasts], False))
     for index, feature in enumerate(by_kind("distinct")):
         steps.append(_distinct_step(feature, f"d{index}"))
         joins.append((f"d{index}", [feature.name], True))
@@ -150,7 +141,7 @@ def snapshot_sql(plan: FeaturePlan, config: FeaturesConfig, available: dict[str,
             raise ValueError(f"internal: 'last' feature {feature.name} reads {feature.source}; only interactions")
         if _uses_value(feature):  # the others read only the time of the latest event
             steps.append(_last_value_step(feature, f"v{index}"))
-            joins.append((f"v{index}", [_last_columns(feature)[1]], False))
+            joins.append((f"v{index}", [last_columns(feature)[1]], False))
     columns = ["p.customer_id", "p.cutoff", "CAST(p.n_orders AS DOUBLE) AS n_orders", "p.first_ts", "p.last_ts",
                f"(epoch_us(p.last_ts) - epoch_us(p.first_ts)) / {float(_US_PER_DAY)} AS gap_sum", "p.gap_sq_sum"]
     order_sums = [f.name for f in by_kind("window", "orders")]
@@ -178,7 +169,7 @@ def compute_snapshot(tables: dict[str, pd.DataFrame | str | None], cutoff: pd.Ti
         for setting in ("TimeZone = 'UTC'", f"memory_limit = '{config.memory_limit}'", f"temp_directory = '{spill}'",
                         "preserve_insertion_order = false"):
             con.execute(f"SET {setting}")
-        available = _register_sources(con, tables)
+        available = register_sources(con, tables)
         definitions = features if features is not None else feature_definitions(config.windows_days)
         plan = plan_features(definitions, available)
         con.execute(f"CREATE TEMP TABLE as_of AS SELECT TIMESTAMP '{instant.isoformat(sep=' ')}' AS cutoff")
@@ -188,7 +179,7 @@ def compute_snapshot(tables: dict[str, pd.DataFrame | str | None], cutoff: pd.Ti
             log.info("features: exact sums overflow on this log (%s); using the many-cutoff sweep", exc)
             frame = None
     if frame is None:
-        from churnlens.features import compute_snapshots
+        from churnlens.engines.duckdb import compute_snapshots
 
         return compute_snapshots(tables, [instant], config, with_labels=False, features=features)
     frame["cutoff"] = frame["cutoff"].astype("datetime64[us]")

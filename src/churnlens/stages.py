@@ -15,19 +15,21 @@ import numpy as np
 import pandas as pd
 
 from churnlens import features as ft
-from churnlens import drift, io, score, segments, single_date, tracking
+from churnlens import drift, io, score, segments, tracking
 from churnlens.config import FeaturesConfig, Params
+from churnlens.contract import ModelContract
+from churnlens.engines import Laps, Scored, engine_for
+from churnlens.ingest import run_ingest
+from churnlens.schemas import CANONICAL_TABLES
+from churnlens.score import ScoreJob
+from churnlens.simulate import simulate
 
 log = logging.getLogger(__name__)
 # Every stage runs in its own process: scikit-learn, XGBoost and matplotlib are imported only by
-# the stages that use them (together they cost ~8 s of start-up on a 2-core machine); so are
-# ingest (pandera, which pulls in pyspark.pandas when pyspark is installed) and the simulator.
-CANONICAL_TABLES = ("transactions", "interactions", "customers")
+# the stages that use them (together they cost ~8 s of start-up on a 2-core machine).
 
 
 def run_simulate(params: Params, raw_dir: Path, truth_path: Path) -> dict[str, int]:
-    from churnlens.simulate import simulate
-
     data = simulate(params.simulate)
     counts = {}
     for name in CANONICAL_TABLES:
@@ -43,58 +45,17 @@ def run_simulate(params: Params, raw_dir: Path, truth_path: Path) -> dict[str, i
 
 
 def run_ingest_stage(params: Params, base: Path, canonical_dir: Path, quarantine_dir: Path, report: Path) -> dict:
-    from churnlens.ingest import run_ingest
-
     return run_ingest(params.ingest, base, canonical_dir, quarantine_dir, report)
-
-
-def canonical_tables(canonical_dir: Path) -> dict[str, str | None]:
-    tables = {name: canonical_dir / f"{name}.parquet" for name in CANONICAL_TABLES}
-    if not tables["transactions"].is_file():
-        raise FileNotFoundError(f"{tables['transactions']}: no canonical transactions; run `churnlens ingest` first")
-    return {name: str(path) if path.is_file() else None for name, path in tables.items()}
 
 
 def run_features(params: Params, canonical_dir: Path | str, snapshots_path: Path | str, report_path: Path) -> dict:
     """Snapshots at every cutoff of the grid, on the configured engine, and their report."""
-    import duckdb
-
-    config = params.features
-    if params.engine.name == "spark":
-        return _run_features_spark(params, str(canonical_dir), str(snapshots_path), report_path)
-    tables = canonical_tables(Path(canonical_dir))
-    data_start, data_end = ft.data_span(tables)
-    cutoffs, complete = _cutoffs(config, data_start, data_end)
-    plan = ft.write_snapshots(tables, cutoffs, config, Path(snapshots_path), label_complete_until=data_end)
-    with duckdb.connect() as con:
-        per_cutoff = con.execute(
-            f"SELECT cutoff, count(*), avg(CAST(churned AS DOUBLE)) FROM read_parquet('{snapshots_path}') "
-            "GROUP BY cutoff ORDER BY cutoff").fetchall()
+    with engine_for(params.engine) as engine:
+        tables = engine.tables(str(canonical_dir))
+        data_start, data_end = engine.data_span(tables)
+        cutoffs, complete = _cutoffs(params.features, data_start, data_end)
+        plan, per_cutoff = engine.write_snapshots(tables, cutoffs, params.features, str(snapshots_path), data_end)
     return _features_report(data_start, data_end, cutoffs, complete, plan, per_cutoff, report_path)
-
-
-def _require_pyspark() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("pyspark") is None:
-        raise ValueError("engine spark needs pyspark; install it with pip install 'churnlens[spark]' "
-                         "or use --engine duckdb")
-
-
-def _run_features_spark(params: Params, canonical_dir: str, snapshots_path: str, report_path: Path) -> dict:
-    _require_pyspark()
-    from pyspark.sql import functions as F
-
-    from churnlens import spark
-    session = spark.session(params.engine.spark_master, params.engine.spark_driver_memory)
-    tables = spark.canonical_tables(session, canonical_dir)
-    data_start, data_end = spark.data_span(tables)
-    cutoffs, complete = _cutoffs(params.features, data_start, data_end)
-    plan = spark.write_snapshots(session, tables, cutoffs, params.features, snapshots_path, data_end)
-    per_cutoff = (session.read.parquet(snapshots_path).groupBy("cutoff")
-                  .agg(F.count("*"), F.avg(F.col("churned").cast("double"))).orderBy("cutoff").collect())
-    return _features_report(data_start, data_end, cutoffs, complete, plan, [tuple(r) for r in per_cutoff],
-                            report_path)
 
 
 def _cutoffs(config: FeaturesConfig, data_start: pd.Timestamp, data_end: pd.Timestamp) -> tuple[list[pd.Timestamp], dict]:
@@ -135,6 +96,7 @@ class FeatureLists:
 
 def run_train(params: Params, snapshots_path: Path, features_report: Path, model_dir: Path, report_path: Path,
               project_root: Path) -> dict:
+    from churnlens import evaluate as ev
     from churnlens import model
 
     started = time.perf_counter()
@@ -158,7 +120,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     deployed_rows = model.rows_at(snapshots, deployed.train_cutoffs)
     seconds = time.perf_counter() - started
     log.info("train: final model fitted in %.0f s (%d trees); backtest folds next", seconds, fitted.best_iteration)
-    folds, skipped_folds = backtest(snapshots, lists, params)
+    folds, skipped_folds = ev.backtest(snapshots, lists.numeric, lists.categorical, params)
     log.info("train: logging the run and the model to MLflow")
 
     lineage = {"deployed_train_cutoffs": [c.date().isoformat() for c in deployed.train_cutoffs],
@@ -177,16 +139,15 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
         temporary.write_text(ft.feature_catalog_markdown(used), encoding="utf-8")
     example = model.model_input(deployed_rows.head(50), lists.numeric, lists.categorical)
     latest = deployed_rows[deployed_rows["cutoff"] == deployed_rows["cutoff"].max()]
-    metadata = {"numeric_features": lists.numeric, "categorical_features": lists.categorical,
-                "holdout_cutoff": split.as_dict()["holdout"], **lineage,
-                # The reference population for drift checks: the latest training snapshot, which is
-                # closest in time to what will be scored (pooled cutoffs mix younger histories in).
-                "drift_profile": drift.drift_profile(latest, lists.numeric, lists.categorical)}
+    contract = ModelContract(lists.numeric, lists.categorical, split.as_dict()["holdout"], **lineage,
+                             # The reference population for drift checks: the latest training snapshot,
+                             # closest in time to what will be scored (pooled cutoffs mix younger histories in).
+                             drift_profile=drift.drift_profile(latest, lists.numeric, lists.categorical))
     registered = tracking.log_training_run(
         experiment=params.train.experiment_name, model_name=params.train.registered_model_name,
         params={"features": params.features.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
                 "split": split.as_dict(), **lineage},
-        metrics=metrics, tags=tags, pipeline=deployed.pipeline, example=example, metadata=metadata,
+        metrics=metrics, tags=tags, pipeline=deployed.pipeline, example=example, metadata=contract.to_metadata(),
         artifacts={"features": features_report, "features/catalog": catalog}, model_dir=model_dir,
         data=tracking.TrainingData(model.model_input(deployed_rows, lists.numeric, lists.categorical)
                                    .assign(**{model.LABEL: deployed_rows[model.LABEL].to_numpy()}),
@@ -218,47 +179,16 @@ def _require_both_classes(labels: pd.Series, where: str) -> None:
             "needs both outcomes. Use a longer history, a shorter features.horizon_days, or earlier cutoffs")
 
 
-def backtest(snapshots: pd.DataFrame, lists: FeatureLists, params: Params) -> tuple[dict[str, float], list[dict]]:
-    """Per-fold metrics of the expanding-window backtest, with their mean and spread, and the
-    folds that could not be run, each with its reason."""
-    from churnlens import evaluate as ev
+def _score_holdout(pipeline: object, contract: ModelContract, holdout: pd.DataFrame) -> np.ndarray:
     from churnlens import model
 
-    per_fold: dict[str, list[float]] = {}
-    metrics: dict[str, float] = {}
-    folds, skipped = model.backtest_splits(snapshots, params.features, params.train)
-    for number, split in enumerate(folds, start=1):
-        fitted = model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
-                                               lists.numeric, lists.categorical, params.train)
-        test = split.holdout_rows(snapshots)
-        probability = model.churn_probability(fitted.pipeline, test, lists.numeric, lists.categorical)
-        result = ev.classification_metrics(test[model.LABEL].to_numpy(dtype=int), probability,
-                                           params.evaluate.top_fraction)
-        for name in ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift"):
-            metrics[f"fold{number}_{name}"] = result[name]
-            per_fold.setdefault(name, []).append(result[name])
-        log.info("backtest fold %d (test cutoff %s): ROC AUC %.3f", number, split.holdout.date(), result["roc_auc"])
-    for fold in skipped:
-        log.warning("backtest fold at %s skipped: %s", fold.test_cutoff.date(), fold.reason)
-    for name, values in per_fold.items():
-        metrics[f"backtest_{name}_mean"] = float(np.mean(values))
-        metrics[f"backtest_{name}_std"] = float(np.std(values))
-    metrics["backtest_folds"] = len(per_fold.get("roc_auc", []))
-    metrics["backtest_folds_skipped"] = len(skipped)
-    return metrics, [{"test_cutoff": f.test_cutoff.date().isoformat(), "reason": f.reason} for f in skipped]
-
-
-def _score_holdout(pipeline: object, metadata: dict, holdout: pd.DataFrame) -> np.ndarray:
-    from churnlens import model
-
-    numeric, categorical = metadata["numeric_features"], metadata["categorical_features"]
-    missing = [c for c in numeric + categorical if c not in holdout]
+    missing = contract.missing_from(holdout.columns)
     if missing:
-        raise KeyError(f"features {missing} are not in the snapshots")
-    return model.churn_probability(pipeline, holdout, numeric, categorical)
+        raise ValueError(f"features {missing} are not in the snapshots")
+    return model.churn_probability(pipeline, holdout, contract.numeric_features, contract.categorical_features)
 
 
-def evaluated_procedure(snapshots: pd.DataFrame, trained: dict, metadata: dict, params: Params):
+def evaluated_procedure(snapshots: pd.DataFrame, trained: dict, contract: ModelContract, params: Params):
     """The training procedure as it was judged: fitted on the train report's split with the chosen
     settings, strictly before the holdout (same data, params and seed give the same model)."""
     from churnlens import model
@@ -267,7 +197,7 @@ def evaluated_procedure(snapshots: pd.DataFrame, trained: dict, metadata: dict, 
     config = params.train.model_copy(
         update={"xgboost": params.train.xgboost.model_copy(update=trained["chosen_xgboost"])})
     return model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
-                                         metadata["numeric_features"], metadata["categorical_features"], config)
+                                         contract.numeric_features, contract.categorical_features, config)
 
 
 def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_report: Path, metrics_path: Path,
@@ -278,66 +208,52 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     config = params.evaluate
     trained = io.read_json(train_report)
     snapshots = pd.read_parquet(snapshots_path)
+    challenger = tracking.load_model(str(model_dir))
     split = model.TemporalSplit.from_dict(trained["split"])
-    holdout_cutoff = split.holdout
     holdout = split.holdout_rows(snapshots)
     train_rows = model.rows_at(snapshots, sorted(set(split.train + split.validation)))
     y = holdout[model.LABEL].to_numpy(dtype=int)
 
-    challenger = tracking.load_model(str(model_dir))
     # The deployed model was refit on the holdout's labels: its score there would be in-sample. The
     # honest figure is the procedure's, trained strictly before the holdout (deterministic refit).
-    evaluated = evaluated_procedure(snapshots, trained, challenger.metadata, params)
-    probability = _score_holdout(evaluated.pipeline, challenger.metadata, holdout)
+    evaluated = evaluated_procedure(snapshots, trained, challenger.contract, params)
+    probability = _score_holdout(evaluated.pipeline, challenger.contract, holdout)
+    baselines = ev.baseline_scores(train_rows, holdout, params.train.seed, params.features.horizon_days)
     results = {"model": ev.classification_metrics(y, probability, config.top_fraction)}
-    baseline_scores = {
-        "recency_rule": (ev.recency_baseline(holdout), False),
-        "rfm_logistic": (ev.rfm_logistic_baseline(train_rows, holdout, params.train.seed), True),
-        "bgnbd_no_purchase": (ev.bgnbd_baseline(holdout, params.features.horizon_days), True),
-    }
-    for name, (values, is_probability) in baseline_scores.items():
+    for name, (values, is_probability) in baselines.items():
         results[name] = ev.classification_metrics(y, values, config.top_fraction, is_probability)
-
-    metric = config.promotion_metric
-    key = metric.removeprefix("neg_")
-    beats = {name: ev.promotion_score(results["model"], metric) > ev.promotion_score(results[name], metric)
-             for name in baseline_scores if key in results[name]}
-    comparison = {"beats_baselines": beats,
-                  "improvement_over": {name: results["model"][key] - results[name][key]
-                                       for name in baseline_scores if key in results[name]}}
-    promotion = decide_promotion(params, trained, holdout, results["model"], beats)
+    comparison = ev.baseline_comparison(results, list(baselines), config.promotion_metric)
+    promotion = _promotion(params, trained, holdout, results["model"], comparison["beats_baselines"])
     if trained["split"].get("overlapping_labels"):
         promotion["warning"] = ("short history: the training labels overlap the holdout's label window, so the "
                                 "holdout figures are optimistic")
 
-    curves = ev.curves(y, probability, config.calibration_bins)
-    baseline_curves = {name: ev.curves(y, (values - values.min()) / (np.ptp(values) or 1.0), config.calibration_bins)
-                       for name, (values, _) in baseline_scores.items()}
+    curves = {"model": ev.curves(y, probability, config.calibration_bins)}
+    curves.update({name: ev.curves(y, (values - values.min()) / (np.ptp(values) or 1.0), config.calibration_bins)
+                   for name, (values, _) in baselines.items()})
     value = holdout["spend_365d"].clip(lower=0).fillna(0).to_numpy(dtype=float)
-    economics = {"contact_cost": config.contact_cost, "incentive_cost": config.incentive_cost,
-                 "acceptance_rate": config.acceptance_rate}
-    for name, scores, target in [("model", probability, curves),
-                                 *[(b, v, baseline_curves[b]) for b, (v, _) in baseline_scores.items()]]:
-        full = ev.profit_curve(y, scores, value, **economics)
-        target["profit"] = ev.thin(full)
-        results[name].update(ev.best_campaign(full))
+    scores = {"model": probability, **{name: values for name, (values, _) in baselines.items()}}
+    for name, (profit, best) in ev.campaign_profits(y, scores, value, config).items():
+        curves[name]["profit"] = profit
+        results[name].update(best)
+    model_curves, baseline_curves = curves.pop("model"), curves
+    per_segment = ev.segment_metrics(holdout, y, probability, params.score.segments, config.top_fraction)
+    holdout_cutoff = split.holdout.date().isoformat()
+    payload = {"holdout_cutoff": holdout_cutoff, **results, **comparison, "promotion": promotion,
+               "per_segment": per_segment}
+
     sample = holdout.sample(min(len(holdout), 5000), random_state=params.train.seed)
-    importance = (model.contributions(challenger.pipeline, sample, challenger.metadata["numeric_features"],
-                                      challenger.metadata["categorical_features"])
-                  .abs().mean().sort_values(ascending=False).rename("mean_abs_shap").rename_axis("feature")
-                  .reset_index())
+    importance = model.mean_abs_contributions(challenger.pipeline, sample, challenger.contract.numeric_features,
+                                              challenger.contract.categorical_features)
     io.write_csv(importance, plots_dir / "importance.csv")
     plots.importance_plot(importance, plots_dir / "importance.png")
     # A rescaled rank is no probability: reliability data only for the baselines that are.
-    probability_baselines = {b: c for b, c in baseline_curves.items() if baseline_scores[b][1]}
-    for name in curves:
-        io.write_csv(ev.curve_table(name, curves, probability_baselines if name == "calibration" else baseline_curves),
+    probability_baselines = {b: c for b, c in baseline_curves.items() if baselines[b][1]}
+    for name in model_curves:
+        io.write_csv(ev.curve_table(name, model_curves,
+                                    probability_baselines if name == "calibration" else baseline_curves),
                      plots_dir / f"{name}.csv")
-    plots.evaluation_plots(curves, baseline_curves, holdout_cutoff.date().isoformat(), plots_dir)
-
-    per_segment = segment_metrics(holdout, y, probability, params)
-    payload = {"holdout_cutoff": holdout_cutoff.date().isoformat(), **results, **comparison, "promotion": promotion,
-               "per_segment": per_segment}
+    plots.evaluation_plots(model_curves, baseline_curves, holdout_cutoff, plots_dir)
     io.write_json(payload, metrics_path)
     if headline_path is not None:
         io.write_json(ev.headline_metrics(results), headline_path)
@@ -346,57 +262,34 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
             for name, values in results.items() for k, v in values.items()}
     flat.update({f"segment/{segment}/{k}": v for segment, values in per_segment.items() for k, v in values.items()})
     tracking.log_evaluation(trained["run_id"], flat, plots_dir)
-    tracking.record_promotion(trained["model_name"], trained["model_version"], promotion, results,
-                              holdout_cutoff.date().isoformat())
+    tracking.record_promotion(trained["model_name"], trained["model_version"], promotion, results, holdout_cutoff)
     return payload
 
 
-def segment_metrics(holdout: pd.DataFrame, y: np.ndarray, probability: np.ndarray, params: Params) -> dict:
-    """Holdout metrics within each loyalty segment (AUCs only where both classes occur)."""
-    from churnlens import evaluate as ev
-
-    assigned = segments.assign_segments(holdout.reset_index(drop=True), params.score.segments)["segment"].to_numpy()
-    result = {}
-    for segment in sorted(set(assigned)):
-        inside = assigned == segment
-        result[segment] = {"n": int(inside.sum()), "churn_rate": float(y[inside].mean()),
-                           "mean_churn_probability": float(probability[inside].mean())}
-        if len(np.unique(y[inside])) == 2:
-            result[segment].update(ev.classification_metrics(y[inside], probability[inside],
-                                                             params.evaluate.top_fraction))
-    return result
-
-
-def decide_promotion(params: Params, trained: dict, holdout: pd.DataFrame, challenger_metrics: dict,
-                     beats_baselines: dict[str, bool]) -> dict:
-    """Champion/challenger on the same holdout; a model that loses to a baseline is never promoted."""
+def _promotion(params: Params, trained: dict, holdout: pd.DataFrame, challenger_metrics: dict,
+               beats_baselines: dict[str, bool]) -> dict:
+    """The promotion decision (:func:`churnlens.evaluate.promotion_decision`), and the champion
+    alias moved to the challenger when it wins."""
     from churnlens import evaluate as ev
 
     name, version = trained["model_name"], trained["model_version"]
-    metric, config = params.evaluate.promotion_metric, params.evaluate
+    metric = params.evaluate.promotion_metric
     challenger_score = ev.promotion_score(challenger_metrics, metric)
-    decision = {"metric": metric, "challenger_version": version, "challenger_score": challenger_score}
     champion_version = tracking.alias_version(name, tracking.CHAMPION)
-    decision["previous_champion_version"] = champion_version
-    if not all(beats_baselines.values()):
-        losers = [b for b, ok in beats_baselines.items() if not ok]
-        return {**decision, "promoted": False, "reason": f"does not beat baseline(s) {losers} on {metric}"}
-    if champion_version is None or champion_version == version:
+    champion_score = None
+    if ev.needs_champion_score(beats_baselines, version, champion_version):
+        try:
+            champion = tracking.load_model(f"models:/{name}@{tracking.CHAMPION}")
+            champion_score = _honest_champion_score(champion, holdout, params)
+        except (KeyError, ValueError) as exc:
+            log.warning("champion version %s cannot score this holdout (%s); the challenger replaces it",
+                        champion_version, exc)
+            champion_score = float("-inf")
+    decision = ev.promotion_decision(metric, version, challenger_score, beats_baselines, champion_version,
+                                     champion_score, params.evaluate.min_improvement)
+    if decision["promoted"]:
         tracking.set_alias(name, tracking.CHAMPION, version)
-        return {**decision, "promoted": True, "reason": "no champion yet" if champion_version is None else "re-run"}
-    try:
-        champion = tracking.load_model(f"models:/{name}@{tracking.CHAMPION}")
-        champion_score = _honest_champion_score(champion, holdout, params)
-    except (KeyError, ValueError) as exc:
-        log.warning("champion version %s cannot score this holdout (%s); the challenger replaces it",
-                    champion_version, exc)
-        champion_score = float("-inf")
-    decision["champion_score"] = champion_score
-    if challenger_score > champion_score + config.min_improvement:
-        tracking.set_alias(name, tracking.CHAMPION, version)
-        return {**decision, "promoted": True, "reason": f"beats champion v{champion_version} on {metric}"}
-    return {**decision, "promoted": False,
-            "reason": f"champion v{champion_version} is as good or better on {metric}"}
+    return decision
 
 
 def _honest_champion_score(champion: tracking.LoadedModel, holdout: pd.DataFrame, params: Params) -> float:
@@ -407,73 +300,36 @@ def _honest_champion_score(champion: tracking.LoadedModel, holdout: pd.DataFrame
     from churnlens import model
 
     metric = params.evaluate.promotion_metric
-    span = pd.Timedelta(days=params.features.lead_days + params.features.horizon_days)
     cutoff = pd.Timestamp(holdout["cutoff"].iloc[0])
-    trained_on = [pd.Timestamp(c) for c in champion.metadata.get("deployed_train_cutoffs", [])]
-    if all(c + span <= cutoff for c in trained_on):
-        probability = _score_holdout(champion.pipeline, champion.metadata, holdout)
+    trained_on = [pd.Timestamp(c) for c in champion.contract.deployed_train_cutoffs]
+    if all(params.features.label_complete(c, cutoff) for c in trained_on):
+        probability = _score_holdout(champion.pipeline, champion.contract, holdout)
         y = holdout[model.LABEL].to_numpy(dtype=int)
         return ev.promotion_score(ev.classification_metrics(y, probability, params.evaluate.top_fraction), metric)
-    recorded = tracking.run_metrics(champion.metadata.get("run_id"))
+    recorded = tracking.run_metrics(champion.contract.run_id)
     key = f"holdout/{metric.removeprefix('neg_')}"
     if key not in recorded:
         raise ValueError(f"it was trained on this holdout's labels and its run has no {key}")
     return ev.promotion_score({metric.removeprefix("neg_"): recorded[key]}, metric)
 
 
-def run_score(params: Params, canonical_dir: Path | str, model_uri: str, output: Path | str,
-              report_path: Path | None = None, as_of: pd.Timestamp | None = None,
-              csv_output: Path | str | None = None, project_root: Path | None = None,
-              previous: pd.DataFrame | None = None, manifest_path: Path | None = None,
-              truth: pd.DataFrame | None = None, show_progress: bool = False, headline_path: Path | None = None,
-              outcomes: Path | str | None = None) -> dict:
-    """The batch scoring job: features as of one instant, then scores, segments, reasons and the
-    retention plan, written atomically (Parquet, and a rounded CSV beside it unless ``csv_output``
-    says where), plus a segment report and a run manifest. ``outcomes`` (canonical transactions
-    of a later extract) adds the segments' construct validity: how each segment behaved in the
-    ``features.horizon_days`` after the as-of date."""
-    outcome_sources = _outcomes(outcomes, canonical_dir)
+def run_score(job: ScoreJob) -> dict:
+    """The batch scoring job (:class:`churnlens.score.ScoreJob`): features as of one instant, then
+    scores, segments, reasons and the retention plan, written atomically (Parquet, and a rounded
+    CSV beside it unless ``csv_output`` says where), plus a segment report and a run manifest."""
+    params = job.params
+    outcome_sources = _outcomes(job.outcomes, job.canonical_dir)
     # The model first: a wrong alias fails in a second, not after the features were computed.
-    resolved = tracking.resolve_model(model_uri, project_root)
-    if params.engine.name == "spark":
-        return _run_score_spark(params, str(canonical_dir), model_uri, str(output), report_path, as_of,
-                                csv_output, project_root, previous, manifest_path, truth, headline_path,
-                                outcome_sources)
-
-    run = _ScoreRun()
-    config = params.score
-    canonical_dir, output = Path(canonical_dir), Path(output)
-    tables = canonical_tables(canonical_dir)
-    data_start, data_end = ft.data_span(tables)
-    instant = _as_of(params, as_of, data_start, data_end)
-    loaded = tracking.load_resolved(resolved)
-    run.lap("load_model")
-    log.info("score: features as of %s with %s v%s", instant.isoformat(), loaded.name, loaded.version)
-    snapshot, _ = single_date.compute_snapshot(tables, instant, params.features)
-    run.lap("features")
-    log.info("score: %d active customers; probabilities, reasons and segments", len(snapshot))
-    numeric, categorical = loaded.metadata.get("numeric_features", []), loaded.metadata.get("categorical_features", [])
-    missing = [c for c in numeric + categorical if c not in snapshot]
-    if missing:
-        raise ValueError(f"score: model {loaded.name} v{loaded.version} needs features {missing} that the data "
-                         "does not provide; retrain on this data or supply the missing tables")
-    probability, reasons = _score_in_chunks(loaded, snapshot, numeric, categorical, params, show_progress)
-    run.lap("predict_and_reasons")
-    assigned = segments.assign_segments(snapshot, config.segments)
-    scores = score.build_scores(snapshot, probability, assigned, config, instant, loaded.name, loaded.version,
-                                reasons)
-    run.lap("segments_and_plan")
-    io.write_parquet(scores, output)
-    csv_output = csv_output if csv_output is not None else _beside(str(output), "csv")
-    io.write_csv(score.scores_for_csv(scores), csv_output)
-    run.lap("write")
-    model_info = {"model_uri": model_uri, "model_name": loaded.name, "model_version": loaded.version,
-                  "model_run_id": loaded.metadata.get("run_id")}
-    data_info = {"canonical_dir": str(canonical_dir), "fingerprint": io.file_fingerprint(canonical_dir),
+    resolved = tracking.resolve_model(job.model_uri, job.project_root)
+    laps = Laps()
+    with engine_for(params.engine) as engine:
+        tables = engine.tables(str(job.canonical_dir))
+        data_start, data_end = engine.data_span(tables)
+        instant = _as_of(params, job.as_of, data_start, data_end)
+        scored = engine.score(tables, instant, resolved, job, laps)
+    data_info = {"canonical_dir": str(job.canonical_dir), "fingerprint": scored.data_fingerprint,
                  "first_event": data_start.isoformat(), "last_event": data_end.isoformat()}
-    return _report_score_run(params, run, scores, snapshot, loaded.metadata.get("drift_profile", {}), instant,
-                             model_info, data_info, str(output), csv_output, report_path, manifest_path, previous,
-                             truth, engine="duckdb", headline_path=headline_path, outcomes=outcome_sources)
+    return _report_score_run(job, engine.name, laps, scored, instant, data_info, outcome_sources)
 
 
 def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp, data_end: pd.Timestamp
@@ -491,74 +347,22 @@ def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp,
     return instant
 
 
-class _ScoreRun:
-    """Wall-clock time of each step of a scoring run, for the manifest."""
-
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-        self._clock = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.timings[name] = round(now - self._clock, 3)
-        self._clock = now
-
-
-def _run_score_spark(params: Params, canonical_dir: str, model_uri: str, output: str, report_path: Path | None,
-                     as_of: pd.Timestamp | None, csv_output: Path | str | None, project_root: Path | None,
-                     previous: pd.DataFrame | None, manifest_path: Path | None, truth: pd.DataFrame | None,
-                     headline_path: Path | None, outcomes: tuple[str, str] | None = None) -> dict:
-    """The same job on Spark; the report and manifest read the written scores back (a few columns)."""
-    import hashlib
-
-    _require_pyspark()
-    from churnlens import spark
-    run = _ScoreRun()
-    session = spark.session(params.engine.spark_master, params.engine.spark_driver_memory)
-    tables = spark.canonical_tables(session, canonical_dir)
-    data_start, data_end = spark.data_span(tables)
-    instant = _as_of(params, as_of, data_start, data_end)
-    scores, snapshot, loaded = spark.score(session, tables, instant, params, model_uri, project_root)
-    spark.write_parquet(scores, output)
-    if csv_output is not None:
-        scores.coalesce(1).write.mode("overwrite").option("header", True).csv(str(csv_output))
-    run.lap("features_score_and_write")
-    written = session.read.parquet(output)
-    needed = ["customer_id", "segment", "low_confidence", "churn_probability", "customer_value", "in_campaign",
-              "action_cost",
-              "priority", "top_reasons"]
-    local_scores = written.select(*needed).toPandas()
-    total = len(local_scores)
-    sample = snapshot.sample(fraction=min(1.0, 100_000 / max(total, 1)), seed=0).toPandas()  # drift on a sample
-    spark.release()
-    run.lap("read_back")
-    files = sorted(tables["transactions"].inputFiles())
-    model_info = {"model_uri": model_uri, "model_name": loaded.name, "model_version": loaded.version,
-                  "model_run_id": loaded.metadata.get("run_id")}
-    data_info = {"canonical_dir": canonical_dir, "first_event": data_start.isoformat(),
-                 "last_event": data_end.isoformat(),
-                 "fingerprint": "files:" + hashlib.sha256("\n".join(files).encode()).hexdigest()}
-    return _report_score_run(params, run, local_scores, sample, loaded.metadata.get("drift_profile", {}), instant,
-                             model_info, data_info, output, csv_output, report_path, manifest_path, previous, truth,
-                             engine="spark", headline_path=headline_path, outcomes=outcomes)
-
-
-def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snapshot: pd.DataFrame, profile: dict,
-                      instant: pd.Timestamp, model_info: dict, data_info: dict, output: str,
-                      csv_output: Path | str | None, report_path: Path | None, manifest_path: Path | None,
-                      previous: pd.DataFrame | None, truth: pd.DataFrame | None, engine: str,
-                      headline_path: Path | None = None,
-                      outcomes: tuple[str, str] | None = None) -> dict:
+def _report_score_run(job: ScoreJob, engine: str, laps: Laps, scored: Scored, instant: pd.Timestamp,
+                      data_info: dict, outcomes: tuple[str, str] | None) -> dict:
     """Segment report, drift check and run manifest of a scoring run, whichever engine scored.
     The manifest goes to ``manifest_path``, else beside a local output, else the working folder."""
     from churnlens import plots
 
-    config = params.score
-    report = score.segment_report(scores, previous)
-    report.update({"as_of": score.utc(instant).isoformat(), "model_name": model_info["model_name"],
-                   "model_version": model_info["model_version"]})
-    if truth is not None:
-        report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], truth)
+    config = job.params.score
+    scores, snapshot, loaded = scored.scores, scored.snapshot, scored.model
+    profile = loaded.contract.drift_profile
+    model_info = {"model_uri": job.model_uri, "model_name": loaded.name, "model_version": loaded.version,
+                  "model_run_id": loaded.contract.run_id}
+    report = score.segment_report(scores, job.previous)
+    report.update({"as_of": score.utc(instant).isoformat(), "model_name": loaded.name,
+                   "model_version": loaded.version})
+    if job.truth is not None:
+        report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], job.truth)
     unknown = segments.unknown_contract_types(snapshot, config.segments)
     if unknown:
         report["unknown_contract_types"] = unknown
@@ -566,19 +370,19 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
                     "component is left out. Map them there", sorted(unknown))
     if outcomes is not None:
         report["construct_validity"] = construct_validity_report(scores, *outcomes, instant,
-                                                                 params.features.horizon_days)
+                                                                 job.params.features.horizon_days)
     stability = drift.population_stability(profile, snapshot)
     drifted = {name: value for name, value in stability.items() if value > config.drift_warning_psi}
     for name, value in drifted.items():
         log.warning("drift: %s has PSI %.2f against the training population (threshold %.2f)", name, value,
                     config.drift_warning_psi)
     if not stability:
-        log.warning("drift: model %s v%s carries no training profile; drift not checked", model_info["model_name"],
-                    model_info["model_version"])
-    report_path = report_path or _beside(output, "segment_report.json")
+        log.warning("drift: model %s v%s carries no training profile; drift not checked", loaded.name,
+                    loaded.version)
+    report_path = job.report_path or job.beside("segment_report.json")
     io.write_json(report, report_path)
     plots.segment_plot(report, report_path.with_suffix(".png"))
-    run.lap("report")
+    laps.lap("report")
     manifest = {
         "as_of": score.utc(instant).isoformat(), "engine": engine, **model_info, "data": data_info,
         "rows": {"customers_scored": len(scores), "in_campaign": report["campaign_customers"],
@@ -589,25 +393,16 @@ def _report_score_run(params: Params, run: _ScoreRun, scores: pd.DataFrame, snap
         "drift": {"threshold": config.drift_warning_psi, "psi": stability, "warnings": sorted(drifted),
                   "not_compared": {name: why for name, why in drift.NOT_COMPARED.items() if name in profile},
                   "rows_compared": len(snapshot)},
-        "outputs": {"scores": output, "csv": str(csv_output) if csv_output else None,
-                    "segment_report": str(report_path)},
-        "timings_seconds": {**run.timings, "total": round(sum(run.timings.values()), 3)},
+        "outputs": {"scores": scored.output, "csv": scored.csv_output, "segment_report": str(report_path)},
+        "timings_seconds": {**laps.timings, "total": round(sum(laps.timings.values()), 3)},
         "churnlens_version": _version(),
     }
-    manifest_path = manifest_path or _beside(output, "manifest.json")
+    manifest_path = job.manifest_path or job.beside("manifest.json")
     io.write_json(manifest, manifest_path)
-    if headline_path is not None:
-        io.write_json(score.segment_headline(report), headline_path)
+    if job.headline_path is not None:
+        io.write_json(score.segment_headline(report), job.headline_path)
     log.info("scored %d customers in %.1f s", len(scores), manifest["timings_seconds"]["total"])
     return {**report, "outputs": {**manifest["outputs"], "manifest": str(manifest_path)}}
-
-
-def _beside(output: str, suffix: str) -> Path:
-    """Where a scoring run's side files go unless told: next to a local output (so a run outside
-    DVC never writes into the pipeline's tracked reports), else the working folder."""
-    if "://" in output:
-        return Path(f"scores.{suffix}")
-    return Path(output).with_name(f"{Path(output).stem}.{suffix}")
 
 
 def _outcomes(outcomes: Path | str | None, canonical_dir: Path | str) -> tuple[str, str] | None:
@@ -640,29 +435,3 @@ def _version() -> str:
     import importlib.metadata
 
     return importlib.metadata.version("churnlens")
-
-
-def _score_in_chunks(loaded: tracking.LoadedModel, snapshot: pd.DataFrame, numeric: list[str],
-                     categorical: list[str], params: Params, show_progress: bool) -> tuple[np.ndarray, pd.Series | None]:
-    """Probabilities and reasons for everyone, ``chunk_rows`` at a time."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from churnlens import model
-
-    config = params.score
-    probability = np.empty(len(snapshot))
-    reasons: list[pd.Series] = []
-    # Every row is scored on its own, so smaller steps than chunk_rows give the same bytes; about
-    # twenty of them let the bar move on a batch that fits one chunk.
-    step = min(config.chunk_rows, max(1_000, -(-len(snapshot) // 20)))
-    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not show_progress) as progress:
-        task = progress.add_task("scoring", total=len(snapshot))
-        for start in range(0, len(snapshot), step):
-            chunk = snapshot.iloc[start:start + step]
-            chunk_probability = model.churn_probability(loaded.pipeline, chunk, numeric, categorical)
-            probability[start:start + len(chunk)] = chunk_probability
-            reasons.append(score.customer_reasons(loaded.pipeline, chunk, chunk_probability, numeric, categorical,
-                                                  config, params.features.windows_days))
-            progress.advance(task, len(chunk))
-    return probability, (pd.concat(reasons) if reasons else None)

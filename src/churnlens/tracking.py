@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from churnlens.contract import ModelContract
 from churnlens.redaction import DEFAULT_TRACKING_URI, redact, tracking_uri_shown
 
 log = logging.getLogger(__name__)
@@ -421,7 +422,7 @@ class LoadedModel:
     pipeline: object
     name: str
     version: str
-    metadata: dict
+    contract: ModelContract
 
 
 class ModelNotFoundError(LookupError):
@@ -529,7 +530,7 @@ def load_resolved(resolved: ResolvedModel) -> LoadedModel:
         mlflow.artifacts.download_artifacts(artifact_uri=resolved.uri))
     pipeline = _load_skops_pipeline(local, resolved.uri)
     metadata = {**(Model.load(str(local)).metadata or {}), "run_id": resolved.run_id}
-    return LoadedModel(pipeline, resolved.name, resolved.version, metadata)
+    return LoadedModel(pipeline, resolved.name, resolved.version, ModelContract.from_metadata(metadata))
 
 
 def _load_skops_pipeline(model_dir: Path, shown: str) -> object:

@@ -8,7 +8,7 @@ predicts behaviour after it. DOMAIN.md's hypotheses give three orderings to chec
 * brand users buy the highest share of lines on products they had bought before;
 * brand advocates churn least (no purchase in the window).
 
-The per-line measures are the feature engine's own (:func:`churnlens.features.event_steps`), so
+The per-line measures are the feature engine's own (:func:`churnlens.sql.event_steps`), so
 "below the usual price" and "bought before" mean the same thing here as in the features.
 """
 
@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 
 from churnlens.config import PERSONAS
-from churnlens.features import BELOW_USUAL, _register_sources, event_steps
+from churnlens.engines.duckdb import register_sources
+from churnlens.features import BELOW_USUAL
+from churnlens.sql import event_steps
 
 ORDERINGS = {
     "comparers_buy_most_below_usual_price": ("below_usual_price_share", "brand_comparer", "max"),
@@ -35,7 +37,7 @@ def line_flags(transactions: pd.DataFrame | str) -> pd.DataFrame:
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET enable_progress_bar = false")
-        available = _register_sources(con, {"transactions": transactions})
+        available = register_sources(con, {"transactions": transactions})
         steps = event_steps(available)
         relations = ", ".join(f"{name} AS ({body})" for name, body in steps)
         return con.execute(f"""

@@ -1,7 +1,7 @@
 """The features and the batch scoring job on Apache Spark, for data beyond one machine.
 
 Same definitions, different engine: the features are the portable SQL of
-:mod:`churnlens.sqlref` (generated from :func:`churnlens.features.feature_definitions`,
+:mod:`churnlens.sql` (generated from :func:`churnlens.features.feature_definitions`,
 transpiled to Spark SQL by sqlglot), the model is applied with ``mlflow.pyfunc.spark_udf`` from
 this project's registry, and the per-customer parts of scoring (segments, risk tier, action,
 priority, reasons) run the same pandas functions as the single-machine job inside
@@ -22,19 +22,22 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from churnlens import tracking
-from churnlens.config import FeaturesConfig, Params
-from churnlens.features import FeaturePlan, feature_definitions, plan_features
-from churnlens.sqlref import snapshot_query, to_dialect
-
 from pyspark import StorageLevel
+
+from churnlens import tracking
+from churnlens.config import EngineConfig, FeaturesConfig, Params
+from churnlens.engines import Laps, Scored
+from churnlens.schemas import CANONICAL_TABLES
+from churnlens.features import FeaturePlan, feature_definitions, fit_columns, plan_features, with_fitted_features
+from churnlens.sql import snapshot_query, to_dialect
 
 if TYPE_CHECKING:
     from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
+    from churnlens.score import ScoreJob
+
 log = logging.getLogger(__name__)
-CANONICAL_TABLES = ("transactions", "interactions", "customers")
 
 
 def session(master: str | None = None, driver_memory: str = "4g") -> SparkSession:
@@ -117,7 +120,7 @@ def _register(spark: SparkSession, tables: dict[str, DataFrame], cutoffs: list[p
 def compute_snapshots(spark: SparkSession, tables: dict[str, DataFrame], cutoffs: list[pd.Timestamp],
                       config: FeaturesConfig, with_labels: bool = True) -> tuple[DataFrame, FeaturePlan]:
     """Features (and labels) for every active customer at every cutoff, as a Spark DataFrame
-    with the columns, types and order of :func:`churnlens.features.compute_snapshots`."""
+    with the columns, types and order of :func:`churnlens.engines.duckdb.compute_snapshots`."""
     available = _register(spark, tables, cutoffs)
     plan = plan_features(feature_definitions(config.windows_days), available)
     query = snapshot_query(plan, config, available, with_labels)
@@ -141,9 +144,8 @@ def _with_fitted_features(frame: DataFrame, plan: FeaturePlan, config: FeaturesC
     from pyspark.sql import types as T
 
     from churnlens import bgnbd
-    from churnlens.features import _fit_columns, with_fitted_features
 
-    columns = _fit_columns(plan)
+    columns = fit_columns(plan)
     if not columns:
         return frame
     inputs = frame.select(*columns).toPandas()
@@ -199,24 +201,20 @@ def write_snapshots(spark: SparkSession, tables: dict[str, DataFrame], cutoffs: 
     if label_complete_until is None:
         complete = F.lit(False)
     else:
-        last = pd.Timestamp(label_complete_until) - pd.Timedelta(days=config.lead_days + config.horizon_days)
+        last = config.labels_complete_until(pd.Timestamp(label_complete_until))
         complete = F.col("cutoff") <= F.lit(last.to_pydatetime())
     write_parquet(snapshots.withColumn("label_complete", complete), target)
     release()
     return plan
 
 
-def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: Broadcast, params_json: str, as_of: str,
+def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: Broadcast, params: Params, as_of: str,
                       name: str, version: str, numeric: list[str], categorical: list[str]) -> Iterator[pd.DataFrame]:
     """Per Spark partition: the single-machine per-customer scoring on each Arrow batch. The model
     comes from the driver (broadcast): executors never resolve registry URIs against a store of
     their own."""
-    import json
-
     from churnlens import score, segments
-    from churnlens.config import parse_params
 
-    params = parse_params(json.loads(params_json))
     config = params.score
     pipeline = pipeline.value
     for batch in batches:
@@ -228,13 +226,11 @@ def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: Broadcast, para
         yield score.score_rows(batch, probability, assigned, config, pd.Timestamp(as_of), name, version, reasons)
 
 
-def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp, params: Params, model_uri: str,
-          project_root: Path | None = None) -> tuple[DataFrame, DataFrame, tracking.LoadedModel]:
+def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp, params: Params,
+          resolved: tracking.ResolvedModel) -> tuple[DataFrame, DataFrame, tracking.LoadedModel]:
     """The batch scoring job on Spark: one row per active customer, the columns of
     :data:`churnlens.score.SCORE_COLUMNS`, ranked by priority, with the budgeted campaign.
     Also returns the feature snapshot it scored (for drift checks) and the model it used."""
-    import json
-
     import mlflow.pyfunc
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -242,18 +238,13 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
 
     from churnlens import score as single_machine
 
-    resolved = tracking.resolve_model(model_uri, project_root)
     loaded = tracking.load_resolved(resolved)
     pipeline = spark.sparkContext.broadcast(loaded.pipeline)
-    metadata = loaded.metadata
-    numeric, categorical = metadata.get("numeric_features", []), metadata.get("categorical_features", [])
+    numeric, categorical = loaded.contract.numeric_features, loaded.contract.categorical_features
     snapshot, _ = compute_snapshots(spark, tables, [as_of], params.features, with_labels=False)
     snapshot = snapshot.persist(StorageLevel.MEMORY_AND_DISK)  # scored, then sampled for the drift check
     _cached.append(snapshot)
-    missing = [c for c in numeric + categorical if c not in snapshot.columns]
-    if missing:
-        raise ValueError(f"score: model {loaded.name} v{loaded.version} needs features {missing} that the data "
-                         "does not provide; retrain on this data or supply the missing tables")
+    single_machine.require_model_inputs(loaded, snapshot.columns)
     # pyfunc returns [P(stay), P(churn)] per row (the model is logged with predict_proba).
     predict = mlflow.pyfunc.spark_udf(spark, resolved.uri, result_type=T.ArrayType(T.DoubleType()),
                                       env_manager="local")
@@ -271,7 +262,8 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
         T.StructField("action_cost", T.DoubleType()), T.StructField("action_success_rate", T.DoubleType()),
         T.StructField("priority", T.DoubleType()),
     ])
-    arguments = (pipeline, json.dumps(params.model_dump(mode="json")), pd.Timestamp(as_of).isoformat(),
+    # The validated params travel pickled with the function: no partition parses them again.
+    arguments = (pipeline, params, pd.Timestamp(as_of).isoformat(),
                  loaded.name, loaded.version, numeric, categorical)
     rows = with_probability.mapInPandas(lambda batches: _score_partitions(batches, *arguments), rows_schema)
     # The campaign: by priority (ties by customer id), while worthwhile and within the budget.
@@ -285,3 +277,59 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
               .withColumn("in_campaign", F.col("_worthwhile") & (F.col("_spent") <= budget)))
     scores = ranked.select(*single_machine.SCORE_COLUMNS).orderBy(F.col("priority").desc(), F.col("customer_id"))
     return scores, snapshot, loaded
+
+
+class SparkEngine:
+    """The engine interface (:mod:`churnlens.engines`) on Spark: the configured session, paths
+    anything Spark reads and writes; the report reads a few columns of the written scores back."""
+
+    name = "spark"
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.session = session(config.spark_master, config.spark_driver_memory)
+
+    def tables(self, canonical_dir: str) -> dict[str, DataFrame]:
+        return canonical_tables(self.session, canonical_dir)
+
+    def data_span(self, tables: dict[str, DataFrame]) -> tuple[pd.Timestamp, pd.Timestamp]:
+        return data_span(tables)
+
+    def write_snapshots(self, tables: dict[str, DataFrame], cutoffs: list[pd.Timestamp], config: FeaturesConfig,
+                        target: str, label_complete_until: pd.Timestamp | None) -> tuple[FeaturePlan, list[tuple]]:
+        from pyspark.sql import functions as F
+
+        plan = write_snapshots(self.session, tables, cutoffs, config, target, label_complete_until)
+        per_cutoff = (self.session.read.parquet(target).groupBy("cutoff")
+                      .agg(F.count("*"), F.avg(F.col("churned").cast("double"))).orderBy("cutoff").collect())
+        return plan, [tuple(row) for row in per_cutoff]
+
+    def score(self, tables: dict[str, DataFrame], instant: pd.Timestamp, model: tracking.ResolvedModel,
+              job: ScoreJob, laps: Laps) -> Scored:
+        import hashlib
+
+        output = str(job.output)
+        scores, snapshot, loaded = score(self.session, tables, instant, job.params, model)
+        write_parquet(scores, output)
+        if job.csv_output is not None:
+            scores.coalesce(1).write.mode("overwrite").option("header", True).csv(str(job.csv_output))
+        laps.lap("features_score_and_write")
+        needed = ["customer_id", "segment", "low_confidence", "churn_probability", "customer_value", "in_campaign",
+                  "action_cost", "priority", "top_reasons"]
+        local_scores = self.session.read.parquet(output).select(*needed).toPandas()
+        total = len(local_scores)
+        sample = snapshot.sample(fraction=min(1.0, 100_000 / max(total, 1)), seed=0).toPandas()  # drift on a sample
+        release()
+        laps.lap("read_back")
+        files = sorted(tables["transactions"].inputFiles())
+        fingerprint = "files:" + hashlib.sha256("\n".join(files).encode()).hexdigest()
+        return Scored(local_scores, sample, loaded, fingerprint, output,
+                      str(job.csv_output) if job.csv_output is not None else None)
+
+    def close(self) -> None:
+        release()
+
+    def __enter__(self) -> SparkEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
