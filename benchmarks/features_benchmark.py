@@ -1,16 +1,18 @@
-"""Feature computation at scale: one sweep over 12 cutoffs vs 1, vs a bare DuckDB floor, vs pandas.
+"""Feature computation at scale, every comparison against a named baseline from the same run.
 
-    python benchmarks/features_benchmark.py --customers 500000 --days 365
+    python benchmarks/features_benchmark.py --customers 500000 --days 365 [--repeats 3]
 
 Simulates a year of 500k customers once (about 16M lines), keeps whole orders at random down to
 10M transactions (12 monthly cutoffs need a year of history: fewer days would leave early cutoffs empty)
-into benchmarks/out/, then
-runs each contender in its own process so its peak RSS is its own:
+into benchmarks/out/, then runs each contender in its own process (so its peak RSS is its own),
+``--repeats`` times, taking turns, and prints medians and per-repeat ratios:
 
-* churnlens features, 1 cutoff and 12 monthly cutoffs (all six families, labels included);
-* the floor: one bare DuckDB aggregate (count, sum, max per customer at one cutoff);
-* the baseline a user would otherwise write: a lifetimes-style RFM summary in pandas
-  (frequency, recency, T, monetary value per customer), run once per cutoff, 12 times.
+* the floor: a DuckDB scan with one aggregate per column (count, sum, max per customer, one cutoff);
+* a plain DuckDB pass of 17 per-customer features (RFM, purchase gaps, 30/90/365-day windows);
+* churnlens, one date (the scoring path, :mod:`churnlens.single_date`), every feature;
+* churnlens, 12 monthly cutoffs in one sweep, every feature and the labels;
+* the library people use today: lifetimes' ``summary_data_from_transaction_data`` once per cutoff,
+  12 times (``pip install -e .[bench]``; without it, the same summary written in pandas).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import measure, table
+from measure import alternating, median, ratio_line, table
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -92,16 +94,6 @@ def run_churnlens(folder: Path, n_cutoffs: int) -> None:
     plan = write_snapshots(tables, cutoffs(folder, n_cutoffs), FeaturesConfig(), target)
     rows = pd.read_parquet(target, columns=["cutoff"]).shape[0]
     print(f"churnlens: {rows:,} rows x {len(plan.names)} features (+ labels), written to Parquet")
-    record_values(f"churnlens:{n_cutoffs}", rows * (len(plan.names) + 1))
-
-
-def record_values(run: str, values: int) -> None:
-    """How many (row, column) values a contender produced, for the per-value comparison."""
-    (OUT / f"values_{run.replace(':', '_')}.txt").write_text(str(values))
-
-
-def recorded_values(run: str) -> int:
-    return int((OUT / f"values_{run.replace(':', '_')}.txt").read_text())
 
 
 def run_floor(folder: Path) -> None:
@@ -113,6 +105,41 @@ def run_floor(folder: Path) -> None:
         FROM '{folder}/transactions.parquet' WHERE timestamp <= TIMESTAMP '{cutoff}' GROUP BY customer_id
     """).fetchdf()
     print(f"floor: {len(result):,} customers")
+
+
+def run_plain(folder: Path) -> None:
+    """What a data scientist writes by hand in DuckDB: 17 per-customer features at one cutoff."""
+    import duckdb
+
+    cutoff = cutoffs(folder, 1)[0]
+    windows = ", ".join(
+        f"count(DISTINCT order_id) FILTER (WHERE timestamp > c - INTERVAL {w} DAY) AS orders_{w}d, "
+        f"sum(amount) FILTER (WHERE timestamp > c - INTERVAL {w} DAY) AS spend_{w}d, "
+        f"count(*) FILTER (WHERE timestamp > c - INTERVAL {w} DAY) AS lines_{w}d" for w in (30, 90, 365))
+    result = duckdb.connect().sql(f"""
+        WITH tx AS (SELECT *, TIMESTAMP '{cutoff}' AS c FROM '{folder}/transactions.parquet'
+                    WHERE timestamp <= TIMESTAMP '{cutoff}'),
+        orders AS (SELECT customer_id, order_id, min(timestamp) AS ts, sum(amount) AS value FROM tx
+                   GROUP BY customer_id, order_id),
+        gaps AS (SELECT customer_id, ts, value,
+                        epoch(ts - lag(ts) OVER (PARTITION BY customer_id ORDER BY ts)) / 86400 AS gap FROM orders)
+        SELECT * FROM (SELECT customer_id, {windows}, count(*) AS lines, sum(CAST(is_return AS INT)) AS returns
+                       FROM tx GROUP BY customer_id)
+        JOIN (SELECT customer_id, count(*) AS orders, epoch(max(TIMESTAMP '{cutoff}') - max(ts)) / 86400 AS recency,
+                     epoch(max(ts) - min(ts)) / 86400 AS span, avg(value) AS avg_value, avg(gap) AS mean_gap,
+                     stddev(gap) AS gap_std FROM gaps GROUP BY customer_id) USING (customer_id)
+    """).fetchdf()
+    print(f"plain: {len(result):,} customers x {result.shape[1] - 1} features")
+
+
+def run_single(folder: Path) -> None:
+    from churnlens.config import FeaturesConfig
+    from churnlens.single_date import compute_snapshot
+
+    tables = {name: str(folder / f"{name}.parquet") for name in ("transactions", "interactions", "customers")}
+    frame, plan = compute_snapshot(tables, cutoffs(folder, 1)[0], FeaturesConfig())
+    frame.to_parquet(OUT / "snapshot_one_date.parquet")
+    print(f"churnlens one date: {len(frame):,} rows x {len(plan.names)} features")
 
 
 def rfm_summary(transactions: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
@@ -132,10 +159,23 @@ def rfm_summary(transactions: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFram
 
 def run_pandas(folder: Path, n_cutoffs: int) -> None:
     transactions = pd.read_parquet(folder / "transactions.parquet", columns=["customer_id", "timestamp", "amount"])
-    summaries = [rfm_summary(transactions, c) for c in cutoffs(folder, n_cutoffs)]
+    try:
+        from lifetimes.utils import summary_data_from_transaction_data
+    except ImportError:  # not installed (pip install -e .[bench]): the same summary in pandas
+        summaries = [rfm_summary(transactions, c) for c in cutoffs(folder, n_cutoffs)]
+    else:
+        summaries = [summary_data_from_transaction_data(transactions, "customer_id", "timestamp",
+                                                        monetary_value_col="amount", observation_period_end=c)
+                     for c in cutoffs(folder, n_cutoffs)]
     total = sum(len(s) for s in summaries)
-    print(f"pandas: {total:,} rows")
-    record_values(f"pandas:{n_cutoffs}", total * summaries[0].shape[1])
+    print(f"RFM summaries: {total:,} rows")
+
+
+def baseline_name() -> str:
+    import importlib.util
+
+    return ("lifetimes summary x 12 cutoffs" if importlib.util.find_spec("lifetimes")
+            else "pandas RFM summary x 12 cutoffs (lifetimes not installed)")
 
 
 def main() -> None:
@@ -143,42 +183,40 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=500_000)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--transactions", type=int, default=10_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = thinned_dir(args.customers, args.days, args.transactions)
     if args.run:
         kind, _, count = args.run.partition(":")
         {"churnlens": lambda: run_churnlens(folder, int(count)), "floor": lambda: run_floor(folder),
+         "plain": lambda: run_plain(folder), "single": lambda: run_single(folder),
          "pandas": lambda: run_pandas(folder, int(count))}[kind]()
         return
     prepare(args.customers, args.days, args.transactions)
     import duckdb
 
     with duckdb.connect() as con:
-        n_tx = con.execute(f"SELECT count(*) FROM '{folder}/transactions.parquet'").fetchone()[0]
+        n_tx = con.execute(f"SELECT count(*) FROM '{folder}/transactions.parquet'").fetchall()[0][0]
     common = [__file__, "--customers", str(args.customers), "--days", str(args.days),
               "--transactions", str(args.transactions), "--run"]
-    rows = [
-        measure("duckdb floor (1 cutoff, 3 aggregates)", *common, "floor"),
-        measure("churnlens features, 1 cutoff", *common, "churnlens:1"),
-        measure("churnlens features, 12 cutoffs", *common, "churnlens:12"),
-        measure("pandas RFM summary x 12 cutoffs", *common, "pandas:12"),
-    ]
-    by_name = {r.name: r for r in rows}
-    one, twelve = by_name["churnlens features, 1 cutoff"], by_name["churnlens features, 12 cutoffs"]
-    pandas12 = by_name["pandas RFM summary x 12 cutoffs"]
-    print(f"\n{n_tx:,} transactions, {args.customers:,} customers, {os.cpu_count()} cores\n")
-    values = {"churnlens features, 1 cutoff": recorded_values("churnlens:1"),
-              "churnlens features, 12 cutoffs": recorded_values("churnlens:12"),
-              "pandas RFM summary x 12 cutoffs": recorded_values("pandas:12")}
-    print(table(rows, "pandas RFM summary x 12 cutoffs", values, unit="feature values"))
-    print(f"\n12 cutoffs / 1 cutoff: {twelve.seconds / one.seconds:.2f}x (target <= 4)")
-    print(f"pandas x12 / churnlens 12 cutoffs: {pandas12.seconds / twelve.seconds:.1f}x (target >= 10)")
-    per_value = (values["churnlens features, 12 cutoffs"] / twelve.seconds) / (
-        values["pandas RFM summary x 12 cutoffs"] / pandas12.seconds)
-    print(f"feature values per second, churnlens 12 cutoffs / pandas x12: {per_value:.1f}x")
-    print(f"churnlens 1 cutoff / duckdb floor: {one.seconds / by_name['duckdb floor (1 cutoff, 3 aggregates)'].seconds:.1f}x")
-    print(f"peak RSS, 12 cutoffs: {twelve.peak_rss_mb / 1024:.2f} GB (target <= 3)")
+    baseline = baseline_name()
+    floor, plain, one, twelve, library = alternating({
+        "duckdb floor (1 cutoff, 1 aggregate per column)": [*common, "floor"],
+        "plain duckdb, 17 features (1 cutoff)": [*common, "plain"],
+        "churnlens, 1 date": [*common, "single"],
+        "churnlens, 12 cutoffs": [*common, "churnlens:12"],
+        baseline: [*common, "pandas:12"],
+    }, args.repeats)
+    print(f"\n{n_tx:,} transactions, {args.customers:,} customers, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}, medians of {args.repeats} alternating runs\n")
+    print(table([median(r) for r in (floor, plain, one, twelve, library)], baseline))
+    print()
+    print(ratio_line(twelve, one, "target <= 4"))
+    print(ratio_line(library, twelve, "target >= 10"))
+    print(ratio_line(one, plain))
+    print(ratio_line(one, floor, "target <= 10"))
+    print(f"peak RSS, 12 cutoffs: {median(twelve).peak_rss_mb / 1024:.2f} GB (target <= 3 at 10M)")
 
 
 if __name__ == "__main__":

@@ -34,3 +34,27 @@ def table(rows: list[Measurement], baseline: str, work: dict[str, float] | None 
         rate = f"{(work or {}).get(r.name, 0) / r.seconds:,.0f}" if work and r.name in work else ""
         lines.append(f"| {r.name} | {r.seconds:.1f} | {base.seconds / r.seconds:.2f} | {r.peak_rss_mb:,.0f} | {rate} |")
     return "\n".join(lines)
+
+
+def alternating(contenders: dict[str, list[str]], repeats: int) -> list[list[Measurement]]:
+    """Each contender ``repeats`` times, taking turns (A, B, C, A, B, C, ...), so a shared
+    machine's load drifts over all of them alike. Returns the runs per contender, in order."""
+    runs: dict[str, list[Measurement]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, args in contenders.items():
+            runs[name].append(measure(name, *args))
+    return list(runs.values())
+
+
+def median(runs: list[Measurement]) -> Measurement:
+    """The median wall time of one contender's runs, with the largest peak RSS among them."""
+    seconds = sorted(r.seconds for r in runs)[len(runs) // 2]
+    return Measurement(runs[0].name, seconds, max(r.peak_rss_mb for r in runs))
+
+
+def ratio_line(slow: list[Measurement], fast: list[Measurement], target: str = "") -> str:
+    """``slow / fast`` as the ratio of medians and the range of per-repeat ratios (the runs were
+    alternated, so repeat k of each ran under about the same load)."""
+    pairs = [s.seconds / f.seconds for s, f in zip(slow, fast, strict=True)]
+    return (f"{slow[0].name} / {fast[0].name}: {median(slow).seconds / median(fast).seconds:.2f}x "
+            f"(per repeat {min(pairs):.2f}..{max(pairs):.2f}){'; ' + target if target else ''}")

@@ -235,16 +235,25 @@ def _mutate_future(transactions, interactions, change, after):
     return changed, new_interactions
 
 
+def _one_date(tables: dict, cutoff: pd.Timestamp) -> pd.DataFrame:
+    from churnlens.single_date import compute_snapshot
+
+    return compute_snapshot(tables, cutoff, CONFIG)[0]
+
+
+def _sweep(tables: dict, cutoff: pd.Timestamp) -> pd.DataFrame:
+    return compute_snapshots(tables, [cutoff], CONFIG, with_labels=False)[0]
+
+
+@pytest.mark.parametrize("engine", [_sweep, _one_date], ids=["sweep", "one-date"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_events_after_the_cutoff_never_change_its_features(data) -> None:
+def test_events_after_the_cutoff_never_change_its_features(engine, data) -> None:
     transactions, interactions = data.draw(event_logs())
     change = data.draw(future_changes(CUTOFF))
     changed_tx, changed_ix = _mutate_future(transactions, interactions, change, CUTOFF)
-    before, _plan = compute_snapshots({"transactions": transactions, "interactions": interactions}, [CUTOFF],
-                                     CONFIG, with_labels=False)
-    after, _ = compute_snapshots({"transactions": changed_tx, "interactions": changed_ix}, [CUTOFF], CONFIG,
-                                 with_labels=False)
+    before = engine({"transactions": transactions, "interactions": interactions}, CUTOFF)
+    after = engine({"transactions": changed_tx, "interactions": changed_ix}, CUTOFF)
     pd.testing.assert_frame_equal(before, after)
 
 

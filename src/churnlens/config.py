@@ -318,7 +318,12 @@ class ScoreConfig(_Section):
     actions: dict[str, dict[str, RetentionAction]]
     chunk_rows: int = Field(100_000, ge=1_000, description="customers scored per chunk (bounds memory)")
     reasons: Literal["exact", "approximate"] = Field(
-        "exact", description="exact TreeSHAP, or Saabas path attributions (~50x faster, top reason agrees ~3 in 4)"
+        "exact", description="reasons of the medium/high-risk customers, where someone acts: exact TreeSHAP, or "
+        "Saabas path attributions (~50x faster, top reason agrees ~3 in 4)"
+    )
+    other_reasons: Literal["approximate", "exact", "none"] = Field(
+        "approximate", description="reasons of the low-risk customers: Saabas path attributions, exact TreeSHAP, or "
+        "none (an empty top_reasons for them: the fastest job)"
     )
     drift_warning_psi: float = Field(
         0.25, gt=0, description="warn when a feature's population stability index vs training exceeds this"

@@ -68,7 +68,9 @@ SCORE_COLUMN_DEFINITIONS = (
     ScoreColumn("top_reasons", "text",
                 "Up to three features that push this customer's risk up the most, in plain words with the "
                 "customer's own values (for a low-risk customer with nothing pushing up: what keeps the risk "
-                "low). From the model's SHAP contributions."),
+                "low). From the model's SHAP contributions: exact TreeSHAP or path attributions, by risk tier "
+                "(`score.reasons` for medium/high risk, `score.other_reasons` for low risk); empty for low-risk "
+                "customers when `score.other_reasons` is `none`."),
     ScoreColumn("segment", "text",
                 "Loyalty segment: brand_advocate, brand_user, brand_comparer, or insufficient_history "
                 "(too little history, fewer than two loyalty indices observable, or no index reaching "
@@ -134,20 +136,30 @@ def risk_tiers(probability: pd.Series | np.ndarray, config: ScoreConfig) -> np.n
     return np.where(p >= config.risk_tiers["high"], "high", np.where(p >= config.risk_tiers["medium"], "medium", "low"))
 
 
+def reason_methods(probability: np.ndarray, config: ScoreConfig) -> np.ndarray:
+    """Per row, how its reasons are computed: ``config.reasons`` for the medium/high-risk rows,
+    where someone will act, ``config.other_reasons`` for the low-risk majority. A row's method
+    depends on its own probability only, so any batch (or Spark partition) gets the same answer."""
+    at_risk = risk_tiers(probability, config) != "low"
+    return np.where(at_risk, config.reasons, config.other_reasons)
+
+
 def customer_reasons(pipeline: object, frame: pd.DataFrame, probability: np.ndarray, numeric: list[str],
                      categorical: list[str], config: ScoreConfig, windows_days: tuple[int, ...]) -> pd.Series:
-    """Every row's top reasons in plain words (indexed like ``frame``). The medium/high-risk rows,
-    where someone will act, get ``config.reasons`` attributions (exact TreeSHAP by default); the
-    low-risk majority gets the ~50x cheaper path attributions, enough to name what matters."""
+    """Every row's top reasons in plain words (indexed like ``frame``), each row by its
+    :func:`reason_methods` method: exact TreeSHAP, the ~50x cheaper path attributions (enough to
+    name what matters), or none (an empty text)."""
     from churnlens import model
 
-    at_risk = risk_tiers(probability, config) != "low"
-    parts = [model.contributions(pipeline, frame[at_risk], numeric, categorical,
-                                 approximate=config.reasons == "approximate") if at_risk.any() else None,
-             model.contributions(pipeline, frame[~at_risk], numeric, categorical, approximate=True)
-             if (~at_risk).any() else None]
-    contribution = pd.concat([part for part in parts if part is not None]).reindex(frame.index)
-    return plain_reasons(contribution, frame, feature_descriptions(windows_days))
+    methods = reason_methods(probability, config)
+    parts = [model.contributions(pipeline, frame[methods == method], numeric, categorical,
+                                 approximate=method == "approximate")
+             for method in ("exact", "approximate") if (methods == method).any()]
+    if not parts:
+        return pd.Series("", index=frame.index, dtype="string")
+    contribution = pd.concat(parts)
+    texts = plain_reasons(contribution, frame.loc[contribution.index], feature_descriptions(windows_days))
+    return texts.reindex(frame.index).fillna("")
 
 
 def feature_descriptions(windows_days: tuple[int, ...]) -> dict[str, str]:
@@ -170,19 +182,25 @@ def plain_reasons(contribution: pd.DataFrame, features: pd.DataFrame, descriptio
     values = contribution.to_numpy(dtype=float)
     order = np.argsort(-values, axis=1, kind="stable")[:, :k]
     by_size = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
+    rows = np.arange(len(values))[:, None]
+    up = values[rows, order] > 0
+    # Column arrays, read by position: a row lookup per customer costs more than the model.
+    wanted = [name for name in dict.fromkeys([*names, "mean_purchase_gap_days"]) if name in features]
+    columns = {name: features[name].to_numpy(dtype=object) for name in wanted}
     texts = []
-    for i, row_label in enumerate(features.index):
-        row = features.loc[row_label]
-        up = [j for j in order[i] if values[i, j] > 0]
-        chosen = [names[j] for j in (up or by_size[i])]
+    for i in range(len(values)):
+        any_up = bool(up[i, 0])
+        chosen = [names[j] for j, pushes in zip(order[i], up[i], strict=True) if pushes] if any_up \
+            else [names[j] for j in by_size[i]]
         if "days_since_last_purchase" in chosen:  # its phrase already says how overdue they are
             chosen = [name for name in chosen if name != "overdue_ratio"]
+        row = {name: columns[name][i] for name in (*chosen, "mean_purchase_gap_days") if name in columns}
         words = "; ".join(_reason(name, row, descriptions) for name in chosen)
-        texts.append(words if up else f"low risk: {words}")
+        texts.append(words if any_up else f"low risk: {words}")
     return pd.Series(texts, index=features.index, dtype="string")
 
 
-def _reason(name: str, row: pd.Series, descriptions: dict[str, str]) -> str:
+def _reason(name: str, row: dict, descriptions: dict[str, str]) -> str:
     value = row.get(name)
     if value is None or pd.isna(value):
         return f"{descriptions.get(name, name.replace('_', ' '))}: none recorded"
@@ -214,11 +232,17 @@ def plan_actions(scored: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
     saved, priority = churn probability x customer value x action success rate - action cost.
     Row by row, so any batch (or Spark partition) gets the same answer."""
     out = scored.copy()
-    playbook = {(segment, tier): action for segment, tiers in config.actions.items() for tier, action in tiers.items()}
-    chosen = [playbook[(segment, tier)] for segment, tier in zip(out["segment"], out["risk_tier"], strict=True)]
-    out["action"] = pd.array([a.action for a in chosen], dtype="string")
-    out["action_cost"] = np.array([a.cost for a in chosen], dtype=float)
-    out["action_success_rate"] = np.array([a.success_rate for a in chosen], dtype=float)
+    playbook = pd.DataFrame([(segment, tier, a.action, a.cost, a.success_rate) for segment, tiers in
+                             config.actions.items() for tier, a in tiers.items()],
+                            columns=["segment", "risk_tier", "action", "action_cost", "action_success_rate"])
+    keys = pd.MultiIndex.from_frame(playbook[["segment", "risk_tier"]])
+    at = keys.get_indexer(pd.MultiIndex.from_arrays([out["segment"].astype(object), out["risk_tier"].astype(object)]))
+    if (at < 0).any():
+        first = out.loc[at < 0, ["segment", "risk_tier"]].iloc[0].tolist()
+        raise KeyError(f"score.actions has no action for segment {first[0]!r} at risk tier {first[1]!r}")
+    out["action"] = pd.array(playbook["action"].to_numpy(dtype=object)[at], dtype="string")
+    out["action_cost"] = playbook["action_cost"].to_numpy(dtype=float)[at]
+    out["action_success_rate"] = playbook["action_success_rate"].to_numpy(dtype=float)[at]
     out["priority"] = (out["churn_probability"] * out["customer_value"] * out["action_success_rate"]
                        - out["action_cost"])
     return out

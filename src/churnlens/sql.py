@@ -61,7 +61,7 @@ def event_steps(available: dict[str, set[str]]) -> list[Step]:
                       "AND m.month = date_trunc('month', t.timestamp)")
     # Loyalty-segment measures per line, from a bare purchase log (DOMAIN.md).
     usual_ratio, usual_join = "CAST(NULL AS DOUBLE) AS usual_price_ratio", ""
-    repeat = "CAST(NULL AS BOOLEAN) AS repeat_line"
+    repeat, repeat_join = "CAST(NULL AS BOOLEAN) AS repeat_line", ""
     if {"unit_price", "product_id"} <= tx:
         steps.append(usual_price_step(is_return))
         usual_ratio = "t.unit_price / nullif(u.usual_price, 0) AS usual_price_ratio"
@@ -70,13 +70,18 @@ def event_steps(available: dict[str, set[str]]) -> list[Step]:
     if "product_id" in tx:
         # Bought before = an earlier purchase of the product by the same customer; the earliest
         # purchase is at or before the line, so later events can never change the flag.
-        repeat = (f"t.timestamp > min(CASE WHEN NOT ({is_return}) THEN t.timestamp END) "
-                  "OVER (PARTITION BY t.customer_id, t.product_id) AS repeat_line")
+        # A grouped minimum joined back, not a window: the same value without sorting every line.
+        steps.append(("first_purchase", f"""
+            SELECT customer_id, product_id, min(CASE WHEN NOT ({is_return}) THEN timestamp END) AS first_ts
+            FROM src_transactions GROUP BY customer_id, product_id"""))
+        repeat = "t.timestamp > f.first_ts AS repeat_line"
+        repeat_join = ("LEFT JOIN first_purchase f ON f.customer_id = t.customer_id "
+                       "AND f.product_id IS NOT DISTINCT FROM t.product_id")
     steps.append(("lines", f"""
         SELECT t.customer_id, t.timestamp AS ts, t.amount, {is_return} AS is_return
                {''.join(', t.' + c for c in optional)}, {price_ratio}, {usual_ratio}, {repeat},
                CAST(t.timestamp AS DATE) AS purchase_day
-        FROM src_transactions t {price_join} {usual_join}"""))
+        FROM src_transactions t {price_join} {usual_join} {repeat_join}"""))
     # Without order ids, lines of one customer at the same instant form one order.
     order_key = "coalesce(order_id, CAST(timestamp AS VARCHAR))" if "order_id" in tx else "CAST(timestamp AS VARCHAR)"
     # A purchase is an order holding at least one non-return line; returns alone are not purchases.

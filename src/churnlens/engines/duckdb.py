@@ -419,7 +419,9 @@ class DuckDBEngine:
         loaded = tracking.load_resolved(model)
         laps.lap("load_model")
         log.info("score: features as of %s with %s v%s", instant.isoformat(), loaded.name, loaded.version)
-        snapshot, _ = compute_snapshots(tables, [instant], params.features, with_labels=False)
+        from churnlens.single_date import compute_snapshot  # one date: one query, not the sweep
+
+        snapshot, _ = compute_snapshot(tables, instant, params.features)
         laps.lap("features")
         log.info("score: %d active customers; probabilities, reasons and segments", len(snapshot))
         score.require_model_inputs(loaded, snapshot.columns)
