@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import alternating, median, ratio_line, table
+from measure import alternating, log_size_parser, median, ratio_line, table
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -179,11 +179,7 @@ def baseline_name() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--customers", type=int, default=500_000)
-    parser.add_argument("--days", type=int, default=365)
-    parser.add_argument("--transactions", type=int, default=10_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = log_size_parser(__doc__)
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = thinned_dir(args.customers, args.days, args.transactions)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -58,3 +59,14 @@ def ratio_line(slow: list[Measurement], fast: list[Measurement], target: str = "
     pairs = [s.seconds / f.seconds for s, f in zip(slow, fast, strict=True)]
     return (f"{slow[0].name} / {fast[0].name}: {median(slow).seconds / median(fast).seconds:.2f}x "
             f"(per repeat {min(pairs):.2f}..{max(pairs):.2f}){'; ' + target if target else ''}")
+
+
+def log_size_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options both the features and the score benchmark take: the size of the generated log and
+    how many alternating repeats to run."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=500_000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--transactions", type=int, default=10_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser

@@ -28,7 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from features_benchmark import OUT, cutoffs, prepare
-from measure import alternating, median, ratio_line, table
+from measure import alternating, log_size_parser, median, ratio_line, table
 
 MODEL = OUT / "score_model"
 
@@ -77,11 +77,7 @@ def run_features(folder: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--customers", type=int, default=500_000)
-    parser.add_argument("--days", type=int, default=365)
-    parser.add_argument("--transactions", type=int, default=10_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = log_size_parser(__doc__)
     parser.add_argument("--run-features", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = prepare(args.customers, args.days, args.transactions)
