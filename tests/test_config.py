@@ -70,6 +70,15 @@ def test_windows_must_increase() -> None:
         parse_params(raw)
 
 
+def test_windows_without_a_year_are_rejected_before_any_stage_runs() -> None:
+    raw = project_params_dict()
+    raw["features"]["windows_days"] = [30, 90]
+    with pytest.raises(ConfigError, match=r"features\.windows_days must include 365 \(got \[30, 90\]\)"):
+        parse_params(raw)
+    raw["features"]["windows_days"] = [30, 365, 730]
+    assert parse_params(raw).features.windows_days == (30, 365, 730)
+
+
 def test_boolean_for_a_number_is_rejected() -> None:
     raw = project_params_dict()
     raw["train"]["xgboost"]["n_estimators"] = True

@@ -372,9 +372,20 @@ class Params(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     score: ScoreConfig
 
+    @model_validator(mode="after")
+    def _yearly_window_for_value_and_baselines(self) -> Params:
+        # The RFM baselines and the customer value proxy read spend_365d and purchases_365d: a
+        # pipeline without the 365-day window would fail later with a bare missing-column error.
+        if 365 not in self.features.windows_days:
+            raise ValueError(f"features.windows_days must include 365 (got {list(self.features.windows_days)}): "
+                             "the customer value and the RFM baselines use spend_365d and purchases_365d")
+        return self
+
 
 def _describe(error: dict) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "<root>"
+    if not error["loc"]:  # a rule across sections: its message names the keys itself
+        return f"  {error['msg'].removeprefix('Value error, ')}"
+    key = ".".join(str(part) for part in error["loc"])
     received = error.get("input")
     shown = repr(received) if not isinstance(received, dict) else "a mapping"
     message = error["msg"]

@@ -221,10 +221,10 @@ def _reason(name: str, row: dict, descriptions: dict[str, str]) -> str:
     return f"{descriptions.get(name, name.replace('_', ' '))}: {shown}"
 
 
-def customer_value(features: pd.DataFrame, config: ScoreConfig) -> pd.Series:
+def customer_value(features: pd.DataFrame, value_horizon_days: int) -> pd.Series:
     """Value proxy: spend over the last year, scaled to ``value_horizon_days``; never negative."""
     yearly = features["spend_365d"].astype("float64").fillna(0.0).clip(lower=0.0)
-    return yearly * config.value_horizon_days / 365.0
+    return yearly * value_horizon_days / 365.0
 
 
 def plan_actions(scored: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
@@ -289,7 +289,7 @@ def score_rows(features: pd.DataFrame, probability: np.ndarray, segments: pd.Dat
         "segment_margin": segments["segment_margin"].to_numpy(),
         "low_confidence": segments["low_confidence"].to_numpy(dtype=bool),
         "segment_driver": segments["segment_driver"].to_numpy(),
-        "customer_value": customer_value(features, config).to_numpy(),
+        "customer_value": customer_value(features, config.value_horizon_days).to_numpy(),
     })
     scored["risk_tier"] = risk_tiers(scored["churn_probability"], config)
     scored["top_reasons"] = (reasons.reindex(features.index).fillna("").to_numpy() if reasons is not None

@@ -271,7 +271,7 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     curves = {"model": ev.curves(y, probability, config.calibration_bins)}
     curves.update({name: ev.curves(y, (values - values.min()) / (np.ptp(values) or 1.0), config.calibration_bins)
                    for name, (values, _) in baselines.items()})
-    value = holdout["spend_365d"].clip(lower=0).fillna(0).to_numpy(dtype=float)
+    value = score.customer_value(holdout, params.score.value_horizon_days).to_numpy(dtype=float)
     scores = {"model": probability, **{name: values for name, (values, _) in baselines.items()}}
     for name, (profit, best) in ev.campaign_profits(y, scores, value, config).items():
         curves[name]["profit"] = profit
