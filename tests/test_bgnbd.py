@@ -90,7 +90,7 @@ def test_expected_purchases_match_adaptive_quadrature_for_any_fit_including_a_be
         x = np.floor(rng.uniform(0, 1, 12) * 7 * t)  # at most one repeat purchase-day per day of age
         t_x = t * rng.uniform(0, 1, 12) * (x > 0)
         fast = model.expected_purchases(13.0, x, t_x, t) / model.probability_alive(x, t_x, t)
-        reference = np.array([_adaptive_expected_purchases(model, 13.0, xi, ti) for xi, ti in zip(x, t)])
+        reference = np.array([_adaptive_expected_purchases(model, 13.0, xi, ti) for xi, ti in zip(x, t, strict=True)])
         worst = max(worst, float(np.max(np.abs(fast - reference) / reference)))
     assert worst < 1e-8
 
