@@ -63,3 +63,58 @@ def test_scores_rank_recent_frequent_buyers_as_less_likely_to_churn() -> None:
     none, expected = model.probability_no_purchase(13.0, *args), model.expected_purchases(13.0, *args)
     assert none[0] < none[1] and expected[0] > expected[1]  # same frequency, the recent buyer is more alive
     assert expected[0] > expected[2] > 0
+
+
+def _adaptive_expected_purchases(model: BGNBD, horizon: float, x: float, t: float) -> float:
+    """The alive customer's E[purchases] by adaptive quadrature (QUADPACK's algebraic-weight rule
+    carries the Beta density's endpoint singularities), independent of the fast Gauss-Jacobi rule."""
+    from scipy import integrate, special
+
+    shape, z = model.r + x, horizon / (model.alpha + t)
+
+    def per_p(p: float) -> float:
+        return shape * z if p == 0 else -np.expm1(-shape * np.log1p(p * z)) / p
+
+    value, _ = integrate.quad(per_p, 0, 1, weight="alg", wvar=(model.a - 1, model.b + x - 1), epsabs=0,
+                              epsrel=1e-12, limit=500)
+    return value / np.exp(special.betaln(model.a, model.b + x))
+
+
+def test_expected_purchases_match_adaptive_quadrature_for_any_fit_including_a_below_one() -> None:
+    rng = np.random.default_rng(7)
+    worst = 0.0
+    for _ in range(25):
+        model = BGNBD(r=float(np.exp(rng.uniform(-2, 2))), alpha=float(np.exp(rng.uniform(-3, 4))),
+                      a=float(np.exp(rng.uniform(-5, 1.5))), b=float(np.exp(rng.uniform(-1, 5))))
+        t = rng.uniform(0, 104, 12)
+        x = np.floor(rng.uniform(0, 1, 12) * 7 * t)  # at most one repeat purchase-day per day of age
+        t_x = t * rng.uniform(0, 1, 12) * (x > 0)
+        fast = model.expected_purchases(13.0, x, t_x, t) / model.probability_alive(x, t_x, t)
+        reference = np.array([_adaptive_expected_purchases(model, 13.0, xi, ti) for xi, ti in zip(x, t, strict=True)])
+        worst = max(worst, float(np.max(np.abs(fast - reference) / reference)))
+    assert worst < 1e-8
+
+
+def test_a_row_scores_the_same_alone_or_in_any_batch() -> None:
+    """Engines score cutoffs in different batches (Spark per partition): a row's features may not
+    depend on which other rows it is evaluated with."""
+    model = BGNBD(r=0.5, alpha=0.4, a=0.2, b=2.4)  # small alpha: rows spread over several quadrature tiers
+    x, t_x, t, _ = simulate_bgnbd(3000, **vars(model), weeks=30, seed=3)
+    t = t * np.linspace(0.01, 1, len(t))
+    t_x = np.minimum(t_x, t)
+    whole = model.expected_purchases(13.0, x, t_x, t)
+    pieces = np.concatenate([model.expected_purchases(13.0, x[i:i + 7], t_x[i:i + 7], t[i:i + 7])
+                             for i in range(0, len(x), 7)])
+    assert np.array_equal(whole, pieces)
+
+
+def test_fit_is_a_maximum_of_the_likelihood() -> None:
+    """No nearby parameter set explains the customers better than the fitted one."""
+    from churnlens.bgnbd import log_likelihood
+
+    x, t_x, t, _ = simulate_bgnbd(4000, r=0.24, alpha=4.4, a=0.79, b=2.4, weeks=52, seed=4)
+    fitted = np.log(list(vars(fit_bgnbd(x, t_x, t)).values()))
+    best = log_likelihood(np.exp(fitted), x, t_x, t).sum()
+    rng = np.random.default_rng(0)
+    for step in rng.normal(0, 1e-3, (40, 4)):
+        assert log_likelihood(np.exp(fitted + step), x, t_x, t).sum() <= best + 1e-9

@@ -23,11 +23,11 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy import special
 from scipy.special import gammaln
+from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
 DAYS_PER_UNIT = 7.0
 # log-parameter bounds: wide enough that a fit on real data sits inside them (checked in tests).
 LOG_BOUNDS = (-9.0, 9.0)
-_LOGIT_GRID = np.linspace(-30.0, 30.0, 601)
 
 
 @dataclass(frozen=True)
@@ -59,23 +59,71 @@ class BGNBD:
 
         An alive customer with rate lambda and dropout p buys (1 - exp(-lambda p H)) / p times in
         expectation; over the Gamma posterior of lambda that is (1 - (rate / (rate + p H))^shape) / p,
-        averaged over the Beta(a, b + x) posterior of p on a fine logit grid, normalised numerically.
-        This holds for any a, b > 0 (the textbook hypergeometric form needs a > 1) and stays finite
-        for the extreme parameters of a fit on a handful of customers.
+        averaged over the Beta(a, b + x) posterior of p by Gauss-Jacobi quadrature. The quadrature
+        takes the Beta density as its weight, so it is exact at p -> 0 for any a, b > 0 (the textbook
+        hypergeometric form needs a > 1) and the integrand left over is smooth; each row gets as many
+        points as the sharpness of that integrand needs (:data:`QUADRATURE_TIERS`).
         """
         x, t_x, t, shape, rate = self._posterior(x, t_x, t)
-        p = special.expit(_LOGIT_GRID)[None, :]
-        log_p, log_q = np.log(p), np.log1p(-p)
+        scaled = horizon / rate
+        tier = np.searchsorted([limit for limit, _ in QUADRATURE_TIERS], np.maximum(shape * scaled, 3.0 * scaled))
         average = np.empty(len(x))
-        for start in range(0, len(x), 5_000):  # bounded memory: rows x grid points per chunk
-            part = slice(start, start + 5_000)
-            # Beta density times the logit Jacobian p (1 - p): p^a (1 - p)^(b + x) on the grid.
-            log_weight = self.a * log_p + (self.b + x[part, None]) * log_q
-            weight = np.exp(log_weight - special.logsumexp(log_weight, axis=1, keepdims=True))
-            k, c = shape[part, None], rate[part, None]
-            per_p = -np.expm1(k * (np.log(c) - np.log(c + p * horizon))) / p
-            average[part] = np.sum(weight * per_p, axis=1)
+        for level in np.unique(tier):
+            rows = np.flatnonzero(tier == level)
+            average[rows] = _posterior_average(self.a, self.b, x[rows], shape[rows], scaled[rows],
+                                               QUADRATURE_TIERS[level][1])
         return self.probability_alive(x, t_x, t) * average
+
+
+def _posterior_average(a: float, b: float, x: np.ndarray, shape: np.ndarray, scaled: np.ndarray,
+                       points: int) -> np.ndarray:
+    """Mean of (1 - (1 + p H / rate)^-shape) / p over p ~ Beta(a, b + x), per row."""
+    distinct, which = np.unique(x, return_inverse=True)
+    nodes, weights = beta_quadrature(a, b + distinct, points)  # the posterior of p depends on x alone
+    average = np.empty(len(x))
+    step = max(1, _CHUNK_CELLS // points)  # bounded memory: rows x points per chunk
+    for start in range(0, len(x), step):
+        part = slice(start, start + step)
+        p = nodes[which[part]]
+        # 1 - (rate / (rate + p H))^shape, without cancellation when p H << rate
+        per_p = -np.expm1(-shape[part, None] * np.log1p(p * scaled[part, None])) / p
+        average[part] = np.sum(weights[which[part]] * per_p, axis=1)
+    return average
+
+
+# The integrand (1 - (1 + p z)^-k) / p, z = H / rate, k = shape, bends at p ~ 1 / (k z) and has its
+# only singularity at p = -1 / z: the sharper it is, the more Gauss-Jacobi points it needs. Tiers of
+# (largest max(k z, 3 z), points) keep the relative error below 1e-8 against adaptive quadrature
+# (checked in test_bgnbd.py, a < 1 included); real cutoffs sit almost entirely in the first tier.
+QUADRATURE_TIERS = ((30.0, 32), (200.0, 64), (1_500.0, 128), (8_000.0, 256), (40_000.0, 512), (np.inf, 1024))
+_CHUNK_CELLS = 2_000_000
+
+
+def beta_quadrature(a: float, b: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights (each row summing to 1) of Gauss quadrature for Beta(a, b_i), one row per b_i.
+
+    Golub-Welsch on the Jacobi recurrence, mapped from [-1, 1] to p in [0, 1]: weights are the
+    squared first components of the eigenvectors, so no normalising constant (which overflows
+    for large b) is ever formed.
+    """
+    from scipy.linalg import eigh_tridiagonal
+
+    nodes, weights = np.empty((len(b), points)), np.empty((len(b), points))
+    k = np.arange(points, dtype=float)
+    for row, b_row in enumerate(np.asarray(b, dtype=float)):
+        # weight (1 - u)^al (1 + u)^be on [-1, 1] with p = (1 + u) / 2: al for 1 - p, be for p
+        al, be = b_row - 1.0, a - 1.0
+        s = 2.0 * k + al + be
+        with np.errstate(invalid="ignore", divide="ignore"):
+            diagonal = np.where(k == 0, (be - al) / (al + be + 2.0), (be * be - al * al) / (s * (s + 2.0)))
+            j = k[1:]
+            sj = 2.0 * j + al + be
+            squared = np.where(j == 1, 4.0 * (1.0 + al) * (1.0 + be) / ((2.0 + al + be) ** 2 * (3.0 + al + be)),
+                               4.0 * j * (j + al) * (j + be) * (j + al + be) / (sj * sj * (sj + 1.0) * (sj - 1.0)))
+        u, vectors = eigh_tridiagonal(diagonal, np.sqrt(squared))
+        nodes[row] = np.clip((1.0 + u) / 2.0, np.finfo(float).tiny, 1.0)
+        weights[row] = vectors[0] ** 2 / np.sum(vectors[0] ** 2)
+    return nodes, weights
 
 
 def log_likelihood(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -98,15 +146,60 @@ def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, t: np.ndarray) -> BGNBD:
     if len(x) == 0:
         raise ValueError("BG/NBD needs at least one customer")
     counts = np.unique(np.column_stack([x, t_x, t]), axis=0, return_counts=True)
-    (ux, utx, ut), weight = counts[0].T, counts[1]  # identical customers share one likelihood term
-
-    def negative(log_params: np.ndarray) -> float:
-        return -float(weight @ log_likelihood(np.exp(log_params), ux, utx, ut)) / weight.sum()
-
+    (ux, utx, ut), weight = counts[0].T, counts[1].astype(float)  # identical customers share one term
     start = np.log([1.0, max(float(np.mean(t)), 1.0), 1.0, 1.0])
-    result = minimize(negative, start, method="L-BFGS-B", bounds=[LOG_BOUNDS] * 4)
+    # Analytic gradient: 5x fewer likelihood evaluations than finite differences, and tolerances
+    # tight enough that the optimum, not the optimiser's path, decides the parameters.
+    # One BLAS thread: L-BFGS-B's 4-parameter updates call BLAS, whose worker threads only spin
+    # on a busy machine (1.7x slower fits with two cores shared, identical results either way).
+    distinct, which = np.unique(ux, return_inverse=True)
+    with threadpool_limits(1, user_api="blas"):
+        result = minimize(_mean_negative_log_likelihood, start, args=(ux, utx, ut, weight, distinct, which), jac=True,
+                          method="L-BFGS-B", bounds=[LOG_BOUNDS] * 4, options={"ftol": 1e-14, "gtol": 1e-9})
     r, alpha, a, b = np.exp(result.x)
     return BGNBD(r=float(r), alpha=float(alpha), a=float(a), b=float(b))
+
+
+def _mean_negative_log_likelihood(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, t: np.ndarray,
+                                  weight: np.ndarray, distinct: np.ndarray, which: np.ndarray
+                                  ) -> tuple[float, np.ndarray]:
+    """-weighted mean of :func:`log_likelihood` and its gradient in the log parameters. The gamma
+    terms depend on x alone, so they are evaluated once per distinct x (``x == distinct[which]``)."""
+    r, alpha, a, b = params = np.exp(log_params)
+    per_x = np.bincount(which, weight)
+    common = (gammaln(r + distinct) - gammaln(r) + r * np.log(alpha) + gammaln(a + b) + gammaln(b + distinct)
+              - gammaln(b) - gammaln(a + b + distinct))
+    log_age, log_last = np.log(alpha + t), np.log(alpha + t_x)
+    repeat, shape = x > 0, r + x
+    term_alive = -shape * log_age
+    term_dropped = np.full(len(x), -np.inf)
+    term_dropped[repeat] = (np.log(a) - np.log(b + x[repeat] - 1) - shape[repeat] * log_last[repeat])
+    both = np.logaddexp(term_alive, term_dropped)
+    dropped = np.exp(term_dropped - both)  # the dropped-out branch's share of each likelihood
+    alive = 1.0 - dropped
+    d_common = np.array([
+        _dot(per_x, special.digamma(r + distinct) - special.digamma(r) + np.log(alpha)),
+        per_x.sum() * r / alpha,
+        _dot(per_x, special.digamma(a + b) - special.digamma(a + b + distinct)),
+        _dot(per_x, special.digamma(a + b) + special.digamma(b + distinct) - special.digamma(b)
+             - special.digamma(a + b + distinct)),
+    ])
+    inverse_gap = np.zeros(len(x))
+    inverse_gap[repeat] = 1.0 / (b + x[repeat] - 1)
+    d_rows = np.array([
+        _dot(weight, -alive * log_age - dropped * log_last),
+        _dot(weight, -shape * (alive / (alpha + t) + dropped / (alpha + t_x))),
+        _dot(weight, dropped) / a,
+        -_dot(weight, dropped * inverse_gap),
+    ])
+    total = weight.sum()
+    value = -(_dot(per_x, common) + _dot(weight, both)) / total
+    return float(value), -(d_common + d_rows) * params / total
+
+
+def _dot(weights: np.ndarray, values: np.ndarray) -> float:
+    # Not ``@``: a multithreaded BLAS dot on two busy cores took 13 ms for 44k rows instead of 0.04.
+    return float(np.sum(weights * values))
 
 
 def at_bound(model: BGNBD) -> list[str]:
