@@ -14,10 +14,13 @@ Spark runs on a local master with the settings churnlens sets for a session it s
 docs/spark.md): shuffle partitions a small multiple of the cores, as one sizes them on a cluster
 (Spark's default 200 is sized for a cluster of many cores: at 300k transactions on 2 cores the
 feature job ran 2,000 tasks and had not finished after 12 minutes). Reported per
-run: wall time, peak RSS of the Python driver and of the JVM (in local mode the JVM is driver and
-executors), and for Spark the shuffle bytes written, the bytes spilled and the time of Spark jobs
-grouped by the line of churnlens that started them (the rest is driver-side Python: planning,
-the BTYD fits, model loading, reports).
+run: wall time, CPU seconds of the process tree, the load average, peak RSS of the Python driver
+and of the JVM (in local mode the JVM is driver and executors), and for Spark the shuffle bytes
+written, the bytes spilled, the CPU time of the tasks and the time of each Spark action by the
+line of churnlens that started it (the rest is driver-side Python: planning, the BTYD fits, model
+loading, reports). ``--repeats 2`` runs the four jobs twice in turns and prints Spark / DuckDB as
+a ratio of medians with the per-repeat range. ``--generate-only`` writes the log and stops.
+On a shared machine compare CPU seconds: wall time mostly measures the other jobs.
 """
 
 from __future__ import annotations
@@ -99,7 +102,15 @@ def spark_stats(session) -> dict:
                           for k in ("submissionTime", "completionTime"))
             intervals[call_site(job["name"])].append((start, end))
     busy = {site: covered_seconds(spans) for site, spans in intervals.items()}
-    return {"shuffle_write_bytes": sum(s["shuffleWriteBytes"] for s in stages),
+    # A SQL execution gathers the jobs adaptive execution starts for one action (their own
+    # names point into Spark, not at churnlens), so its description says which action it was.
+    queries: dict[str, float] = defaultdict(float)
+    for query in get("sql?details=false"):
+        queries[call_site(query["description"])] += query["duration"] / 1000
+    return {"seconds_by_action": dict(sorted(queries.items(), key=lambda kv: -kv[1])),
+            "shuffle_write_bytes": sum(s["shuffleWriteBytes"] for s in stages),
+            # CPU time of the tasks: what a shared machine's load inflates least
+            "task_cpu_seconds": sum(s["executorCpuTime"] for s in stages) / 1e9,
             "spilled_disk_bytes": sum(s["diskBytesSpilled"] for s in stages),
             "spilled_memory_bytes": sum(s["memoryBytesSpilled"] for s in stages),
             "spark_busy_seconds": covered_seconds([span for spans in intervals.values() for span in spans]),
@@ -162,15 +173,17 @@ def measure_tree(name: str, args: list[str]) -> dict:
     """Wall time and peak RSS of a child process and of the JVM it starts, sampled every 0.2 s."""
     import psutil
 
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     child = subprocess.Popen([sys.executable, *args])
     parent = psutil.Process(child.pid)
     peak = {"python_mb": 0.0, "jvm_mb": 0.0, "tree_mb": 0.0}
+    cpu: dict[int, float] = {}  # CPU seconds per process of the tree, as last seen
     while child.poll() is None:
         try:
             processes = [parent, *parent.children(recursive=True)]
             rss = {p.pid: p.memory_info().rss / 2**20 for p in processes}
             names = {p.pid: p.name() for p in processes}
+            cpu.update({p.pid: sum(p.cpu_times()[:2]) for p in processes})
         except psutil.Error:
             continue
         peak["python_mb"] = max(peak["python_mb"], rss.get(child.pid, 0.0))
@@ -179,29 +192,45 @@ def measure_tree(name: str, args: list[str]) -> dict:
         time.sleep(0.2)
     if child.returncode != 0:
         raise SystemExit(f"{name} failed with exit code {child.returncode}")
-    return {"name": name, "seconds": time.perf_counter() - started, **peak}
+    return {"name": name, "seconds": time.perf_counter() - started, **peak, "cpu_seconds": sum(cpu.values()),
+            "load": f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"}
+
+
+def spark_to_duckdb(rows: list[dict]) -> list[str]:
+    """Spark / DuckDB per job, from runs that alternated engines (repeat k of each ran under
+    about the same load)."""
+    from measure import Measurement, ratio_line
+
+    lines = []
+    for kind in ("features", "score"):
+        spark, duckdb = ([Measurement(r["name"], r["seconds"], r["python_mb"]) for r in rows
+                          if r["name"] == f"{kind}, {engine}"] for engine in ("spark", "duckdb"))
+        if spark and len(spark) == len(duckdb):
+            lines.append(ratio_line(spark, duckdb))
+    return lines
 
 
 def report(rows: list[dict], counts: dict, master: str) -> str:
     lines = [f"{counts['transactions']:,} transactions, {counts['customers']:,} customers, 12 cutoffs; "
-             f"Spark master {master}; {os.cpu_count()} cores", "",
-             "| run | seconds | peak RSS Python driver (MB) | peak RSS JVM (MB) | shuffle written (MB) | spilled to disk (MB) |",
-             "|---|---|---|---|---|---|"]
+             f"Spark master {master}; {os.cpu_count()} cores; load average (1 min) at the start and end of each run", "",
+             "| run | seconds | peak RSS Python driver (MB) | peak RSS JVM (MB) | shuffle written (MB) | spilled to disk (MB) "
+             "| CPU s | load |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         stats = row.get("stats", {})
         shuffle = f"{stats['shuffle_write_bytes'] / 2**20:,.0f}" if "shuffle_write_bytes" in stats else ""
         spill = f"{stats['spilled_disk_bytes'] / 2**20:,.0f}" if "spilled_disk_bytes" in stats else ""
         lines.append(f"| {row['name']} | {row['seconds']:.1f} | {row['python_mb']:,.0f} | {row['jvm_mb']:,.0f} | "
-                     f"{shuffle} | {spill} |")
+                     f"{shuffle} | {spill} | {row['cpu_seconds']:,.0f} | {row['load']} |")
     for row in rows:
-        sites = row.get("stats", {}).get("job_seconds_by_call_site")
-        if not sites:
+        actions = row.get("stats", {}).get("seconds_by_action")
+        if not actions:
             continue
         lines += ["", f"{row['name']}: {row['stats']['seconds_in_job']:.1f} s in the job, of which Spark jobs ran "
                   f"{row['stats']['spark_busy_seconds']:.1f} s; the rest is driver-side Python", "",
-                  "| Spark jobs started at | seconds (wall, overlapping jobs counted once) |", "|---|---|"]
-        lines += [f"| {site} | {seconds:.1f} |" for site, seconds in sites.items()]
-    return "\n".join(lines)
+                  "| Spark action (SQL execution) started at | seconds |", "|---|---|"]
+        lines += [f"| {site} | {seconds:.1f} |" for site, seconds in actions.items()]
+    return "\n".join([*lines, "", *spark_to_duckdb(rows)])
 
 
 def main() -> None:
@@ -210,9 +239,13 @@ def main() -> None:
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="6g")
     parser.add_argument("--only", help="comma-separated runs, e.g. features:spark (default: all four)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of the runs, taking turns")
+    parser.add_argument("--generate-only", action="store_true", help="write the log and stop")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = generate(args.transactions)
+    if args.generate_only:
+        return
     if args.run:
         kind, engine = args.run.split(":")
         run(kind, engine, folder, args.master, args.driver_memory, OUT / f"scale_stats_{kind}_{engine}.json")
@@ -223,7 +256,7 @@ def main() -> None:
     assert (MODEL / "MLmodel").exists()
     runs = (args.only or "features:duckdb,features:spark,score:duckdb,score:spark").split(",")
     rows = []
-    for name in runs:
+    for name in runs * args.repeats:
         kind, engine = name.split(":")
         row = measure_tree(f"{kind}, {engine}", [__file__, "--transactions", str(args.transactions), "--master",
                                                  args.master, "--driver-memory", args.driver_memory, "--run", name])

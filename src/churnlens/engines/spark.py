@@ -169,6 +169,10 @@ def _with_fitted_features(frame: DataFrame, plan: FeaturePlan, config: FeaturesC
     columns = fit_columns(plan)
     if not columns:
         return frame
+    # The fit reads a few columns, but the assembly's outer joins cannot be pruned: without a
+    # cache every family would run again for the rows written or scored afterwards.
+    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+    _cached.append(frame)
     inputs = frame.select(*columns).toPandas()
     inputs["cutoff"] = inputs["cutoff"].astype("datetime64[us]")
     fits = bgnbd.fits_per_cutoff(inputs)
