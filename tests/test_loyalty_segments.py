@@ -67,6 +67,29 @@ def test_lines_of_one_instant_are_not_repeats_of_each_other() -> None:
     assert frame["repeat_line_share_365d"].iloc[0] == pytest.approx(1 / 3)
 
 
+def _staples_log() -> pd.DataFrame:
+    """p: A buys it twice in December, B once in January (1 repeat in 3 lines); q: C buys it three
+    times in January (2 repeats in 3); r has no earlier sales. N's one basket in February holds p,
+    q and r; February's own repeats of p (by S) never count."""
+    earlier = [line("A", "2023-12-05", 5, "A1", product="p"), line("A", "2023-12-20", 5, "A2", product="p"),
+               line("B", "2024-01-15", 5, "B1", product="p"),
+               *[line("C", f"2024-01-{day}", 5, f"C{day}", product="q") for day in (2, 10, 20)]]
+    same_month = [line("S", f"2024-02-0{day}", 5, f"S{day}", product="p") for day in (1, 2, 3)]
+    basket = [line("N", "2024-02-10 12:00", 5, "N1", product=product) for product in ("p", "q", "r")]
+    return pd.DataFrame(earlier + same_month + basket)
+
+
+def test_product_repeat_rate_by_hand() -> None:
+    frame, _ = compute_snapshots({"transactions": _staples_log()}, [MARCH], CONFIG, with_labels=False)
+    rates = frame.set_index("customer_id")["product_repeat_rate_365d"]
+    assert rates["N"] == pytest.approx((1 / 3 + 2 / 3) / 2)  # r has no repeat rate yet: left out
+    assert np.isnan(rates["C"])  # q had no sales before January
+    # In March, February's sales of p count too: (1 + 2 repeats of S) / 7 lines of p.
+    april, _ = compute_snapshots({"transactions": pd.concat([_staples_log(), pd.DataFrame([
+        line("M", "2024-03-05", 5, "M1", product="p")])])}, [pd.Timestamp("2024-04-01")], CONFIG, with_labels=False)
+    assert april.set_index("customer_id").loc["M", "product_repeat_rate_365d"] == pytest.approx(3 / 7)
+
+
 @st.composite
 def priced_logs(draw):
     """Many lines on few products around the cutoff, so that usual prices exist on both sides."""
@@ -89,7 +112,7 @@ def test_later_prices_and_purchases_never_change_the_behavioural_features(log, f
         unit_price=np.where(future, log["unit_price"] * factor, log["unit_price"]),
         amount=np.where(future, log["amount"] * factor, log["amount"]))
     columns = ["customer_id", "below_usual_price_share_365d", "below_usual_spend_share_365d",
-               "repeat_line_share_365d", "purchase_gap_cv"]
+               "repeat_line_share_365d", "product_repeat_rate_365d", "purchase_gap_cv"]
     before, _ = compute_snapshots({"transactions": log}, [MID_MARCH], CONFIG, with_labels=False)
     after, _ = compute_snapshots({"transactions": changed}, [MID_MARCH], CONFIG, with_labels=False)
     pd.testing.assert_frame_equal(before[columns], after[columns])

@@ -7,7 +7,7 @@ import pytest
 from churnlens.config import ScoreConfig, SegmentRules
 from churnlens.score import (PROBABILITY_BOUNDS, build_scores, feature_descriptions, plain_reasons, retention_plan,
                              risk_tiers, segment_report)
-from churnlens.segments import assign_segments, stable_or_growing_spend
+from churnlens.segments import assign_segments, purchases_prior_90d, stable_or_growing_spend
 from conftest import project_params_dict
 
 
@@ -53,19 +53,30 @@ def test_segment_does_not_depend_on_the_batch() -> None:
 
 
 def buyer(**overrides) -> dict:
-    """A customer of a bare purchase log (no interaction or profile fields)."""
+    """A customer of a bare purchase log (no interaction or profile fields): two purchases in each
+    of the last two quarters, spend level."""
     base = {"customer_id": "B", "purchases_lifetime": 6, "days_since_first_purchase": 300, "purchases_90d": 2,
-            "spend_trend_90d": 0.0, "below_usual_price_share_365d": 0.0, "below_usual_spend_share_365d": 0.0,
-            "repeat_line_share_365d": 0.2, "purchase_gap_cv": 0.8, "return_rate_365d": 0.0}
+            "purchase_trend_90d": 0.0, "spend_trend_90d": 0.0, "below_usual_price_share_365d": 0.0,
+            "below_usual_spend_share_365d": 0.0, "repeat_line_share_365d": 0.2, "purchase_gap_cv": 0.8,
+            "return_rate_365d": 0.0}
     return {**base, **overrides}
+
+
+def test_purchases_in_the_quarter_before_by_hand() -> None:
+    frame = pd.DataFrame([buyer(), buyer(purchase_trend_90d=np.log(3 / 2)), buyer(purchase_trend_90d=np.log(3.0)),
+                          buyer(purchases_90d=0, purchase_trend_90d=np.log(1 / 5))])
+    assert purchases_prior_90d(frame).tolist() == [2.0, 1.0, 0.0, 4.0]
 
 
 def test_stable_or_growing_spend_by_hand() -> None:
     frame = pd.DataFrame([buyer(spend_trend_90d=0.3), buyer(spend_trend_90d=0.0),
                           buyer(spend_trend_90d=-np.log(2.0)), buyer(spend_trend_90d=-np.log(8.0)),
-                          buyer(spend_trend_90d=0.0, purchases_90d=0)])
-    # Held or grew: 1; halved: half way to a quarter; below a quarter, or nothing bought lately: 0.
-    assert stable_or_growing_spend(frame).tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0])
+                          buyer(spend_trend_90d=0.0, purchases_90d=0, purchase_trend_90d=np.log(1 / 3)),
+                          buyer(spend_trend_90d=4.0, purchase_trend_90d=np.log(3.0))])
+    # Held or grew: 1; halved: half way to a quarter; below a quarter, or nothing bought lately: 0;
+    # bought lately but nothing in the quarter before (new): no spend yet to hold, unknown.
+    held = stable_or_growing_spend(frame).tolist()
+    assert held[:5] == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0]) and np.isnan(held[5])
 
 
 def test_advocacy_is_evidence_scaled_down_by_price_drops_and_returns() -> None:
@@ -76,40 +87,66 @@ def test_advocacy_is_evidence_scaled_down_by_price_drops_and_returns() -> None:
         buyer(customer_id="returns", return_rate_365d=0.1),
     ])
     result = assign_segments(frame, SegmentRules()).set_index("customer_id")
-    # Evidence: exploring 0.8 and spend that held 1.0 -> 0.9; qualifiers scale it by 1, 0.75, 0.75.
-    assert result["advocacy_index"].to_dict() == pytest.approx({"explorer": 0.9, "bargains": 0.675,
-                                                               "returns": 0.675})
+    # Evidence: new lines 0.8 bought while spend held (1.0) -> 0.8; qualifiers scale it by 1, 0.75, 0.75.
+    assert result["advocacy_index"].to_dict() == pytest.approx({"explorer": 0.8, "bargains": 0.6, "returns": 0.6})
     assert result.loc["explorer", "segment"] == "brand_advocate"
-    assert result.loc["explorer", "segment_driver"] == "stable_or_growing_spend"
+    assert result.loc["explorer", "segment_driver"] == "exploring_with_spend_that_holds"
 
 
-def test_full_price_and_few_returns_alone_make_no_advocate() -> None:
-    # Bought at the usual price, returned nothing, but no product ids (no repeat or exploration
-    # measure), too few purchases for a cadence and nothing bought for 90 days: no attitude shows.
-    quiet = buyer(purchases_lifetime=3, purchases_90d=0, spend_trend_90d=-2.0, repeat_line_share_365d=np.nan,
-                  purchase_gap_cv=np.nan)
-    result = assign_segments(pd.DataFrame([quiet]), SegmentRules())
-    assert result.loc[0, "segment"] == "insufficient_history"
-    assert result.loc[0, "segment_driver"] == "no loyalty index reaches score.segments.min_index"
-    # The same customer still buying: spend that holds is evidence of attachment.
-    active = assign_segments(pd.DataFrame([{**quiet, "purchases_90d": 1, "spend_trend_90d": 0.0}]), SegmentRules())
-    assert active.loc[0, "segment"] == "brand_advocate"
-
-
-def test_one_basket_in_price_drops_is_a_low_confidence_comparer() -> None:
-    one_basket = {"purchases_lifetime": 1, "days_since_first_purchase": 20, "purchases_90d": 1}
+def test_new_lines_are_exploring_or_switching_by_whether_spend_holds() -> None:
     frame = pd.DataFrame([
-        buyer(customer_id="drops", below_usual_price_share_365d=0.3, below_usual_spend_share_365d=0.25, **one_basket),
-        buyer(customer_id="full_price", below_usual_price_share_365d=0.05, **one_basket),
+        buyer(customer_id="holds", repeat_line_share_365d=0.1),
+        # Nothing bought in the last 90 days (two purchases the quarter before): spend did not hold.
+        buyer(customer_id="fell_away", repeat_line_share_365d=0.1, purchases_90d=0, purchase_trend_90d=np.log(1 / 3)),
+        buyer(customer_id="repeats", repeat_line_share_365d=0.8),
     ])
     result = assign_segments(frame, SegmentRules()).set_index("customer_id")
-    assert result.loc["drops", "segment"] == "brand_comparer"
-    assert bool(result.loc["drops", "low_confidence"]) and np.isnan(result.loc["drops", "segment_margin"])
-    assert result.loc["drops", "segment_driver"].startswith("bought_in_price_drops")
-    assert result.loc["full_price", "segment"] == "insufficient_history"
-    assert not result.loc["full_price", "low_confidence"]
-    switched_off = assign_segments(frame, SegmentRules(single_basket_price_index=None))
-    assert set(switched_off["segment"]) == {"insufficient_history"}
+    assert result["segment"].to_dict() == {"holds": "brand_advocate", "fell_away": "brand_comparer",
+                                           "repeats": "brand_user"}
+    # fell_away: price drops 0 and 0, switching 0.9 -> 0.3; habit: repeat 0.2, cadence 0.2 -> 0.2.
+    assert result.loc["fell_away", "price_sensitivity_index"] == pytest.approx(0.3)
+    assert result.loc["fell_away", "advocacy_index"] == pytest.approx(0.0)
+    assert result.loc["fell_away", "segment_driver"] == "switching_products"
+    # repeats: new lines 0.2 while spend holds -> advocacy 0.2; habit: repeat 1.0, cadence 0.2 -> 0.6.
+    assert result.loc["repeats", "advocacy_index"] == pytest.approx(0.2)
+    assert result.loc["repeats", "switching_cost_index"] == pytest.approx(0.6)
+
+
+def test_spend_that_holds_alone_makes_no_advocate() -> None:
+    # Bought at the usual price, returned nothing, spend held, but no product ids (no repeat or
+    # exploration measure) and too few purchases for a cadence: no attitude shows.
+    quiet = buyer(purchases_lifetime=3, repeat_line_share_365d=np.nan, purchase_gap_cv=np.nan)
+    result = assign_segments(pd.DataFrame([quiet, {**quiet, "purchases_90d": 0, "spend_trend_90d": -2.0}]),
+                             SegmentRules())
+    assert set(result["segment"]) == {"insufficient_history"}
+    assert result.loc[0, "segment_driver"] == "fewer than two loyalty indices observable in the data"
+
+
+def test_one_basket_shows_price_drops_or_staples_and_is_always_low_confidence() -> None:
+    # One basket, bought in the last 90 days; its own repeat share is 0 by construction.
+    one = {"purchases_lifetime": 1, "days_since_first_purchase": 20, "purchases_90d": 1,
+           "purchase_trend_90d": np.log(2.0), "spend_trend_90d": 5.0, "repeat_line_share_365d": 0.0}
+    frame = pd.DataFrame([
+        buyer(customer_id="drops", below_usual_price_share_365d=0.3, below_usual_spend_share_365d=0.25,
+              product_repeat_rate_365d=0.1, **one),
+        buyer(customer_id="staples", below_usual_price_share_365d=0.05, product_repeat_rate_365d=0.3, **one),
+        buyer(customer_id="one_off", below_usual_price_share_365d=0.05, product_repeat_rate_365d=0.05, **one),
+    ])
+    result = assign_segments(frame, SegmentRules()).set_index("customer_id")
+    assert result["segment"].to_dict() == {"drops": "brand_comparer", "staples": "brand_user",
+                                           "one_off": "insufficient_history"}
+    # Repeats, cadence and spend that holds need time: unknown, not 0 or 1.
+    assert result["advocacy_index"].isna().all()
+    # drops: price drops 0.75 and 0.625 -> 0.6875 against habit 0.2 (products re-bought 10% of the time).
+    assert result.loc["drops", "segment_margin"] == pytest.approx(0.6875 - 0.2)
+    assert result.loc["drops", "segment_driver"] == "bought_in_price_drops (short history)"
+    assert result.loc["staples", "switching_cost_index"] == pytest.approx(0.6)
+    assert result.loc["staples", "segment_driver"] == "repeat_basket (short history)"
+    assert result["low_confidence"].to_dict() == {"drops": True, "staples": True, "one_off": False}
+    # The same baskets from a customer with a history: the margins alone decide the flag.
+    settled = assign_segments(frame.assign(purchases_lifetime=2, days_since_first_purchase=200,
+                                           repeat_line_share_365d=np.nan), SegmentRules())
+    assert not settled["low_confidence"].any()
 
 
 @pytest.fixture
@@ -198,14 +235,18 @@ def test_new_rules_stay_per_customer() -> None:
                                purchases_90d=int(rng.integers(0, 3)), spend_trend_90d=float(rng.normal(0, 1.5)),
                                below_usual_price_share_365d=float(rng.uniform(0, 0.6)),
                                below_usual_spend_share_365d=float(rng.uniform(0, 0.6)),
+                               purchase_trend_90d=float(rng.choice([0.0, np.log(2.0), np.log(3.0)])),
                                repeat_line_share_365d=float(rng.uniform(0, 1)),
+                               product_repeat_rate_365d=float(rng.uniform(0, 0.4)),
                                return_rate_365d=float(rng.uniform(0, 0.2))) for i in range(60)])
-    quiet = buyer(customer_id="quiet", purchases_90d=0, repeat_line_share_365d=np.nan, purchase_gap_cv=np.nan)
-    many = pd.concat([many, pd.DataFrame([quiet])], ignore_index=True)
+    # New lines only, but new as a customer too (nothing in the quarter before): no attitude shows.
+    quiet = buyer(customer_id="quiet", repeat_line_share_365d=0.05, purchase_trend_90d=np.log(3.0))
+    many = pd.concat([many, pd.DataFrame([quiet, buyer(customer_id="explorer")])], ignore_index=True)
     together = assign_segments(many, SegmentRules())
     drivers = set(together["segment_driver"])  # the new rules fire in this batch
-    assert "no loyalty index reaches score.segments.min_index" in drivers
-    assert any(d.endswith("(too short a history to compare indices)") for d in drivers)
+    assert together.set_index("customer_id").loc["quiet", "segment_driver"] == (
+        "no loyalty index reaches score.segments.min_index")
+    assert {"switching_products", "exploring_with_spend_that_holds", "repeat_basket (short history)"} <= drivers
     for i in range(len(many)):
         alone = assign_segments(many.iloc[[i]].reset_index(drop=True), SegmentRules())
         pd.testing.assert_frame_equal(alone, together.iloc[[i]].reset_index(drop=True))

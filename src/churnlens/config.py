@@ -290,9 +290,6 @@ class SegmentRules(_Section):
     min_orders_for_cadence: int = Field(4, ge=3, description="purchases needed before gap regularity counts")
     min_index: float = Field(
         0.2, ge=0, le=1, description="a winning index below this is no evidence -> insufficient_history")
-    single_basket_price_index: float | None = Field(
-        0.5, gt=0, le=1,
-        description="too short a history but a price-sensitivity index at least this -> low-confidence brand_comparer")
 
     @field_validator("contract_lock_in")
     @classmethod

@@ -256,6 +256,17 @@ def loyalty_features() -> list[Feature]:
         _derived("repeat_line_share_365d", pf, "_repeat_lines_365d / nullif(_product_lines_365d, 0)",
                  "Habit: share of purchased lines (365 days) on products this customer had bought before "
                  "(at an earlier instant, any time in their history)."),
+        _count("_repeat_rated_lines_365d", pf, "lines", f"{PURCHASED} AND product_repeat_rate IS NOT NULL", 365,
+               internal=True, requires=("product_id",)),
+        _sum("_product_repeat_rate_sum_365d", pf, "lines",
+             f"CASE WHEN {PURCHASED} THEN coalesce(product_repeat_rate, 0) ELSE 0 END", 365, internal=True,
+             requires=("product_id",)),
+        _derived("product_repeat_rate_365d", pf, "_product_repeat_rate_sum_365d / nullif(_repeat_rated_lines_365d, 0)",
+                 "Staples vs one-off lines: mean, over purchased lines (365 days), of the product's repeat rate, the "
+                 f"share of its lines in the {USUAL_PRICE_MONTHS} calendar months before the purchase month bought "
+                 "by customers who had bought it before (products with fewer than "
+                 f"{USUAL_PRICE_MIN_LINES} sales then are left out). The repeat-basket share such a basket usually "
+                 "has: a habit signal even a single basket carries."),
         _derived("purchase_gap_cv", pf, "purchase_gap_std_days / nullif(mean_purchase_gap_days, 0)",
                  "Cadence irregularity: standard deviation / mean of the days between purchases "
                  "(0 = perfectly regular)."),

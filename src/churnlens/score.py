@@ -73,15 +73,16 @@ SCORE_COLUMN_DEFINITIONS = (
                 "customers when `score.other_reasons` is `none`."),
     ScoreColumn("segment", "text",
                 "Loyalty segment: brand_advocate, brand_user, brand_comparer, or insufficient_history "
-                "(too little history, fewer than two loyalty indices observable, or no index reaching "
-                "`score.segments.min_index`)."),
+                "(fewer than two loyalty indices observable, or no index reaching `score.segments.min_index`; "
+                "a single basket shows too little for most of them)."),
     ScoreColumn("segment_margin", "float",
                 "Lead of the winning loyalty index over the runner-up (indices in [0, 1]); below "
                 "`score.segments.min_margin` the segment is a close call. Empty when not comparable.", 3),
     ScoreColumn("low_confidence", "true / false",
-                "True when `segment_margin` is below `score.segments.min_margin`: the segment is a close call "
-                "between two loyalty indices; always true for a brand_comparer from too short a history "
-                "(price-drop buying in one basket, `score.segments.single_basket_price_index`)."),
+                "True when `segment_margin` is below `score.segments.min_margin` (the segment is a close call "
+                "between two loyalty indices) and for every segment read from a short history (fewer than "
+                "`score.segments.min_orders` purchases or `min_tenure_days` of history: typically one basket). "
+                "False for insufficient_history."),
     ScoreColumn("segment_driver", "text",
                 "The component of the winning loyalty index with the strongest value (e.g. `referrals`, "
                 "`contract`, `discount_share`), or why the customer has no segment."),

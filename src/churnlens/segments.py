@@ -5,24 +5,30 @@ feature is missing for a customer is skipped, not guessed). Every index can be c
 bare purchase log (customer, time, product, quantity, price); interaction and profile fields
 enrich it where present:
 
-* advocacy: evidence of attachment - exploring products not bought before and stable or growing
-  spend (nothing bought in the last 90 days is spend that did not hold); NPS, referrals, praise
-  vs complaints where present. Full-price buying and few returns do not count as evidence (nearly
-  every occasional buyer shows both): they scale the advocacy index down for customers who buy
-  in price drops or return a lot;
-* switching cost / habit: repeat-basket share, a regular cadence; contract, autopay, products
-  held and tenure where present;
-* price sensitivity: share of lines and of spend bought below the product's usual price;
-  discount share, promotion response and paying below the category median where present.
+* advocacy: evidence of attachment - exploring, i.e. buying products not bought before while
+  spend holds (the last 90 days at least those before; nothing bought in the last 90 days is spend
+  that did not hold, and a customer with nothing in the 90 days before has had no time to show
+  it); NPS, referrals, praise vs complaints where present. New lines alone are no attachment (a
+  comparer switching between products buys them too) and spend that holds alone is no exploring
+  (a habitual user's spend holds too). Full-price buying and few returns do not count as evidence
+  (nearly every occasional buyer shows both): they scale the advocacy index down for customers who
+  buy in price drops or return a lot;
+* switching cost / habit: repeat-basket share (for a single basket, the share with which its
+  products are usually re-bought: staples vs one-off lines), a regular cadence; contract,
+  autopay, products held and tenure where present;
+* price sensitivity (the comparer): share of lines and of spend bought below the product's usual
+  price, switching between products (new lines while spend falls away); discount share,
+  promotion response and paying below the category median where present.
 
 The segment is the index with the highest value (brand advocate / brand user / brand
 comparer), the margin is its lead over the runner-up (``low_confidence`` below
-``score.segments.min_margin``). ``insufficient_history`` goes to customers with too little
-history, to those for whom fewer than two indices can be computed, and to those whose best
-index stays under ``score.segments.min_index`` (no attitude shows; a segment is never the
-leftover of the other two). One exception: a single basket can show price-drop buying, so a
-customer with too little history whose price-sensitivity index alone reaches
-``score.segments.single_basket_price_index`` is a brand comparer, always ``low_confidence``.
+``score.segments.min_margin``). ``insufficient_history`` goes to those for whom fewer than two
+indices can be computed and to those whose best index stays under ``score.segments.min_index``
+(no attitude shows; a segment is never the leftover of the other two). A short history (fewer
+than ``min_orders`` purchases or a first purchase less than ``min_tenure_days`` ago, typically a
+single basket) goes through the same rule with what it shows - price-drop buying, a basket of
+staples or of one-off lines; whatever needs time (repeats, cadence, spend that holds) is unknown
+for it, never 0 - and its segment is always ``low_confidence``.
 All transforms are fixed functions of one customer's features (no batch quantiles), so a
 segment never depends on who else is in the batch; they read features only, never personas.
 """
@@ -66,11 +72,28 @@ def unknown_contract_types(features: pd.DataFrame, rules: SegmentRules) -> dict[
     return {str(name): int(n) for name, n in unmapped.value_counts().sort_index().items()}
 
 
+def own_repeat_share(features: pd.DataFrame) -> pd.Series:
+    """Share of the customer's lines on products they had bought before; unknown for a single
+    basket, where it is 0 by construction (nothing earlier to repeat), not evidence of anything."""
+    return _get(features, "repeat_line_share_365d").where(_get(features, "purchases_lifetime") >= 2)
+
+
+def purchases_prior_90d(features: pd.DataFrame) -> pd.Series:
+    """Purchases in the 90 days before the last 90, recovered exactly from ``purchases_90d`` and
+    ``purchase_trend_90d`` (the log of their ratio, each plus one)."""
+    recent = _get(features, "purchases_90d")
+    return np.round((recent + 1.0) * np.exp(-_get(features, "purchase_trend_90d")) - 1.0)
+
+
 def stable_or_growing_spend(features: pd.DataFrame) -> pd.Series:
     """1 when the last 90 days' spend is at least that of the 90 days before, falling to 0 at a
-    quarter of it; 0 when nothing was bought in the last 90 days (spend stopped, it did not hold)."""
+    quarter of it; 0 when nothing was bought in the last 90 days (spend stopped, it did not hold).
+    Unknown when nothing was bought in the 90 days before but something since: a new (or
+    returning) customer's spend has had no time to hold, so it is no evidence of attachment."""
     held = _clip(1.0 + _get(features, "spend_trend_90d") / np.log(4.0))
-    return held.where(~(_get(features, "purchases_90d") == 0), 0.0)
+    recent = _get(features, "purchases_90d")
+    held = held.where(~((purchases_prior_90d(features) == 0) & (recent > 0)))
+    return held.where(~(recent == 0), 0.0)
 
 
 def advocacy_qualifiers(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame:
@@ -84,12 +107,34 @@ def advocacy_qualifiers(features: pd.DataFrame, rules: SegmentRules) -> pd.DataF
                          "few_returns": _clip(1.0 - _get(features, "return_rate_365d") * 5.0)})
 
 
+def new_lines_share(features: pd.DataFrame) -> pd.Series:
+    """Share of the customer's lines on products they had not bought before (unknown for a single
+    basket, where every line is new by construction)."""
+    return _clip(1.0 - own_repeat_share(features))
+
+
+def exploring_with_spend_that_holds(features: pd.DataFrame) -> pd.Series:
+    """New lines bought while spend holds: the advocate's exploring (DOMAIN.md). New lines alone are
+    no attachment (a comparer switching between products buys them too), spend that holds alone
+    is no exploring (a habitual user's spend holds too)."""
+    return new_lines_share(features) * stable_or_growing_spend(features)
+
+
+def switching_products(features: pd.DataFrame) -> pd.Series:
+    """New lines bought while spend falls away: the comparer's switching between products
+    (DOMAIN.md), the same lines as :func:`exploring_with_spend_that_holds` without the attachment."""
+    return new_lines_share(features) * (1.0 - stable_or_growing_spend(features))
+
+
 def index_components(features: pd.DataFrame, rules: SegmentRules) -> dict[str, dict[str, pd.Series]]:
     """Every component, scaled to [0, 1] by a fixed transform; NaN where the feature is unknown."""
     nps = _get(features, "last_nps").fillna(_get(features, "mean_nps_365d"))
     below_usual = _clip(_get(features, "below_usual_price_share_365d") / rules.price_drop_share_full)
     below_usual_spend = _clip(_get(features, "below_usual_spend_share_365d") / rules.price_drop_share_full)
-    repeat = _clip(_get(features, "repeat_line_share_365d") / rules.repeat_share_full)
+    # The customer's own repeat share where they have an earlier purchase; for a single basket,
+    # the repeat share a basket of those products usually has (staples vs one-off lines).
+    repeat = _clip(own_repeat_share(features).fillna(_get(features, "product_repeat_rate_365d"))
+                   / rules.repeat_share_full)
     # A gap CV needs a few gaps: with two purchases it is 0 by construction, not "regular".
     enough_gaps = _get(features, "purchases_lifetime") >= rules.min_orders_for_cadence
     regular = _clip(1.0 - _get(features, "purchase_gap_cv")).where(enough_gaps)
@@ -99,8 +144,7 @@ def index_components(features: pd.DataFrame, rules: SegmentRules) -> dict[str, d
             "nps": _clip((nps - 5.0) / 5.0),
             "referrals": _clip(_get(features, "referrals_365d") / 2.0),
             "praise_vs_complaints": _clip((_get(features, "praise_complaint_balance_365d") + 1.0) / 2.0),
-            "exploring_new_lines": _clip(1.0 - _get(features, "repeat_line_share_365d")),
-            "stable_or_growing_spend": stable_or_growing_spend(features),
+            "exploring_with_spend_that_holds": exploring_with_spend_that_holds(features),
         },
         "switching_cost_index": {
             "repeat_basket": repeat,
@@ -116,12 +160,20 @@ def index_components(features: pd.DataFrame, rules: SegmentRules) -> dict[str, d
             "discount_share": _clip(discount * 1.5),
             "promotion_response": _clip(_get(features, "campaign_responses_365d") / 6.0),
             "below_category_price": _clip((1.0 - _get(features, "price_vs_category_median_365d")) * 3.0),
+            "switching_products": switching_products(features),
         },
     }
 
 
+def short_history(features: pd.DataFrame, rules: SegmentRules) -> pd.Series:
+    """Fewer purchases than ``min_orders`` or a first purchase less than ``min_tenure_days`` ago."""
+    return (_get(features, "purchases_lifetime").fillna(0) < rules.min_orders) | (
+        _get(features, "days_since_first_purchase").fillna(0) < rules.min_tenure_days)
+
+
 def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame:
-    """customer_id, the three indices, segment, margin and the component that decided it."""
+    """customer_id, the three indices, segment, margin, low_confidence and the component that
+    decided it (or why there is no segment)."""
     components = {name: pd.concat(parts, axis=1) for name, parts in index_components(features, rules).items()}
     out = pd.DataFrame({"customer_id": features["customer_id"].to_numpy()}, index=features.index)
     for index_name, parts in components.items():
@@ -134,7 +186,8 @@ def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame
     segment_names = np.array(list(INDEX_OF_SEGMENT))
     out["segment"] = segment_names[order[:, 0]]
     rows = np.arange(len(out))
-    out["segment_margin"] = scores[rows, order[:, 0]] - scores[rows, order[:, 1]]
+    best = scores[rows, order[:, 0]]
+    out["segment_margin"] = best - scores[rows, order[:, 1]]
 
     # The driver: the strongest observed component of the winning index (first one on ties).
     drivers = np.full(len(out), "", dtype=object)
@@ -145,43 +198,24 @@ def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame
         strongest = names[np.argmax(np.nan_to_num(values, nan=-np.inf), axis=1)]
         wins = (out["segment"].to_numpy() == segment) & observed
         drivers[wins] = strongest[wins]
-    out["segment_driver"] = drivers
+    short = short_history(features, rules).to_numpy()
+    out["segment_driver"] = np.where(short, drivers + " (short history)", drivers)
 
-    too_little = (_get(features, "purchases_lifetime").fillna(0) < rules.min_orders) | (
-        _get(features, "days_since_first_purchase").fillna(0) < rules.min_tenure_days)
-    out.loc[too_little, "segment"] = "insufficient_history"
-    out.loc[too_little, "segment_driver"] = "too few purchases or too short a history"
     # Comparing needs at least two indices; with one, any customer would "win" it.
-    too_few_signals = (indices.notna().sum(axis=1) < 2) & ~too_little
+    too_few_signals = (indices.notna().sum(axis=1) < 2).to_numpy()
     out.loc[too_few_signals, "segment"] = "insufficient_history"
     out.loc[too_few_signals, "segment_driver"] = "fewer than two loyalty indices observable in the data"
     out.loc[too_few_signals, "segment_margin"] = np.nan
     # A winner with hardly any evidence is no segment: without this, a customer who shows none of
     # the three attitudes would land in whichever index happens to be listed first on a tie.
-    no_signal = (scores[rows, order[:, 0]] < rules.min_index) & ~too_little & ~too_few_signals
+    no_signal = (best < rules.min_index) & ~too_few_signals
     out.loc[no_signal, "segment"] = "insufficient_history"
     out.loc[no_signal, "segment_driver"] = "no loyalty index reaches score.segments.min_index"
-    out["low_confidence"] = (out["segment_margin"] < rules.min_margin) & ~too_little
-    _price_drops_in_a_short_history(out, components["price_sensitivity_index"], too_little, rules)
+    # One basket (or a few weeks) goes through the same rule, but what it shows is thin evidence:
+    # its segment is a lead to check, never more.
+    out["low_confidence"] = ((out["segment_margin"] < rules.min_margin) | short) & out["segment"].isin(
+        list(INDEX_OF_SEGMENT))
     return out.reset_index(drop=True)
-
-
-def _price_drops_in_a_short_history(out: pd.DataFrame, price_components: pd.DataFrame, too_little: pd.Series,
-                                    rules: SegmentRules) -> None:
-    """One basket cannot show habit, cadence or a spend trend, but it can show price-drop buying:
-    a customer with too short a history whose price-sensitivity index alone reaches
-    ``single_basket_price_index`` is a brand comparer, always flagged low-confidence (no other
-    index to compare with, so no margin)."""
-    if rules.single_basket_price_index is None:
-        return
-    shows = too_little & (out["price_sensitivity_index"] >= rules.single_basket_price_index)
-    names = np.array(list(price_components.columns), dtype=object)
-    strongest = names[np.argmax(np.nan_to_num(price_components.to_numpy(dtype="float64"), nan=-np.inf), axis=1)]
-    out.loc[shows, "segment"] = PERSONAS[2]  # brand_comparer
-    out.loc[shows, "segment_driver"] = [f"{name} (too short a history to compare indices)"
-                                        for name in strongest[shows.to_numpy()]]
-    out.loc[shows, "segment_margin"] = np.nan
-    out.loc[shows, "low_confidence"] = True
 
 
 def agreement_with_truth(assigned: pd.DataFrame, truth: pd.DataFrame) -> dict:

@@ -39,6 +39,28 @@ def usual_price_step(is_return: str) -> Step:
         GROUP BY product_id, month HAVING count(*) >= {USUAL_PRICE_MIN_LINES}""")
 
 
+def product_repeat_rate_steps(is_return: str) -> list[Step]:
+    """A product's repeat rate for each calendar month: the share of its purchased lines in the
+    ``USUAL_PRICE_MONTHS`` calendar months *before* that month that were bought by a customer who
+    had bought it before (at least ``USUAL_PRICE_MIN_LINES`` lines, else unknown). What a basket of
+    such products usually turns into (staples are re-bought, one-off lines are not) is the one
+    habit signal a single basket carries; earlier data only. Needs the ``first_purchase`` step."""
+    shifted = " UNION ALL ".join(
+        f"SELECT product_id, month + INTERVAL {k} MONTH AS month, repeated FROM purchased_product_lines"
+        for k in range(1, USUAL_PRICE_MONTHS + 1))
+    return [
+        ("purchased_product_lines", f"""
+            SELECT t.product_id, date_trunc('month', t.timestamp) AS month,
+                   CAST(CASE WHEN t.timestamp > f.first_ts THEN 1 ELSE 0 END AS DOUBLE) AS repeated
+            FROM src_transactions t JOIN first_purchase f ON f.customer_id = t.customer_id
+                 AND f.product_id = t.product_id
+            WHERE NOT ({is_return}) AND t.product_id IS NOT NULL"""),
+        ("product_repeat_rate", f"""
+            SELECT product_id, month, avg(repeated) AS repeat_rate FROM ({shifted}) s
+            GROUP BY product_id, month HAVING count(*) >= {USUAL_PRICE_MIN_LINES}"""),
+    ]
+
+
 def event_steps(available: dict[str, set[str]]) -> list[Step]:
     """The canonical event relations as portable SQL over the ``src_`` tables, keyed by
     customer_id: the one definition of a line, a purchase (order) and an interaction, shared by
@@ -67,6 +89,7 @@ def event_steps(available: dict[str, set[str]]) -> list[Step]:
         usual_ratio = "t.unit_price / nullif(u.usual_price, 0) AS usual_price_ratio"
         usual_join = ("LEFT JOIN product_usual_price u ON u.product_id = t.product_id "
                       "AND u.month = date_trunc('month', t.timestamp)")
+    product_rate, product_rate_join = "CAST(NULL AS DOUBLE) AS product_repeat_rate", ""
     if "product_id" in tx:
         # Bought before = an earlier purchase of the product by the same customer; the earliest
         # purchase is at or before the line, so later events can never change the flag.
@@ -77,11 +100,15 @@ def event_steps(available: dict[str, set[str]]) -> list[Step]:
         repeat = "t.timestamp > f.first_ts AS repeat_line"
         repeat_join = ("LEFT JOIN first_purchase f ON f.customer_id = t.customer_id "
                        "AND f.product_id IS NOT DISTINCT FROM t.product_id")
+        steps += product_repeat_rate_steps(is_return)
+        product_rate = "r.repeat_rate AS product_repeat_rate"
+        product_rate_join = ("LEFT JOIN product_repeat_rate r ON r.product_id = t.product_id "
+                             "AND r.month = date_trunc('month', t.timestamp)")
     steps.append(("lines", f"""
         SELECT t.customer_id, t.timestamp AS ts, t.amount, {is_return} AS is_return
-               {''.join(', t.' + c for c in optional)}, {price_ratio}, {usual_ratio}, {repeat},
+               {''.join(', t.' + c for c in optional)}, {price_ratio}, {usual_ratio}, {repeat}, {product_rate},
                CAST(t.timestamp AS DATE) AS purchase_day
-        FROM src_transactions t {price_join} {usual_join} {repeat_join}"""))
+        FROM src_transactions t {price_join} {usual_join} {repeat_join} {product_rate_join}"""))
     # Without order ids, lines of one customer at the same instant form one order.
     order_key = "coalesce(order_id, CAST(timestamp AS VARCHAR))" if "order_id" in tx else "CAST(timestamp AS VARCHAR)"
     # A purchase is an order holding at least one non-return line; returns alone are not purchases.
