@@ -252,7 +252,7 @@ def seasonal_snapshots(levels: list[float], per_cutoff: int = 1500, seed: int = 
     the base rate swings with the season. The last three cutoffs' labels are not complete yet."""
     rng = np.random.default_rng(seed)
     frames = []
-    for k, (cutoff, level) in enumerate(zip(pd.date_range("2024-01-01", periods=len(levels), freq="30D"), levels)):
+    for k, (cutoff, level) in enumerate(zip(pd.date_range("2024-01-01", periods=len(levels), freq="30D"), levels, strict=True)):
         x = rng.normal(size=per_cutoff)
         churned = rng.random(per_cutoff) < 1 / (1 + np.exp(-(2 * x + level)))
         frames.append(pd.DataFrame({"customer_id": [f"c{i}" for i in range(per_cutoff)], "cutoff": cutoff, "x": x,
