@@ -227,3 +227,58 @@ def test_deployed_refit_trains_on_exactly_the_labelled_cutoffs_and_calibrates_ou
     stale = churn_probability(evaluated.pipeline, future, ["x", "noise"], [])
     assert abs(probability.mean() - future["churned"].mean()) < 0.03
     assert abs(probability.mean() - future["churned"].mean()) < abs(stale.mean() - future["churned"].mean())
+
+
+def test_trees_calibration_keeps_the_trees_probabilities_but_never_certainty() -> None:
+    rng = np.random.default_rng(8)
+    n = 4000
+    frame = pd.DataFrame({"x": rng.normal(size=n), "c": rng.choice(["a", "b"], n)})
+    frame["churned"] = frame["x"] > 0  # separable: the raw trees drive many scores past the floor
+    train, validation = frame.iloc[:3000], frame.iloc[3000:]
+    settings = {"xgboost": {"n_estimators": 300, "learning_rate": 0.3, "early_stopping_rounds": 300}}
+    raw = fit_with_early_stopping(train, validation, ["x"], ["c"], TrainConfig(calibration="none", **settings))
+    kept = fit_with_early_stopping(train, validation, ["x"], ["c"], TrainConfig(calibration="trees", **settings))
+    floor = TrainConfig().probability_floor
+    raw_p = churn_probability(raw.pipeline, frame, ["x"], ["c"])
+    kept_p = churn_probability(kept.pipeline, frame, ["x"], ["c"])
+    inside = (raw_p > floor) & (raw_p < 1 - floor)
+    assert (~inside).sum() > 100  # the case the floor exists for
+    assert kept_p.min() >= floor - 1e-6 and kept_p.max() <= 1 - floor + 1e-6
+    assert np.allclose(kept_p[inside], raw_p[inside], atol=1e-6)  # nothing fitted on any one season
+
+
+def seasonal_snapshots(levels: list[float], per_cutoff: int = 1500, seed: int = 6) -> pd.DataFrame:
+    """Monthly cutoffs whose churn log-odds are ``2 x + level``: x carries the same signal throughout,
+    the base rate swings with the season. The last three cutoffs' labels are not complete yet."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k, (cutoff, level) in enumerate(zip(pd.date_range("2024-01-01", periods=len(levels), freq="30D"), levels, strict=True)):
+        x = rng.normal(size=per_cutoff)
+        churned = rng.random(per_cutoff) < 1 / (1 + np.exp(-(2 * x + level)))
+        frames.append(pd.DataFrame({"customer_id": [f"c{i}" for i in range(per_cutoff)], "cutoff": cutoff, "x": x,
+                                    "noise": rng.normal(size=per_cutoff), "churned": churned,
+                                    "label_complete": k < len(levels) - 3}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_a_seasonal_peak_in_the_latest_labels_is_not_carried_into_every_score() -> None:
+    """Real logs swing with the season: the latest labelled cutoffs can sit on a peak that has passed
+    by the scoring date. The trees, fitted on every labelled cutoff, keep the long-run base rate; a
+    calibration fitted on the latest cutoffs carries the peak."""
+    from churnlens.model import deployed_model
+
+    levels = [-1.0] * 7 + [0.5, 0.8] + [-1.0] * 3  # a peak at the two latest labelled cutoffs
+    snapshots = seasonal_snapshots(levels)
+    features = FeaturesConfig(horizon_days=60)
+    scored = seasonal_snapshots([-1.0], seed=11)  # after the peak: back to the usual level
+    error = {}
+    for method in ("trees", "isotonic"):
+        config = TrainConfig(calibration=method, xgboost={"n_estimators": 80, "max_depth": 2})
+        split = temporal_split(snapshots, features, config)
+        evaluated = fit_with_early_stopping(rows_at(snapshots, split.train), rows_at(snapshots, split.validation),
+                                            ["x", "noise"], [], config)
+        deployed = deployed_model(snapshots, split, evaluated, ["x", "noise"], [], config)
+        assert deployed.calibration_cutoffs == ([] if method == "trees" else deployed.train_cutoffs[-2:])
+        probability = churn_probability(deployed.pipeline, scored, ["x", "noise"], [])
+        error[method] = abs(probability.mean() - scored["churned"].mean())
+    assert error["trees"] < 0.06 < error["isotonic"]

@@ -248,9 +248,10 @@ class TrainConfig(_Section):
     backtest_folds: int = Field(3, ge=0, description="expanding-window folds before the holdout (0 = none)")
     xgboost: XGBoostParams = XGBoostParams()
     tuning: TuningConfig = TuningConfig()
-    calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
-        "auto", description="fitted out of time: on cutoffs whose rows never trained the trees; auto = isotonic "
-        "from 1000 calibration rows, sigmoid below"
+    calibration: Literal["trees", "auto", "isotonic", "sigmoid", "none"] = Field(
+        "trees", description="trees = the trees' own probabilities within the floor; the others are fitted out of "
+        "time, on cutoffs whose rows never trained the trees: auto = isotonic from 1000 calibration rows, sigmoid "
+        "below; none = raw trees, no floor"
     )
     class_weight: Literal["none", "balanced"] = Field(
         "none", description="balanced = weight churners by negatives/positives (scale_pos_weight)"

@@ -10,6 +10,7 @@ import pandas as pd
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.frozen import FrozenEstimator
+from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
@@ -269,17 +270,28 @@ def calibration_method(configured: str, rows: int) -> str:
     return "isotonic" if rows >= ISOTONIC_MIN_ROWS else "sigmoid"
 
 
+def identity_within(floor: float) -> IsotonicRegression:
+    """p -> p on [floor, 1 - floor], clipped outside: the trees' own probabilities, never a certain 0 or 1."""
+    return IsotonicRegression(out_of_bounds="clip").fit([floor, 1 - floor], [floor, 1 - floor])
+
+
 def calibrated(pipeline: Pipeline, rows: pd.DataFrame, numeric: list[str], categorical: list[str],
                config: TrainConfig) -> CalibratedClassifierCV:
     """``pipeline`` (frozen) with a probability calibration fitted on ``rows``, which must be out of
     time for its trees. Probabilities stay within [floor, 1 - floor]: an isotonic step fitted on a
-    few customers would otherwise promise certainty (p = 0 or 1) that a later season breaks."""
+    few customers would otherwise promise certainty (p = 0 or 1) that a later season breaks.
+
+    ``trees`` keeps the trees' own probabilities (within the floor): nothing is fitted on ``rows``,
+    so no one season's churn level is carried into every score.
+    """
     floor = config.probability_floor
     method = calibration_method(config.calibration, len(rows))
-    model = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
+    model = CalibratedClassifierCV(FrozenEstimator(pipeline), method="isotonic" if method == "trees" else method)
     x, y = model_input(rows, numeric, categorical), rows[LABEL].astype(int)
     model.fit(x, y)
-    if method == "isotonic":
+    if method == "trees":
+        model.calibrated_classifiers_[0].calibrators[0] = identity_within(floor)
+    elif method == "isotonic":
         scores = pipeline.predict_proba(x)[:, 1]
         model.calibrated_classifiers_[0].calibrators[0].set_params(y_min=floor, y_max=1 - floor).fit(scores, y)
     return model
@@ -302,13 +314,16 @@ def deployed_model(snapshots: pd.DataFrame, split: TemporalSplit, evaluated: Fit
     the refit already learned). So a twin of the refit, trained on the same cutoffs without the
     held-out quarter of the customers, scores that quarter at the latest labelled cutoffs
     (``split.validation`` + holdout, or the holdout alone when that is all there is); the
-    calibration fitted there is applied to the refit's trees.
+    calibration fitted there is applied to the refit's trees. With ``trees`` the refit's own
+    probabilities are kept (within the floor), fitted on no single season.
     """
     cutoffs = refit_cutoffs(snapshots)
     rows = rows_at(snapshots, cutoffs)
     trees = fit_trees(rows, numeric, categorical, config, evaluated.best_iteration)
     if config.calibration == "none":
         return DeployedModel(trees, cutoffs, [])
+    if config.calibration == "trees":
+        return DeployedModel(calibrated(trees, rows, numeric, categorical, config), cutoffs, [])
     held_out = held_out_customers(rows["customer_id"])
     twin = fit_trees(rows[~held_out], numeric, categorical, config, evaluated.best_iteration)
     latest = cutoffs[-len(split.validation) - 1:] if not split.overlapping_labels else cutoffs[-1:]
