@@ -62,6 +62,7 @@ SCORE_COLUMN_DEFINITIONS = (
     ScoreColumn("churn_probability", "float in (0, 1)",
                 "Calibrated probability that the customer churns in the label window after `as_of` "
                 "(`features.lead_days` .. `lead_days + horizon_days`, by `features.label`), kept within "
+                "[`train.probability_floor`, 1 - floor] by the model (0.005 by default) and never outside "
                 f"[{PROBABILITY_BOUNDS[0]}, {PROBABILITY_BOUNDS[1]}].", 4),
     ScoreColumn("risk_tier", "low / medium / high",
                 "`churn_probability` against `score.risk_tiers`: high from `high`, medium from `medium`."),
