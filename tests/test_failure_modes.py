@@ -94,6 +94,15 @@ def ingested(project: Path) -> Path:
     return project
 
 
+def test_duckdb_out_of_its_memory_share_names_the_setting_to_raise(ingested: Path) -> None:
+    args = overlay(ingested, {"ingest": {"transactions": {"path": "raw/t.csv"}, "interactions": None,
+                                         "customers": None},
+                              "features": {"memory_limit": "1MB"}})
+    assert_clean_error(run(["features", *args], ingested), 1, "features.memory_limit = 1MB",
+                       "raise features.memory_limit")
+    assert not (ingested / "data/features/snapshots.parquet").exists()
+
+
 @pytest.mark.parametrize(("output", "message"), [
     ("data/canonical", "give a path ending in .parquet"),
     ("scores.csv", "give a path ending in .parquet"),

@@ -178,6 +178,12 @@ def compute_snapshot(tables: dict[str, pd.DataFrame | str | None], cutoff: pd.Ti
         except (duckdb.OutOfRangeException, duckdb.ConversionException) as exc:
             log.info("features: exact sums overflow on this log (%s); using the many-cutoff sweep", exc)
             frame = None
+        except duckdb.OutOfMemoryException as exc:
+            # One query over every customer holds some state it cannot spill; the sweep works in
+            # blocks of customers, so its memory is bounded by the block.
+            log.info("features: the one-date query needs more than features.memory_limit = %s (%s); using the "
+                     "block-by-block sweep", config.memory_limit, str(exc).splitlines()[0])
+            frame = None
     if frame is None:
         from churnlens.engines.duckdb import compute_snapshots
 

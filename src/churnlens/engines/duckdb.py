@@ -387,6 +387,19 @@ def reference_snapshots(tables: Tables, cutoffs: list, config: FeaturesConfig, w
     return with_fitted_features(frame, plan, config), plan
 
 
+class MemoryLimitError(ValueError):
+    """DuckDB needed more than its memory share for work it cannot spill to disk."""
+
+
+def memory_limit_error(exc: duckdb.OutOfMemoryException, config: FeaturesConfig) -> MemoryLimitError:
+    """The user's side of an out-of-memory error: which setting bounds DuckDB and what to change."""
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return MemoryLimitError(
+        f"DuckDB ran out of its memory share, features.memory_limit = {config.memory_limit} in params.yaml "
+        f"({first_line}). Most of its work spills to disk beyond that share, but not all: raise "
+        "features.memory_limit (e.g. to half this machine's memory) and run again.")
+
+
 class DuckDBEngine:
     """The engine interface (:mod:`churnlens.engines`) on this machine: canonical tables are
     Parquet paths, outputs single files written atomically."""
@@ -404,7 +417,10 @@ class DuckDBEngine:
 
     def write_snapshots(self, tables: Tables, cutoffs: list[pd.Timestamp], config: FeaturesConfig, target: str,
                         label_complete_until: pd.Timestamp | None) -> tuple[FeaturePlan, list[tuple]]:
-        plan = write_snapshots(tables, cutoffs, config, Path(target), label_complete_until)
+        try:
+            plan = write_snapshots(tables, cutoffs, config, Path(target), label_complete_until)
+        except duckdb.OutOfMemoryException as exc:
+            raise memory_limit_error(exc, config) from None
         with duckdb.connect() as con:
             per_cutoff = con.execute(
                 f"SELECT cutoff, count(*), avg(CAST(churned AS DOUBLE)) FROM read_parquet({literal(str(target))}) "
@@ -421,7 +437,10 @@ class DuckDBEngine:
         log.info("score: features as of %s with %s v%s", instant.isoformat(), loaded.name, loaded.version)
         from churnlens.single_date import compute_snapshot  # one date: one query, not the sweep
 
-        snapshot, _ = compute_snapshot(tables, instant, params.features)
+        try:
+            snapshot, _ = compute_snapshot(tables, instant, params.features)
+        except duckdb.OutOfMemoryException as exc:
+            raise memory_limit_error(exc, params.features) from None
         laps.lap("features")
         log.info("score: %d active customers; probabilities, reasons and segments", len(snapshot))
         score.require_model_inputs(loaded, snapshot.columns)
