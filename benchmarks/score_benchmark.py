@@ -55,7 +55,7 @@ def train_model(folder: Path) -> None:
         return
     grid = cutoffs(folder, 8)[:5]  # the last 90 days hold the labels of the fifth cutoff
     snapshots, plan = compute_snapshots(tables(folder, 50_000), grid, FeaturesConfig())
-    numeric = [n for n in plan.names if n not in plan.categorical]
+    numeric = [n for n in plan.model_names if n not in plan.categorical]
     train, validation = snapshots[snapshots["cutoff"] < grid[-1]], snapshots[snapshots["cutoff"] == grid[-1]]
     fitted = model.fit_with_early_stopping(train, validation, numeric, plan.categorical, TrainConfig())
     contract = ModelContract(numeric, plan.categorical,

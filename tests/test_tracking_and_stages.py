@@ -100,6 +100,21 @@ def test_pyfunc_returns_probabilities_and_local_copy_matches(pipeline_run) -> No
     assert local.version == registered.version
 
 
+def test_segments_only_features_are_published_but_never_model_inputs(pipeline_run) -> None:
+    from churnlens.features import feature_definitions
+
+    report = io.read_json(pipeline_run["root"] / "reports/features.json")
+    segments_only = {f.name for f in feature_definitions(tuple(pipeline_run["params"].features.windows_days))
+                     if not f.for_model}
+    assert segments_only and segments_only <= set(report["features"])
+    snapshots = pd.read_parquet(pipeline_run["root"] / "data/features/snapshots.parquet")
+    assert all(snapshots[name].notna().any() for name in segments_only)  # computed for the segments
+    contract = load_model("models:/churnlens@champion").contract
+    inputs = set(contract.numeric_features + contract.categorical_features)
+    assert not inputs & segments_only
+    assert inputs == set(report["features"]) - segments_only  # every other published feature is an input
+
+
 def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
     root, params = pipeline_run["root"], pipeline_run["params"]
     output = root / "data/scores/scores.parquet"

@@ -281,19 +281,27 @@ def calibrated(pipeline: Pipeline, rows: pd.DataFrame, numeric: list[str], categ
     time for its trees. Probabilities stay within [floor, 1 - floor]: an isotonic step fitted on a
     few customers would otherwise promise certainty (p = 0 or 1) that a later season breaks.
 
-    ``trees`` keeps the trees' own probabilities (within the floor): nothing is fitted on ``rows``,
-    so no one season's churn level is carried into every score.
+    ``trees`` keeps the trees' own probabilities (within the floor): nothing is learned from
+    ``rows``, so no one season's churn level is carried into every score.
     """
     floor = config.probability_floor
     method = calibration_method(config.calibration, len(rows))
-    model = CalibratedClassifierCV(FrozenEstimator(pipeline), method="isotonic" if method == "trees" else method)
     x, y = model_input(rows, numeric, categorical), rows[LABEL].astype(int)
-    model.fit(x, y)
+    if method == "sigmoid":
+        return CalibratedClassifierCV(FrozenEstimator(pipeline), method="sigmoid").fit(x, y)
     if method == "trees":
-        model.calibrated_classifiers_[0].calibrators[0] = identity_within(floor)
-    elif method == "isotonic":
-        scores = pipeline.predict_proba(x)[:, 1]
-        model.calibrated_classifiers_[0].calibrators[0].set_params(y_min=floor, y_max=1 - floor).fit(scores, y)
+        calibrator = identity_within(floor)
+    else:
+        calibrator = IsotonicRegression(y_min=floor, y_max=1 - floor, out_of_bounds="clip").fit(
+            pipeline.predict_proba(x)[:, 1], y)
+    # scikit-learn's wrapper only exists once fitted: fit it on one row of each class, as a single
+    # split (its default 5 folds need 5 rows a class), then put in the calibrator built above, so
+    # the rows are scored at most once.
+    one_per_class = np.sort(np.unique(y.to_numpy(), return_index=True)[1])
+    both = np.arange(len(one_per_class))
+    model = CalibratedClassifierCV(FrozenEstimator(pipeline), method="isotonic", cv=[(both, both)]).fit(
+        x.iloc[one_per_class], y.iloc[one_per_class])
+    model.calibrated_classifiers_[0].calibrators[0] = calibrator
     return model
 
 

@@ -74,7 +74,8 @@ def _features_report(data_start: pd.Timestamp, data_end: pd.Timestamp, cutoffs: 
         "data_start": data_start.isoformat(), "data_end": data_end.isoformat(),
         "rows": int(sum(n for _, n, _ in per_cutoff)), "cutoffs": len(cutoffs),
         "complete_cutoffs": int(sum(complete.values())),
-        "features": plan.names, "categorical": plan.categorical, "families": plan.families(),
+        "features": plan.names, "categorical": plan.categorical, "model_features": plan.model_names,
+        "families": plan.families(),
         "left_out": plan.left_out,
         "per_cutoff": {pd.Timestamp(c).date().isoformat(): {"customers": int(n), "churn_rate": float(rate),
                                                               "label_complete": complete[pd.Timestamp(c)]}
@@ -91,7 +92,9 @@ class FeatureLists:
 
     @classmethod
     def from_report(cls, report: dict) -> FeatureLists:
-        return cls([n for n in report["features"] if n not in report["categorical"]], list(report["categorical"]))
+        inputs = report["model_features"]
+        return cls([n for n in inputs if n not in report["categorical"]],
+                   [n for n in inputs if n in report["categorical"]])
 
 
 def run_train(params: Params, snapshots_path: Path, features_report: Path, model_dir: Path, report_path: Path,
