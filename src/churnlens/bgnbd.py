@@ -129,12 +129,24 @@ def beta_quadrature(a: float, b: np.ndarray, points: int) -> tuple[np.ndarray, n
 def log_likelihood(params: np.ndarray, x: np.ndarray, t_x: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Per-customer log likelihood (Fader, Hardie & Lee 2005, eq. 6)."""
     r, alpha, a, b = params
-    common = (gammaln(r + x) - gammaln(r) + r * np.log(alpha) + gammaln(a + b) + gammaln(b + x) - gammaln(b)
-              - gammaln(a + b + x))
-    term_alive = -(r + x) * np.log(alpha + t)
-    term_dropped = np.where(
-        x > 0, np.log(a) - np.log(np.maximum(b + x - 1, 1e-300)) - (r + x) * np.log(alpha + t_x), -np.inf)
-    return common + np.logaddexp(term_alive, term_dropped)
+    term_alive, term_dropped = _branch_terms(r, alpha, a, b, x, np.log(alpha + t), np.log(alpha + t_x))
+    return _count_terms(r, alpha, a, b, x) + np.logaddexp(term_alive, term_dropped)
+
+
+def _count_terms(r: float, alpha: float, a: float, b: float, x: np.ndarray) -> np.ndarray:
+    """The part of eq. 6 that depends on the number of repeat purchases x alone."""
+    return (gammaln(r + x) - gammaln(r) + r * np.log(alpha) + gammaln(a + b) + gammaln(b + x) - gammaln(b)
+            - gammaln(a + b + x))
+
+
+def _branch_terms(r: float, alpha: float, a: float, b: float, x: np.ndarray, log_age: np.ndarray,
+                  log_last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 6's two branches in logs: still alive at the end, or dropped out after the last repeat
+    purchase (impossible, -inf, without one)."""
+    repeat = x > 0
+    term_dropped = np.full(len(x), -np.inf)
+    term_dropped[repeat] = np.log(a) - np.log(b + x[repeat] - 1) - (r + x[repeat]) * log_last[repeat]
+    return -(r + x) * log_age, term_dropped
 
 
 def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, t: np.ndarray) -> BGNBD:
@@ -167,13 +179,10 @@ def _mean_negative_log_likelihood(log_params: np.ndarray, x: np.ndarray, t_x: np
     terms depend on x alone, so they are evaluated once per distinct x (``x == distinct[which]``)."""
     r, alpha, a, b = params = np.exp(log_params)
     per_x = np.bincount(which, weight)
-    common = (gammaln(r + distinct) - gammaln(r) + r * np.log(alpha) + gammaln(a + b) + gammaln(b + distinct)
-              - gammaln(b) - gammaln(a + b + distinct))
+    common = _count_terms(r, alpha, a, b, distinct)
     log_age, log_last = np.log(alpha + t), np.log(alpha + t_x)
     repeat, shape = x > 0, r + x
-    term_alive = -shape * log_age
-    term_dropped = np.full(len(x), -np.inf)
-    term_dropped[repeat] = (np.log(a) - np.log(b + x[repeat] - 1) - shape[repeat] * log_last[repeat])
+    term_alive, term_dropped = _branch_terms(r, alpha, a, b, x, log_age, log_last)
     both = np.logaddexp(term_alive, term_dropped)
     dropped = np.exp(term_dropped - both)  # the dropped-out branch's share of each likelihood
     alive = 1.0 - dropped
