@@ -204,12 +204,29 @@ def benchmark(case: Case, date: pd.Timestamp, workdir: Path, rounds: int) -> str
     lines = [f"### {case.name}, scored as of {date.date()}: {len(y)} customers, churn rate {y.mean():.3f}, "
              f"mean p {probability.mean():.3f}, exact 0/1 probabilities: {exact}", "",
              "| score | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    points = {}
     for name, (values, is_probability) in all_scores.items():
-        point = scored_metrics(y, values, is_probability)
+        point = points[name] = scored_metrics(y, values, is_probability)
         cells = [f"{point[m]:.3f} [{intervals[name][m][0]:.3f}, {intervals[name][m][1]:.3f}]"
                  if np.isfinite(point[m]) else "n/a" for m in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", targets_line(points, exact)])
+
+
+def targets_line(points: dict[str, dict[str, float]], exact: int) -> str:
+    """The as-of targets, to four decimals: AUC >= best baseline + 0.01, Brier <= the best
+    baseline's, ECE <= 0.03, no exact 0/1 probabilities."""
+    ours, baselines = points["churnlens"], {k: v for k, v in points.items() if k != "churnlens"}
+    best_auc = max(baselines, key=lambda k: baselines[k]["roc_auc"])
+    best_brier = min((k for k in baselines if np.isfinite(baselines[k]["brier"])), key=lambda k: baselines[k]["brier"])
+    margin = ours["roc_auc"] - baselines[best_auc]["roc_auc"]
+    brier_gap = ours["brier"] - baselines[best_brier]["brier"]
+    verdict = {"AUC": margin >= 0.01, "Brier": brier_gap <= 0, "ECE": ours["ece"] <= 0.03, "0/1": exact == 0}
+    return (f"Targets: AUC {ours['roc_auc']:.4f} - {best_auc} {baselines[best_auc]['roc_auc']:.4f} = {margin:+.4f} "
+            f"(>= +0.01); Brier {ours['brier']:.4f} - {best_brier} {baselines[best_brier]['brier']:.4f} = "
+            f"{brier_gap:+.4f} (<= 0); ECE {ours['ece']:.4f} (<= 0.03); exact 0/1: {exact}. "
+            f"Met: {', '.join(k for k, ok in verdict.items() if ok) or 'none'}; "
+            f"not met: {', '.join(k for k, ok in verdict.items() if not ok) or 'none'}.")
 
 
 def main() -> None:
