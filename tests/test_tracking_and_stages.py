@@ -158,7 +158,7 @@ def test_score_manifest_records_the_run(pipeline_run) -> None:
     assert manifest["rows"]["customers_scored"] == len(pd.read_parquet(output))
     assert sum(manifest["rows"]["per_segment"].values()) == manifest["rows"]["customers_scored"]
     assert sum(manifest["segment_mix"].values()) == pytest.approx(1.0)
-    assert {"features", "predict_and_reasons", "write", "total"} <= set(manifest["timings_seconds"])
+    assert {"features", "predict", "reasons", "write", "total"} <= set(manifest["timings_seconds"])
     model_features = pipeline_run["trained"]["metrics"]  # the model was trained on these rows
     assert model_features["train_rows"] > 0
     numeric = load_model("models:/churnlens@champion").contract.numeric_features
@@ -278,19 +278,42 @@ def test_every_column_of_the_scores_file_is_documented(pipeline_run) -> None:
 
 def test_scoring_in_chunks_gives_the_scores_of_one_pass(pipeline_run) -> None:
     from churnlens import model, score
-    from churnlens.engines.duckdb import score_in_chunks
+    from churnlens.engines.duckdb import probabilities_in_chunks, reasons_in_chunks
 
     params = pipeline_run["params"]
     loaded = load_model("models:/churnlens@champion")
     rows = pd.read_parquet(pipeline_run["root"] / "data/features/snapshots.parquet").head(2_500)
     assert len(rows) == 2_500  # chunks of 1,000 rows: three of them, the last one short
-    probability, reasons = score_in_chunks(loaded, rows, params, show_progress=False)
+    probability = probabilities_in_chunks(loaded, rows, 1_000)
     numeric, categorical = loaded.contract.numeric_features, loaded.contract.categorical_features
     whole = model.churn_probability(loaded.pipeline, rows, numeric, categorical)
     assert np.array_equal(probability, whole)
+    reasons = reasons_in_chunks(loaded, rows, score.reason_methods(whole, params.score), params, show_progress=False)
     expected = score.customer_reasons(loaded.pipeline, rows, whole, numeric, categorical, params.score,
                                       params.features.windows_days)
     pd.testing.assert_series_equal(reasons, expected)
+
+
+def test_campaign_reasons_explain_the_campaign_exactly_and_leave_everything_else_alone(pipeline_run) -> None:
+    root, params = pipeline_run["root"], pipeline_run["params"]
+
+    def scored(name: str, **reasons: str) -> pd.DataFrame:
+        settings = params.model_copy(update={"score": params.score.model_copy(update={"campaign_budget": 300.0,
+                                                                                       **reasons})})
+        run_score(ScoreJob(settings, root / "data/canonical", "models:/churnlens@champion",
+                           root / f"reasons/{name}.parquet"))
+        return pd.read_parquet(root / f"reasons/{name}.parquet")
+
+    campaign = scored("campaign", reasons_for="campaign", reasons="exact", other_reasons="none")
+    exact = scored("exact", reasons_for="at_risk", reasons="exact", other_reasons="exact")
+    at_risk = scored("at_risk", reasons_for="at_risk")
+    chosen = campaign["in_campaign"].to_numpy()
+    assert 0 < chosen.sum() < (campaign["risk_tier"] != "low").sum()  # a campaign smaller than the at-risk tiers
+    # Only the reasons differ: the campaign's are the exact ones, everyone else's are left empty.
+    pd.testing.assert_frame_equal(campaign.drop(columns="top_reasons"), at_risk.drop(columns="top_reasons"))
+    assert campaign["top_reasons"][chosen].tolist() == exact["top_reasons"][chosen].tolist()
+    assert (campaign["top_reasons"][~chosen] == "").all()
+    assert (exact["top_reasons"] != "").all()
 
 
 def test_cli_reports_user_errors_with_exit_code_1_and_no_traceback(pipeline_run) -> None:

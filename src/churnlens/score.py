@@ -69,9 +69,9 @@ SCORE_COLUMN_DEFINITIONS = (
     ScoreColumn("top_reasons", "text",
                 "Up to three features that push this customer's risk up the most, in plain words with the "
                 "customer's own values (for a low-risk customer with nothing pushing up: what keeps the risk "
-                "low). From the model's SHAP contributions: exact TreeSHAP or path attributions, by risk tier "
-                "(`score.reasons` for medium/high risk, `score.other_reasons` for low risk); empty for low-risk "
-                "customers when `score.other_reasons` is `none`."),
+                "low). From the model's SHAP contributions: exact TreeSHAP or path attributions, by "
+                "`score.reasons_for` (`score.reasons` for medium/high risk, or for the campaign only; "
+                "`score.other_reasons` for the rest); empty for the rest when `score.other_reasons` is `none`."),
     ScoreColumn("segment", "text",
                 "Loyalty segment: brand_advocate, brand_user, brand_comparer, or insufficient_history "
                 "(fewer than two loyalty indices observable, or no index reaching `score.segments.min_index`; "
@@ -138,22 +138,36 @@ def risk_tiers(probability: pd.Series | np.ndarray, config: ScoreConfig) -> np.n
     return np.where(p >= config.risk_tiers["high"], "high", np.where(p >= config.risk_tiers["medium"], "medium", "low"))
 
 
-def reason_methods(probability: np.ndarray, config: ScoreConfig) -> np.ndarray:
-    """Per row, how its reasons are computed: ``config.reasons`` for the medium/high-risk rows,
-    where someone will act, ``config.other_reasons`` for the low-risk majority. A row's method
-    depends on its own probability only, so any batch (or Spark partition) gets the same answer."""
-    at_risk = risk_tiers(probability, config) != "low"
-    return np.where(at_risk, config.reasons, config.other_reasons)
+def reason_methods(probability: np.ndarray, config: ScoreConfig, in_campaign: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """Per row, how its reasons are computed: ``config.reasons`` for the rows someone will act on
+    (``config.reasons_for``: the medium/high-risk rows, or this run's campaign), ``config.other_reasons``
+    for the rest. With at_risk a row's method depends on its own probability only, so any batch (or
+    Spark partition) gets the same answer; campaign needs ``in_campaign``, known once every row is ranked."""
+    if config.reasons_for == "campaign":
+        if in_campaign is None:
+            raise ValueError("score.reasons_for: campaign: the campaign must be chosen before the reasons")
+        acted_on = np.asarray(in_campaign, dtype=bool)
+    else:
+        acted_on = risk_tiers(probability, config) != "low"
+    return np.where(acted_on, config.reasons, config.other_reasons)
 
 
 def customer_reasons(pipeline: object, frame: pd.DataFrame, probability: np.ndarray, numeric: list[str],
-                     categorical: list[str], config: ScoreConfig, windows_days: tuple[int, ...]) -> pd.Series:
+                     categorical: list[str], config: ScoreConfig, windows_days: tuple[int, ...],
+                     in_campaign: np.ndarray | None = None) -> pd.Series:
     """Every row's top reasons in plain words (indexed like ``frame``), each row by its
     :func:`reason_methods` method: exact TreeSHAP, the ~50x cheaper path attributions (enough to
     name what matters), or none (an empty text)."""
+    return customer_reasons_by_method(pipeline, frame, reason_methods(probability, config, in_campaign), numeric,
+                                      categorical, windows_days)
+
+
+def customer_reasons_by_method(pipeline: object, frame: pd.DataFrame, methods: np.ndarray, numeric: list[str],
+                               categorical: list[str], windows_days: tuple[int, ...]) -> pd.Series:
+    """:func:`customer_reasons` with each row's method given (exact, approximate or none)."""
     from churnlens import model
 
-    methods = reason_methods(probability, config)
     parts = [model.contributions(pipeline, frame[methods == method], numeric, categorical,
                                  approximate=method == "approximate")
              for method in ("exact", "approximate") if (methods == method).any()]

@@ -182,9 +182,7 @@ def save_model_dir(pipeline: object, example: pd.DataFrame, metadata: dict, targ
 
 def model_digest(model_dir: Path) -> str:
     """sha256 of the serialized pipeline in an MLflow model folder (what the registry records)."""
-    from mlflow.models import Model
-
-    flavor = Model.load(str(model_dir)).flavors.get("sklearn", {})
+    flavor = mlmodel_fields(model_dir).get("flavors", {}).get("sklearn", {})
     return hashlib.sha256((model_dir / flavor.get("pickled_model", "model.skops")).read_bytes()).hexdigest()
 
 
@@ -442,11 +440,12 @@ def resolve_model(uri: str, project_root: Path | None = None) -> ResolvedModel:
     and pin it to one version. Only the project's own registry and paths are accepted: no
     http(s), s3 or runs of other stores. A folder's claim to be a registered version is believed
     only when the registry's record of that version (run id, model digest) matches the folder."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     if uri.startswith("models:/"):
+        # Only the registry needs mlflow (seconds of imports); a local folder is read as YAML.
+        import mlflow
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
         configure()
         reference = uri.removeprefix("models:/")
         name, _, selector = reference.partition("@") if "@" in reference else reference.partition("/")
@@ -468,9 +467,7 @@ def resolve_model(uri: str, project_root: Path | None = None) -> ResolvedModel:
     path = Path(uri) if Path(uri).is_absolute() or project_root is None else project_root / uri
     if not (path / "MLmodel").is_file():
         raise ModelNotFoundError(f"model path {str(path)!r} holds no MLmodel file; run `dvc repro train`")
-    from mlflow.models import Model
-
-    metadata = Model.load(str(path)).metadata or {}
+    metadata = mlmodel_fields(path).get("metadata") or {}
     name, version = metadata.get("registered_model_name"), metadata.get("registered_version")
     if not (name and version):
         return ResolvedModel(str(path), path.name, "unregistered", metadata.get("run_id"))
@@ -523,14 +520,31 @@ def load_model(uri: str, project_root: Path | None = None) -> LoadedModel:
 
 
 def load_resolved(resolved: ResolvedModel) -> LoadedModel:
-    import mlflow.artifacts
-    from mlflow.models import Model
-
-    local = Path(resolved.uri) if not resolved.uri.startswith("models:/") else Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=resolved.uri))
+    local = _local_model_dir(resolved.uri)
     pipeline = _load_skops_pipeline(local, resolved.uri)
-    metadata = {**(Model.load(str(local)).metadata or {}), "run_id": resolved.run_id}
+    metadata = {**(mlmodel_fields(local).get("metadata") or {}), "run_id": resolved.run_id}
     return LoadedModel(pipeline, resolved.name, resolved.version, ModelContract.from_metadata(metadata))
+
+
+def _local_model_dir(uri: str) -> Path:
+    """The model folder: a registry version is downloaded by mlflow; a local folder is used as is."""
+    if not uri.startswith("models:/"):
+        return Path(uri)
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+
+
+def mlmodel_fields(model_dir: Path) -> dict:
+    """The MLmodel file of a model folder (flavors, metadata), read as the YAML it is: the scoring
+    job needs two of its keys, and importing mlflow to read them costs seconds per run."""
+    file = Path(model_dir) / "MLmodel"
+    try:
+        fields = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{file}: not a readable MLmodel file ({str(exc).splitlines()[0]}); restore the model "
+                         "folder or retrain (`dvc repro --force train`)") from None
+    return fields if isinstance(fields, dict) else {}
 
 
 def _load_skops_pipeline(model_dir: Path, shown: str) -> object:
@@ -540,9 +554,8 @@ def _load_skops_pipeline(model_dir: Path, shown: str) -> object:
     the trusted types in the model's own MLmodel file are the model's claim, not ours.
     """
     import skops.io
-    from mlflow.models import Model
 
-    flavor = Model.load(str(model_dir)).flavors.get("sklearn")
+    flavor = mlmodel_fields(model_dir).get("flavors", {}).get("sklearn")
     if flavor is None:
         raise UntrustedModelError(f"model {shown!r} is not a scikit-learn MLflow model; churnlens loads only "
                                   "the models `churnlens train` writes")

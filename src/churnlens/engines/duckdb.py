@@ -442,14 +442,22 @@ class DuckDBEngine:
         except duckdb.OutOfMemoryException as exc:
             raise memory_limit_error(exc, params.features) from None
         laps.lap("features")
-        log.info("score: %d active customers; probabilities, reasons and segments", len(snapshot))
+        log.info("score: %d active customers; probabilities, segments, plan, then reasons", len(snapshot))
         score.require_model_inputs(loaded, snapshot.columns)
-        probability, reasons = score_in_chunks(loaded, snapshot, params, job.show_progress)
-        laps.lap("predict_and_reasons")
+        probability = probabilities_in_chunks(loaded, snapshot, params.score.chunk_rows)
+        laps.lap("predict")
         assigned = segments.assign_segments(snapshot, params.score.segments)
         scores = score.build_scores(snapshot, probability, assigned, params.score, instant, loaded.name,
-                                    loaded.version, reasons)
+                                    loaded.version)
         laps.lap("segments_and_plan")
+        # Reasons last: with score.reasons_for = campaign only the chosen rows get the exact method.
+        ranked = pd.Index(snapshot["customer_id"]).get_indexer(scores["customer_id"])
+        methods = score.reason_methods(probability[ranked], params.score, scores["in_campaign"].to_numpy())
+        reasons = reasons_in_chunks(loaded, snapshot.iloc[ranked].set_axis(scores.index), methods, params,
+                                    job.show_progress)
+        # One contiguous column (not the chunks' pieces): Parquet pages, hence the file's bytes, follow it.
+        scores["top_reasons"] = pd.array(reasons.to_numpy(dtype=object), dtype="string")
+        laps.lap("reasons")
         io.write_parquet(scores, Path(job.output))
         csv_output = job.csv_output if job.csv_output is not None else job.beside("csv")
         io.write_csv(score.scores_for_csv(scores), csv_output)
@@ -467,28 +475,38 @@ class DuckDBEngine:
         self.close()
 
 
-def score_in_chunks(loaded: LoadedModel, snapshot: pd.DataFrame, params: Params, show_progress: bool
-                     ) -> tuple[np.ndarray, pd.Series | None]:
-    """Probabilities and reasons for everyone, ``chunk_rows`` at a time."""
+def probabilities_in_chunks(loaded: LoadedModel, snapshot: pd.DataFrame, chunk_rows: int) -> np.ndarray:
+    """Churn probabilities for every row, ``chunk_rows`` at a time (bounds the model input's memory)."""
+    from churnlens import model
+
+    numeric, categorical = loaded.contract.numeric_features, loaded.contract.categorical_features
+    probability = np.empty(len(snapshot))
+    for start in range(0, len(snapshot), chunk_rows):
+        chunk = snapshot.iloc[start:start + chunk_rows]
+        probability[start:start + len(chunk)] = model.churn_probability(loaded.pipeline, chunk, numeric, categorical)
+    return probability
+
+
+def reasons_in_chunks(loaded: LoadedModel, snapshot: pd.DataFrame, methods: np.ndarray, params: Params,
+                      show_progress: bool) -> pd.Series:
+    """Every row's top reasons (indexed like ``snapshot``) by its method (:func:`churnlens.score.reason_methods`),
+    with a progress bar: the exact ones are most of the job."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from churnlens import model, score
+    from churnlens import score
 
     config, contract = params.score, loaded.contract
-    numeric, categorical = contract.numeric_features, contract.categorical_features
-    probability = np.empty(len(snapshot))
-    reasons: list[pd.Series] = []
-    # Every row is scored on its own, so smaller steps than chunk_rows give the same bytes; about
+    reasons: list[pd.Series] = [pd.Series("", index=snapshot.index[:0], dtype="string")]
+    # Every row is explained on its own, so smaller steps than chunk_rows give the same bytes; about
     # twenty of them let the bar move on a batch that fits one chunk.
     step = min(config.chunk_rows, max(1_000, -(-len(snapshot) // 20)))
-    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("reasons"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress) as progress:
-        task = progress.add_task("scoring", total=len(snapshot))
+        task = progress.add_task("reasons", total=len(snapshot))
         for start in range(0, len(snapshot), step):
             chunk = snapshot.iloc[start:start + step]
-            chunk_probability = model.churn_probability(loaded.pipeline, chunk, numeric, categorical)
-            probability[start:start + len(chunk)] = chunk_probability
-            reasons.append(score.customer_reasons(loaded.pipeline, chunk, chunk_probability, numeric, categorical,
-                                                  config, params.features.windows_days))
+            reasons.append(score.customer_reasons_by_method(
+                loaded.pipeline, chunk, methods[start:start + step], contract.numeric_features,
+                contract.categorical_features, params.features.windows_days))
             progress.advance(task, len(chunk))
-    return probability, (pd.concat(reasons) if reasons else None)
+    return pd.concat(reasons)
