@@ -232,8 +232,13 @@ def test_every_customer_churned_is_a_clear_message(tracking_store: str, tmp_path
     snapshots = pd.DataFrame([{"customer_id": f"C{i}", "cutoff": c, "churned": 1, "label_complete": True,
                                "recency_days": float(i)} for c in cutoffs for i in range(20)])
     snapshots.to_parquet(tmp_path / "snapshots.parquet")
-    io.write_json({"features": ["recency_days"], "categorical": []}, tmp_path / "features.json")
+    report = {"features": ["recency_days"], "categorical": []}
+    io.write_json(report, tmp_path / "features.json")
     params = load_params(PROJECT_ROOT / "params.yaml")
+    with pytest.raises(ValueError, match=r"no 'model_features' list .* rerun `dvc repro features`"):
+        run_train(params, tmp_path / "snapshots.parquet", tmp_path / "features.json", tmp_path / "model",
+                  tmp_path / "train.json", tmp_path)
+    io.write_json({**report, "model_features": ["recency_days"]}, tmp_path / "features.json")
     with pytest.raises(ValueError, match=r"every labelled customer in the training cutoffs has churned=1.*needs "
                                          r"both outcomes"):
         run_train(params, tmp_path / "snapshots.parquet", tmp_path / "features.json", tmp_path / "model",

@@ -91,7 +91,11 @@ class FeatureLists:
     categorical: list[str]
 
     @classmethod
-    def from_report(cls, report: dict) -> FeatureLists:
+    def from_report(cls, report: dict, path: Path) -> FeatureLists:
+        """The churn model's inputs, as the features stage listed them."""
+        if "model_features" not in report:
+            raise ValueError(f"{path}: no 'model_features' list (a features report from an older churnlens); "
+                             "rerun `dvc repro features` or `churnlens features` to regenerate it")
         inputs = report["model_features"]
         return cls([n for n in inputs if n not in report["categorical"]],
                    [n for n in inputs if n in report["categorical"]])
@@ -106,7 +110,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     _require_inputs(snapshots_path, features_report)
     tracking.check_store()  # a broken store should fail now, not after the training
     snapshots = pd.read_parquet(snapshots_path)
-    lists = FeatureLists.from_report(io.read_json(features_report))
+    lists = FeatureLists.from_report(io.read_json(features_report), features_report)
     try:
         split = model.temporal_split(snapshots, params.features, params.train)
         train_rows, validation_rows = split.train_rows(snapshots), split.validation_rows(snapshots)
