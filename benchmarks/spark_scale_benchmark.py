@@ -86,8 +86,9 @@ def generate(transactions: int) -> Path:
     return folder
 
 
-def spark_stats(session) -> dict:
-    """Shuffle and spill bytes, and job time grouped by call site, from Spark's monitoring API."""
+def spark_stats(session, ui_path: Path) -> dict:
+    """Shuffle and spill bytes, and job time grouped by call site, from Spark's monitoring API;
+    the raw records of every stage and SQL execution (with plans) go to ``ui_path``."""
     app = f"{session.sparkContext.uiWebUrl}/api/v1/applications/{session.sparkContext.applicationId}"
 
     def get(path: str) -> list[dict]:
@@ -95,6 +96,9 @@ def spark_stats(session) -> dict:
             return json.load(response)
 
     stages = get("stages?status=complete")
+    # The raw per-stage and per-query records (plans included), to see which exchange shuffles what.
+    ui_path.write_text(
+        json.dumps({"stages": stages, "sql": get("sql?details=true&planDescription=true")}, indent=1))
     intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for job in get("jobs"):
         if "completionTime" in job:
@@ -164,7 +168,7 @@ def run(kind: str, engine: str, folder: Path, master: str, driver_memory: str, s
         run_score(ScoreJob(params, folder, str(MODEL), target / "scores.parquet", target / "report.json", as_of=as_of))
     stats = {"seconds_in_job": time.perf_counter() - started}
     if session is not None:
-        stats.update(spark_stats(session))
+        stats.update(spark_stats(session, stats_path.with_name(f"{stats_path.stem}_ui.json")))
         session.stop()
     stats_path.write_text(json.dumps(stats, indent=1))
 

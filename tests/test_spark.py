@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -32,11 +33,7 @@ def spark():
 def test_spark_features_equal_duckdb_features(spark, small_data, tmp_path: Path, config: FeaturesConfig) -> None:
     from churnlens.engines import spark as engine
 
-    paths = {}
-    for name, frame in (("transactions", small_data.transactions), ("interactions", small_data.interactions),
-                        ("customers", small_data.customers)):
-        paths[name] = str(tmp_path / f"{name}.parquet")
-        frame.to_parquet(paths[name], index=False)
+    paths = parquet_tables(small_data, tmp_path)
     data_start, data_end = single_machine.data_span(paths)
     cutoffs = list(pd.date_range(data_start.normalize() + pd.Timedelta(days=150), data_end, freq="45D"))
     assert len(cutoffs) >= 5
@@ -44,6 +41,53 @@ def test_spark_features_equal_duckdb_features(spark, small_data, tmp_path: Path,
     snapshots, spark_plan = engine.compute_snapshots(spark, engine.read_tables(spark, paths), cutoffs, config)
     assert spark_plan.names == plan.names and len(plan.names) > 40
     assert_same_frames(expected, snapshots.toPandas(), ["customer_id", "cutoff"])
+
+
+def parquet_tables(data, folder: Path) -> dict[str, str]:
+    paths = {}
+    for name in ("transactions", "interactions", "customers"):
+        paths[name] = str(folder / f"{name}.parquet")
+        getattr(data, name).to_parquet(paths[name], index=False)
+    return paths
+
+
+def test_feature_families_read_the_cached_events_without_a_shuffle(spark, small_data, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """The events and the population are cached hashed by customer once; the families' joins and
+    the assembly then find them partitioned: no exchange of the snapshot query reads a cached step.
+    Broadcast joins are off, so the small test data plans the sort-merge joins of a large log."""
+    from churnlens.engines import spark as engine
+
+    paths = parquet_tables(small_data, tmp_path)
+    data_start, data_end = single_machine.data_span(paths)
+    cutoffs = list(pd.date_range(data_start.normalize() + pd.Timedelta(days=150), data_end, freq="90D"))
+    before = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
+    try:
+        snapshot, _ = engine.assembled_snapshot(spark, engine.read_tables(spark, paths), cutoffs, FeaturesConfig(),
+                                                with_labels=True)
+        capsys.readouterr()
+        snapshot.explain()  # the physical plan as planned, one node a line
+        plan = capsys.readouterr().out
+    finally:
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", before)
+        engine.release()
+    assert "SortMergeJoin" in plan and "Exchange " in plan
+    assert exchanges_over_a_cache(plan) == []
+
+
+def exchanges_over_a_cache(plan: str) -> list[str]:
+    """Exchanges whose input is a cached step read as is (maybe through filters and projections)."""
+    nodes = [re.sub(r"^[\s:|+-]*", "", line) for line in plan.splitlines()]
+    found = []
+    for index, node in enumerate(nodes):
+        if node.startswith("Exchange "):
+            below = index + 1
+            while nodes[below].startswith(("Filter ", "Project ")):
+                below += 1
+            if nodes[below].startswith("InMemoryTableScan "):
+                found.append(node)
+    return found
 
 
 def test_features_stage_on_spark_writes_the_same_snapshots(spark, reviewed_project: dict, tmp_path: Path) -> None:

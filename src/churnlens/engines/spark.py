@@ -61,6 +61,11 @@ def session_settings(master: str | None, driver_memory: str) -> dict[str, str]:
     # whole memory page up front. Default pages (up to 64 MB) exhaust a task's share of execution
     # memory however small the data ("UNABLE_TO_ACQUIRE_MEMORY ... got 0").
     settings["spark.buffer.pageSize"] = "2m"
+    # The families are cached hashed by customer; their results join back on (customer, cutoff).
+    # By default Spark shuffles both sides again unless they are hashed on every join key (a guard
+    # against a few hot keys); one customer's rows are a sliver of the data, so that guard cost a
+    # shuffle per family and per 'last' feature for nothing.
+    settings["spark.sql.requireAllClusterKeysForCoPartition"] = "false"
     if master.startswith("local"):
         # The default 200 shuffle partitions are sized for clusters; here most would be empty.
         settings["spark.sql.shuffle.partitions"] = str(8 * (os.cpu_count() or 1))
@@ -126,37 +131,71 @@ def data_span(tables: dict[str, DataFrame]) -> tuple[pd.Timestamp, pd.Timestamp]
 
 
 def _register(spark: SparkSession, tables: dict[str, DataFrame], cutoffs: list[pd.Timestamp]) -> dict[str, set[str]]:
-    from pyspark.sql import types as T
-
     if "transactions" not in tables:
         raise ValueError("features: a transactions table is required")
     for name, frame in tables.items():
         frame.createOrReplaceTempView(f"src_{name}")
-    schema = T.StructType([T.StructField("cutoff", T.TimestampType())])
-    rows = [(pd.Timestamp(c).to_pydatetime(),) for c in sorted(set(cutoffs))]
-    spark.createDataFrame(rows, schema).createOrReplaceTempView("cutoffs")
+    spark.sql(cutoffs_sql(cutoffs)).createOrReplaceTempView("cutoffs")
     return {name: set(frame.columns) for name, frame in tables.items()}
+
+
+def cutoffs_sql(cutoffs: list[pd.Timestamp]) -> str:
+    """The cutoffs as literal rows (UTC instants), so the planner knows the relation is a dozen rows.
+    A DataFrame made from Python rows is an RDD of unknown size to it: at 10M transactions the
+    history step became a cartesian product of every order with the cutoffs instead of a broadcast
+    of the cutoffs, and lost the orders' partitioning by customer."""
+    instants = sorted({utc_naive(c) for c in cutoffs})
+    if not instants:
+        return "SELECT CAST(NULL AS TIMESTAMP) AS cutoff WHERE false"
+    values = ", ".join(f"(TIMESTAMP '{c:%Y-%m-%d %H:%M:%S.%f}')" for c in instants)
+    return f"SELECT cutoff FROM VALUES {values} AS c(cutoff)"
+
+
+def utc_naive(instant: pd.Timestamp) -> pd.Timestamp:
+    instant = pd.Timestamp(instant)
+    return instant.tz_convert("UTC").tz_localize(None) if instant.tzinfo is not None else instant
 
 
 def compute_snapshots(spark: SparkSession, tables: dict[str, DataFrame], cutoffs: list[pd.Timestamp],
                       config: FeaturesConfig, with_labels: bool = True) -> tuple[DataFrame, FeaturePlan]:
     """Features (and labels) for every active customer at every cutoff, as a Spark DataFrame
     with the columns, types and order of :func:`churnlens.engines.duckdb.compute_snapshots`."""
+    assembled, plan = assembled_snapshot(spark, tables, cutoffs, config, with_labels)
+    return _with_fitted_features(assembled, plan, config), plan
+
+
+def assembled_snapshot(spark: SparkSession, tables: dict[str, DataFrame], cutoffs: list[pd.Timestamp],
+                       config: FeaturesConfig, with_labels: bool) -> tuple[DataFrame, FeaturePlan]:
+    """The snapshot query's result before the per-cutoff BTYD fits (its reused steps cached)."""
     available = _register(spark, tables, cutoffs)
     plan = plan_features(feature_definitions(config.windows_days), available)
     query = snapshot_query(plan, config, available, with_labels)
     # The views below replace those of any earlier computation: drop its cached steps too, or
     # they would pin storage memory that Spark never evicts for execution.
     release()
+    partitions = shuffle_partitions(spark)
     for name, body in query.steps:
         step = spark.sql(to_dialect(body, "spark"))
         if name in REUSED_STEPS:
             # Spark inlines views: without a cache the population (a join of every order to every
-            # cutoff) would be recomputed by each feature family that reads it.
-            step = step.persist(StorageLevel.MEMORY_AND_DISK)
+            # cutoff) would be recomputed by each feature family that reads it. Cached hashed by
+            # customer, the families' joins and groupings (all keyed by customer) find both sides
+            # already partitioned: the events cross the shuffle once, not once per family. The
+            # planner sees a cache's partitioning only once it is filled, hence the count here,
+            # before the steps that read it are planned.
+            step = step.repartition(*partitions, "customer_id").persist(StorageLevel.MEMORY_AND_DISK)
             _cached.append(step)
+            step.count()
         step.createOrReplaceTempView(name)
-    return _with_fitted_features(spark.sql(to_dialect(query.final, "spark")), plan, config), plan
+    return spark.sql(to_dialect(query.final, "spark")), plan
+
+
+def shuffle_partitions(spark: SparkSession) -> tuple[int, ...]:
+    """The session's shuffle partition count, to hash the cached steps into exactly as many
+    partitions as the joins that read them expect (a fixed count, so adaptive execution keeps it);
+    none when the session leaves it to the platform (e.g. ``auto``)."""
+    value = spark.conf.get("spark.sql.shuffle.partitions")
+    return (int(value),) if value is not None and value.isdigit() else ()
 
 
 def _with_fitted_features(frame: DataFrame, plan: FeaturePlan, config: FeaturesConfig) -> DataFrame:
@@ -187,7 +226,7 @@ def _with_fitted_features(frame: DataFrame, plan: FeaturePlan, config: FeaturesC
     return frame.mapInPandas(append, schema)
 
 
-REUSED_STEPS = {"lines", "orders", "population"}
+REUSED_STEPS = {"lines", "orders", "interactions", "population"}
 _cached: list[DataFrame] = []
 
 
