@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -391,13 +393,18 @@ class MemoryLimitError(ValueError):
     """DuckDB needed more than its memory share for work it cannot spill to disk."""
 
 
-def memory_limit_error(exc: duckdb.OutOfMemoryException, config: FeaturesConfig) -> MemoryLimitError:
-    """The user's side of an out-of-memory error: which setting bounds DuckDB and what to change."""
-    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return MemoryLimitError(
-        f"DuckDB ran out of its memory share, features.memory_limit = {config.memory_limit} in params.yaml "
-        f"({first_line}). Most of its work spills to disk beyond that share, but not all: raise "
-        "features.memory_limit (e.g. to half this machine's memory) and run again.")
+@contextmanager
+def memory_limit_named(config: FeaturesConfig) -> Iterator[None]:
+    """DuckDB's out-of-memory error as the user's side of it: which setting bounds DuckDB and what
+    to change (a :class:`MemoryLimitError`, a message rather than a traceback)."""
+    try:
+        yield
+    except duckdb.OutOfMemoryException as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MemoryLimitError(
+            f"DuckDB ran out of its memory share, features.memory_limit = {config.memory_limit} in params.yaml "
+            f"({first_line}). Most of its work spills to disk beyond that share, but not all: raise "
+            "features.memory_limit (e.g. to half this machine's memory) and run again.") from None
 
 
 class DuckDBEngine:
@@ -417,10 +424,8 @@ class DuckDBEngine:
 
     def write_snapshots(self, tables: Tables, cutoffs: list[pd.Timestamp], config: FeaturesConfig, target: str,
                         label_complete_until: pd.Timestamp | None) -> tuple[FeaturePlan, list[tuple]]:
-        try:
+        with memory_limit_named(config):
             plan = write_snapshots(tables, cutoffs, config, Path(target), label_complete_until)
-        except duckdb.OutOfMemoryException as exc:
-            raise memory_limit_error(exc, config) from None
         with duckdb.connect() as con:
             per_cutoff = con.execute(
                 f"SELECT cutoff, count(*), avg(CAST(churned AS DOUBLE)) FROM read_parquet({literal(str(target))}) "
@@ -437,10 +442,8 @@ class DuckDBEngine:
         log.info("score: features as of %s with %s v%s", instant.isoformat(), loaded.name, loaded.version)
         from churnlens.single_date import compute_snapshot  # one date: one query, not the sweep
 
-        try:
+        with memory_limit_named(params.features):
             snapshot, _ = compute_snapshot(tables, instant, params.features)
-        except duckdb.OutOfMemoryException as exc:
-            raise memory_limit_error(exc, params.features) from None
         laps.lap("features")
         log.info("score: %d active customers; probabilities, segments, plan, then reasons", len(snapshot))
         score.require_model_inputs(loaded, snapshot.columns)
