@@ -154,13 +154,13 @@ def reason_methods(probability: np.ndarray, config: ScoreConfig, in_campaign: np
 
 
 def customer_reasons(pipeline: object, frame: pd.DataFrame, probability: np.ndarray, numeric: list[str],
-                     categorical: list[str], config: ScoreConfig, windows_days: tuple[int, ...],
-                     in_campaign: np.ndarray | None = None) -> pd.Series:
+                     categorical: list[str], config: ScoreConfig, windows_days: tuple[int, ...]) -> pd.Series:
     """Every row's top reasons in plain words (indexed like ``frame``), each row by its
-    :func:`reason_methods` method: exact TreeSHAP, the ~50x cheaper path attributions (enough to
-    name what matters), or none (an empty text)."""
-    return customer_reasons_by_method(pipeline, frame, reason_methods(probability, config, in_campaign), numeric,
-                                      categorical, windows_days)
+    :func:`reason_methods` method from its own probability (so any batch gets the same answer):
+    exact TreeSHAP, the ~50x cheaper path attributions (enough to name what matters), or none (an
+    empty text). The campaign's reasons need the ranking first: :func:`customer_reasons_by_method`."""
+    return customer_reasons_by_method(pipeline, frame, reason_methods(probability, config), numeric, categorical,
+                                      windows_days)
 
 
 def customer_reasons_by_method(pipeline: object, frame: pd.DataFrame, methods: np.ndarray, numeric: list[str],
