@@ -144,16 +144,13 @@ def cutoffs_sql(cutoffs: list[pd.Timestamp]) -> str:
     A DataFrame made from Python rows is an RDD of unknown size to it: at 10M transactions the
     history step became a cartesian product of every order with the cutoffs instead of a broadcast
     of the cutoffs, and lost the orders' partitioning by customer."""
-    instants = sorted({utc_naive(c) for c in cutoffs})
+    from churnlens.score import utc
+
+    instants = sorted({utc(c).tz_localize(None) for c in cutoffs})
     if not instants:
         return "SELECT CAST(NULL AS TIMESTAMP) AS cutoff WHERE false"
     values = ", ".join(f"(TIMESTAMP '{c:%Y-%m-%d %H:%M:%S.%f}')" for c in instants)
     return f"SELECT cutoff FROM VALUES {values} AS c(cutoff)"
-
-
-def utc_naive(instant: pd.Timestamp) -> pd.Timestamp:
-    instant = pd.Timestamp(instant)
-    return instant.tz_convert("UTC").tz_localize(None) if instant.tzinfo is not None else instant
 
 
 def compute_snapshots(spark: SparkSession, tables: dict[str, DataFrame], cutoffs: list[pd.Timestamp],
