@@ -521,8 +521,9 @@ def load_model(uri: str, project_root: Path | None = None) -> LoadedModel:
 
 def load_resolved(resolved: ResolvedModel) -> LoadedModel:
     local = _local_model_dir(resolved.uri)
-    pipeline = _load_skops_pipeline(local, resolved.uri)
-    metadata = {**(mlmodel_fields(local).get("metadata") or {}), "run_id": resolved.run_id}
+    fields = mlmodel_fields(local)  # read once: ~1,200 lines of YAML with the drift profile
+    pipeline = _load_skops_pipeline(local, fields, resolved.uri)
+    metadata = {**(fields.get("metadata") or {}), "run_id": resolved.run_id}
     return LoadedModel(pipeline, resolved.name, resolved.version, ModelContract.from_metadata(metadata))
 
 
@@ -547,15 +548,16 @@ def mlmodel_fields(model_dir: Path) -> dict:
     return fields if isinstance(fields, dict) else {}
 
 
-def _load_skops_pipeline(model_dir: Path, shown: str) -> object:
-    """The pipeline of an MLflow sklearn model, read with skops and our own list of trusted types.
+def _load_skops_pipeline(model_dir: Path, fields: dict, shown: str) -> object:
+    """The pipeline of an MLflow sklearn model (``fields``: its MLmodel file), read with skops and
+    our own list of trusted types.
 
     Never unpickles: pickle and cloudpickle run whatever code the file names while loading, and
     the trusted types in the model's own MLmodel file are the model's claim, not ours.
     """
     import skops.io
 
-    flavor = mlmodel_fields(model_dir).get("flavors", {}).get("sklearn")
+    flavor = fields.get("flavors", {}).get("sklearn")
     if flavor is None:
         raise UntrustedModelError(f"model {shown!r} is not a scikit-learn MLflow model; churnlens loads only "
                                   "the models `churnlens train` writes")
