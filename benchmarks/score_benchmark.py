@@ -51,17 +51,18 @@ def train_model(folder: Path) -> None:
     from churnlens.drift import drift_profile
     from churnlens.contract import ModelContract
     from churnlens.engines.duckdb import compute_snapshots
+    from churnlens.stages import FeatureLists
 
     if (MODEL / "MLmodel").exists():
         return
     grid = cutoffs(folder, 8)[:5]  # the last 90 days hold the labels of the fifth cutoff
     snapshots, plan = compute_snapshots(tables(folder, 50_000), grid, FeaturesConfig())
-    numeric = [n for n in plan.model_names if n not in plan.categorical]
+    lists = FeatureLists.of(plan.model_names, plan.categorical)
+    numeric, categorical = lists.numeric, lists.categorical
     train, validation = snapshots[snapshots["cutoff"] < grid[-1]], snapshots[snapshots["cutoff"] == grid[-1]]
-    fitted = model.fit_with_early_stopping(train, validation, numeric, plan.categorical, TrainConfig())
-    contract = ModelContract(numeric, plan.categorical,
-                             drift_profile=drift_profile(validation, numeric, plan.categorical))
-    tracking.save_model_dir(fitted.pipeline, model.model_input(train.head(50), numeric, plan.categorical),
+    fitted = model.fit_with_early_stopping(train, validation, numeric, categorical, TrainConfig())
+    contract = ModelContract(numeric, categorical, drift_profile=drift_profile(validation, numeric, categorical))
+    tracking.save_model_dir(fitted.pipeline, model.model_input(train.head(50), numeric, categorical),
                             contract.to_metadata(), MODEL)
 
 

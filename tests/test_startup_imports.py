@@ -63,14 +63,15 @@ def test_scoring_a_model_folder_imports_neither_mlflow_nor_pyspark(project: Path
     from churnlens import model, tracking
     from churnlens.config import TrainConfig
     from churnlens.contract import ModelContract
+    from churnlens.stages import FeatureLists
 
     snapshots_path = project / "data/features/snapshots.parquet"
     if not snapshots_path.is_file():
         imported_by(["features"], project)
     snapshots = pd.read_parquet(snapshots_path)
-    report = json.loads((project / "reports/features.json").read_text())
-    categorical = list(report["categorical"])
-    numeric = [name for name in report["features"] if name not in categorical]
+    report_path = project / "reports/features.json"
+    lists = FeatureLists.from_report(json.loads(report_path.read_text()), report_path)
+    numeric, categorical = lists.numeric, lists.categorical
     labelled = snapshots[snapshots["label_complete"]]
     config = TrainConfig(xgboost={"n_estimators": 20})
     pipeline = model.build_pipeline(numeric, categorical, config).fit(

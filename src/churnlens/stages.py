@@ -91,14 +91,17 @@ class FeatureLists:
     categorical: list[str]
 
     @classmethod
+    def of(cls, inputs: list[str], categorical: list[str]) -> FeatureLists:
+        """The model's inputs split into numeric and categorical, each in the inputs' order."""
+        return cls([n for n in inputs if n not in categorical], [n for n in inputs if n in categorical])
+
+    @classmethod
     def from_report(cls, report: dict, path: Path) -> FeatureLists:
         """The churn model's inputs, as the features stage listed them."""
         if "model_features" not in report:
             raise ValueError(f"{path}: no 'model_features' list (a features report from an older churnlens); "
                              "rerun `dvc repro features` or `churnlens features` to regenerate it")
-        inputs = report["model_features"]
-        return cls([n for n in inputs if n not in report["categorical"]],
-                   [n for n in inputs if n in report["categorical"]])
+        return cls.of(report["model_features"], report["categorical"])
 
 
 def run_train(params: Params, snapshots_path: Path, features_report: Path, model_dir: Path, report_path: Path,
