@@ -286,21 +286,22 @@ def calibrated(pipeline: Pipeline, rows: pd.DataFrame, numeric: list[str], categ
     """
     floor = config.probability_floor
     method = calibration_method(config.calibration, len(rows))
-    x, y = model_input(rows, numeric, categorical), rows[LABEL].astype(int)
+    y = rows[LABEL].astype(int)
     if method == "sigmoid":
-        return CalibratedClassifierCV(FrozenEstimator(pipeline), method="sigmoid").fit(x, y)
+        return CalibratedClassifierCV(FrozenEstimator(pipeline), method="sigmoid").fit(
+            model_input(rows, numeric, categorical), y)
     if method == "trees":
         calibrator = identity_within(floor)
     else:
         calibrator = IsotonicRegression(y_min=floor, y_max=1 - floor, out_of_bounds="clip").fit(
-            pipeline.predict_proba(x)[:, 1], y)
+            pipeline.predict_proba(model_input(rows, numeric, categorical))[:, 1], y)
     # scikit-learn's wrapper only exists once fitted: fit it on one row of each class, as a single
     # split (its default 5 folds need 5 rows a class), then put in the calibrator built above, so
-    # the rows are scored at most once.
+    # the rows are scored at most once (``trees``: never).
     one_per_class = np.sort(np.unique(y.to_numpy(), return_index=True)[1])
     both = np.arange(len(one_per_class))
     model = CalibratedClassifierCV(FrozenEstimator(pipeline), method="isotonic", cv=[(both, both)]).fit(
-        x.iloc[one_per_class], y.iloc[one_per_class])
+        model_input(rows.iloc[one_per_class], numeric, categorical), y.iloc[one_per_class])
     model.calibrated_classifiers_[0].calibrators[0] = calibrator
     return model
 
