@@ -54,18 +54,19 @@ log = logging.getLogger(__name__)
 Tables = dict[str, "pd.DataFrame | str | None"]
 
 
-def register_sources(con: duckdb.DuckDBPyConnection, tables: dict[str, pd.DataFrame | str | None]
-                      ) -> dict[str, set[str]]:
-    """Expose canonical tables (DataFrames or Parquet paths) as DuckDB views; return their columns."""
+def register_sources(con: duckdb.DuckDBPyConnection, tables: dict[str, pd.DataFrame | str | None],
+                     prefix: str = "src_") -> dict[str, set[str]]:
+    """Expose canonical tables (DataFrames or Parquet paths) as DuckDB views named ``prefix`` +
+    table; return their columns."""
     available: dict[str, set[str]] = {}
     for name, table in tables.items():
         if table is None:
             continue
         if isinstance(table, pd.DataFrame):
-            con.register(f"src_{name}", table)
+            con.register(f"{prefix}{name}", table)
         else:
-            con.execute(f"CREATE OR REPLACE VIEW src_{name} AS SELECT * FROM read_parquet({literal(str(table))})")
-        available[name] = {row[0] for row in con.execute(f"DESCRIBE src_{name}").fetchall()}
+            con.execute(f"CREATE OR REPLACE VIEW {prefix}{name} AS SELECT * FROM read_parquet({literal(str(table))})")
+        available[name] = {row[0] for row in con.execute(f"DESCRIBE {prefix}{name}").fetchall()}
     if "transactions" not in available:
         raise ValueError("features: a transactions table is required")
     return available
