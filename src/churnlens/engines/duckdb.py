@@ -335,7 +335,10 @@ def write_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: list[
                 complete = pc.less_equal(block["cutoff"], limit)
             block = block.append_column("label_complete", complete)
             if fit_inputs:
-                inputs.append(block.select(fit_inputs))
+                # Gathered into new buffers, not selected: DuckDB's Arrow export frees a batch only
+                # once all its columns are gone, so a few columns kept per block kept every block of
+                # the run (peak RSS 3.9 GB at 10M lines, ~1.7 GB of it those blocks).
+                inputs.append(block.select(fit_inputs).take(np.arange(block.num_rows)))
             if writer is None:
                 writer = pq.ParquetWriter(scratch if fit_inputs else temporary, block.schema, compression="zstd")
             writer.write_table(block)
