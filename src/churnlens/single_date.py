@@ -7,7 +7,9 @@ offset - window < ts <= cutoff - offset)`` per customer. This module generates t
 same :func:`~churnlens.features.feature_definitions`, the same event relations
 (:func:`~churnlens.features.event_steps`) and the same assembly SQL
 (:func:`~churnlens.features.assembly_sql`) as the other engines, one aggregate per source, and
-DuckDB runs it in parallel without copying the events anywhere.
+DuckDB runs it in parallel without copying the events anywhere. Past what ``features.memory_limit``
+holds, the query runs once per block of customers (a hash of customer_id), after the steps that
+pool every customer (a product's usual price and repeat rate) have been computed once.
 
 Sums are taken in exact decimal arithmetic (``DECIMAL(38, 12)``) and only then turned into
 doubles: a float sum depends on the order in which a parallel engine meets the rows, and the same
