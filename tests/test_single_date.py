@@ -52,9 +52,14 @@ def test_one_date_on_the_hand_checked_fixture_and_without_optional_tables() -> N
         assert_same_snapshot(sweep, single, [n for n in plan.names if n not in plan.categorical])
 
 
-def test_one_date_gives_the_same_bytes_twice(small_data) -> None:
+def test_one_date_gives_the_same_bytes_twice_and_in_any_number_of_customer_blocks(small_data) -> None:
+    """Blocks bound the query's memory; a product's price level and repeat rate pool every
+    customer's lines, so they must not be computed from one block's customers."""
     tables = {"transactions": small_data.transactions, "interactions": small_data.interactions,
               "customers": small_data.customers}
-    first, _ = compute_snapshot(tables, pd.Timestamp("2024-03-01"), FeaturesConfig())
-    second, _ = compute_snapshot(tables, pd.Timestamp("2024-03-01"), FeaturesConfig())
+    first, _ = compute_snapshot(tables, pd.Timestamp("2024-03-01"), FeaturesConfig(), blocks=1)
+    second, _ = compute_snapshot(tables, pd.Timestamp("2024-03-01"), FeaturesConfig(), blocks=1)
     pd.testing.assert_frame_equal(first, second, check_exact=True)
+    in_blocks, _ = compute_snapshot(tables, pd.Timestamp("2024-03-01"), FeaturesConfig(), blocks=3)
+    pd.testing.assert_frame_equal(first, in_blocks, check_exact=True)
+    assert first["below_usual_price_share_365d"].notna().sum() > 100 and first["product_repeat_rate_365d"].notna().sum() > 100

@@ -82,6 +82,27 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     assert version.tags["baseline.rfm_logistic.roc_auc"] == f"{evaluated['rfm_logistic']['roc_auc']:.4f}"
 
 
+@pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer")
+def test_training_data_schema_is_what_mlflow_itself_infers() -> None:
+    """Given to MLflow so that it does not test every value (10 s on the default data), the schema
+    must still be MLflow's: types per column, and required only where no value is missing."""
+    import mlflow.data
+
+    rng = np.random.default_rng(3)
+    n = 2_000
+    frame = pd.DataFrame({
+        # Missing values only deep inside a column, where no sample of the first rows would see them.
+        "orders": rng.integers(0, 9, n).astype(float), "gap": np.where(np.arange(n) == n // 2, np.nan, rng.random(n)),
+        "late_gap": np.r_[np.full(n - 1, np.nan), 1.0], "count": rng.integers(0, 5, n),
+        "segment": pd.array(np.where(np.arange(n) == n // 3, None, "a"), dtype="string"),
+        "channel": pd.array(["web"] * n, dtype="string"), "churned": rng.random(n) < 0.4,
+        "cutoff": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 300, n), unit="D"),
+    })
+    expected = mlflow.data.from_pandas(frame).schema
+    assert tracking.dataset_schema(frame) == expected
+    assert [spec.required for spec in expected.inputs] == [True, False, False, True, False, True, True, True]
+
+
 def test_pyfunc_returns_probabilities_and_local_copy_matches(pipeline_run) -> None:
     import mlflow.pyfunc
 

@@ -7,7 +7,9 @@ offset - window < ts <= cutoff - offset)`` per customer. This module generates t
 same :func:`~churnlens.features.feature_definitions`, the same event relations
 (:func:`~churnlens.features.event_steps`) and the same assembly SQL
 (:func:`~churnlens.features.assembly_sql`) as the other engines, one aggregate per source, and
-DuckDB runs it in parallel without copying the events anywhere.
+DuckDB runs it in parallel without copying the events anywhere. Past what ``features.memory_limit``
+holds, the query runs once per block of customers (a hash of customer_id), after the steps that
+pool every customer (a product's usual price and repeat rate) have been computed once.
 
 Sums are taken in exact decimal arithmetic (``DECIMAL(38, 12)``) and only then turned into
 doubles: a float sum depends on the order in which a parallel engine meets the rows, and the same
@@ -18,17 +20,19 @@ falls back to the sweep, which gives the same values.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import tempfile
 
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from churnlens.config import FeaturesConfig
 from churnlens.engines.duckdb import register_sources
 from churnlens.features import Feature, FeaturePlan, feature_definitions, plan_features, with_fitted_features
-from churnlens.sql import assembly_sql, event_steps, has_cancellations, last_columns
+from churnlens.sql import POOLED_STEPS, assembly_sql, event_steps, has_cancellations, last_columns
 from churnlens.sqltext import quote_name
 
 log = logging.getLogger(__name__)
@@ -93,13 +97,14 @@ def _last_value_step(feature: Feature, alias: str) -> tuple[str, str]:
 
 
 def snapshot_sql(plan: FeaturePlan, config: FeaturesConfig, available: dict[str, set[str]],
-                 with_events: bool = True) -> str:
+                 with_events: bool = True, materialized: frozenset[str] = frozenset()) -> str:
     """Every feature of ``plan`` at the one instant in relation ``as_of`` (column ``cutoff``), as
     one DuckDB query over the ``src_`` tables: one aggregate per event source, then the shared
-    assembly. Rows: the active customers, sorted by customer_id."""
+    assembly. Rows: the active customers, sorted by customer_id. Steps named in ``materialized``
+    are read as tables already there (the pooled steps, computed once over every customer)."""
     by_kind = lambda kind, source=None: [f for f in plan.features  # noqa: E731
                                          if f.kind == kind and (source is None or f.source == source)]
-    steps = list(event_steps(available)) if with_events else []
+    steps = [step for step in event_steps(available) if step[0] not in materialized] if with_events else []
     # Orders: the running purchase statistics of the sweep (its gap of a purchase is to the
     # customer's previous purchase, so only purchases up to the cutoff are read), and the sums.
     gap = "(epoch_us(ts) - epoch_us(lag(ts) OVER (PARTITION BY customer_id ORDER BY ts))) / 86400000000.0"
@@ -159,9 +164,11 @@ def snapshot_sql(plan: FeaturePlan, config: FeaturesConfig, available: dict[str,
 
 
 def compute_snapshot(tables: dict[str, pd.DataFrame | str | None], cutoff: pd.Timestamp, config: FeaturesConfig,
-                     features: list[Feature] | None = None) -> tuple[pd.DataFrame, FeaturePlan]:
+                     features: list[Feature] | None = None, blocks: int | None = None
+                     ) -> tuple[pd.DataFrame, FeaturePlan]:
     """Features (no labels) of every active customer at ``cutoff``: the same rows, columns and
-    values as ``compute_snapshots(tables, [cutoff], config, with_labels=False)``."""
+    values as ``compute_snapshots(tables, [cutoff], config, with_labels=False)``, computed over
+    ``blocks`` blocks of customers (default: as many as ``config.memory_limit`` needs)."""
     instant = pd.Timestamp(cutoff)
     with tempfile.TemporaryDirectory(prefix="churnlens-single-date-") as spill, duckdb.connect() as con:
         # Rows come out in an explicit order, so DuckDB need not keep its scans in insertion order
@@ -169,20 +176,14 @@ def compute_snapshot(tables: dict[str, pd.DataFrame | str | None], cutoff: pd.Ti
         for setting in ("TimeZone = 'UTC'", f"memory_limit = '{config.memory_limit}'", f"temp_directory = '{spill}'",
                         "preserve_insertion_order = false"):
             con.execute(f"SET {setting}")
-        available = register_sources(con, tables)
+        available = register_sources(con, tables, prefix=WHOLE)
         definitions = features if features is not None else feature_definitions(config.windows_days)
         plan = plan_features(definitions, available)
         con.execute(f"CREATE TEMP TABLE as_of AS SELECT TIMESTAMP '{instant.isoformat(sep=' ')}' AS cutoff")
         try:
-            frame = con.sql(snapshot_sql(plan, config, available)).to_arrow_table().to_pandas()
+            frame = _snapshot_in_blocks(con, plan, config, available, blocks).to_pandas()
         except (duckdb.OutOfRangeException, duckdb.ConversionException) as exc:
             log.info("features: exact sums overflow on this log (%s); using the many-cutoff sweep", exc)
-            frame = None
-        except duckdb.OutOfMemoryException as exc:
-            # One query over every customer holds some state it cannot spill; the sweep works in
-            # blocks of customers, so its memory is bounded by the block.
-            log.info("features: the one-date query needs more than features.memory_limit = %s (%s); using the "
-                     "block-by-block sweep", config.memory_limit, str(exc).splitlines()[0])
             frame = None
     if frame is None:
         from churnlens.engines.duckdb import compute_snapshots
@@ -195,3 +196,70 @@ def compute_snapshot(tables: dict[str, pd.DataFrame | str | None], cutoff: pd.Ti
         if name in frame and name not in plan.categorical:
             frame[name] = frame[name].astype(np.float64)
     return with_fitted_features(frame, plan, config), plan
+
+
+WHOLE = "whole_"  # the registered tables; the query reads their ``src_`` views of one block of customers
+# DuckDB's working memory per event (transaction line or interaction) for this query, measured at
+# 10M lines + 9M interactions (4.0 GB at the peak): sizes the first try at the number of blocks.
+BYTES_PER_EVENT = 210
+MAX_BLOCKS = 256
+
+
+def _snapshot_in_blocks(con: duckdb.DuckDBPyConnection, plan: FeaturePlan, config: FeaturesConfig,
+                        available: dict[str, set[str]], blocks: int | None) -> pa.Table:
+    """:func:`snapshot_sql` over the customers split into blocks (by a hash of customer_id), so that
+    DuckDB's memory is bounded by a block, not the customer base: part of one query's state (the
+    orders' window, the shared event relations) cannot spill to disk. A customer's features read
+    only that customer's events and the pooled steps (a product's price level or repeat rate),
+    which are computed once over every customer first, so any number of blocks gives the same rows.
+    The first try sizes blocks to half of ``features.memory_limit``; out of memory, blocks shrink."""
+    pooled = _materialize_pooled_steps(con, available)
+    blocks = blocks or _first_block_count(con, available, _byte_count(config.memory_limit))
+    while True:
+        try:
+            parts = []
+            for block in range(blocks):
+                _select_block(con, available, block, blocks)
+                parts.append(con.sql(snapshot_sql(plan, config, available, materialized=pooled)).to_arrow_table())
+            break
+        except duckdb.OutOfMemoryException as exc:
+            if blocks * 4 > MAX_BLOCKS:
+                raise
+            log.info("features: a block of 1/%d of the customers needs more than features.memory_limit = %s (%s); "
+                     "trying 1/%d", blocks, config.memory_limit, str(exc).splitlines()[0], blocks * 4)
+            blocks *= 4
+    table = pa.concat_tables(parts)
+    return table if blocks == 1 else table.sort_by("customer_id")
+
+
+def _select_block(con: duckdb.DuckDBPyConnection, available: dict[str, set[str]], block: int, blocks: int) -> None:
+    """Point the ``src_`` views at one block of customers (all of them when ``blocks`` is 1)."""
+    where = f" WHERE hash(customer_id) % {blocks} = {block}" if blocks > 1 else ""
+    for name in available:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW src_{name} AS SELECT * FROM {WHOLE}{name}{where}")
+
+
+def _materialize_pooled_steps(con: duckdb.DuckDBPyConnection, available: dict[str, set[str]]) -> frozenset[str]:
+    """The :data:`~churnlens.sql.POOLED_STEPS` of this log as tables over every customer (each with
+    the earlier steps it reads as CTEs); returns their names."""
+    _select_block(con, available, 0, 1)
+    steps = event_steps(available)
+    done: list[str] = []
+    for index, (name, body) in enumerate(steps):
+        if name in POOLED_STEPS:
+            earlier = [f"{n} AS ({sql})" for n, sql in steps[:index] if n not in done]
+            con.execute(f"CREATE TEMP TABLE {name} AS {'WITH ' + ', '.join(earlier) if earlier else ''} {body}")
+            done.append(name)
+    return frozenset(done)
+
+
+def _first_block_count(con: duckdb.DuckDBPyConnection, available: dict[str, set[str]], limit_bytes: int) -> int:
+    events = sum(con.execute(f"SELECT count(*) FROM {WHOLE}{name}").fetchone()[0]
+                 for name in ("transactions", "interactions") if name in available)
+    return min(MAX_BLOCKS, max(1, math.ceil(events * BYTES_PER_EVENT / (limit_bytes / 2))))
+
+
+def _byte_count(size: str) -> int:
+    """A DuckDB memory size ('1GB', '512 MiB') in bytes; DuckDB reads GB as 1000^3, GiB as 1024^3."""
+    number, unit, binary = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT])(i?)B", size.strip()).groups()
+    return int(float(number) * (1024 if binary else 1000) ** ("KMGT".index(unit) + 1))

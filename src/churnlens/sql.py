@@ -24,6 +24,10 @@ from churnlens.sqltext import quote_name
 
 Step = tuple[str, str]  # (relation name, the SELECT that defines it)
 EVENT_RELATIONS = ("lines", "orders", "interactions")
+# Steps of :func:`event_steps` that pool every customer's lines (a category's or a product's level in
+# a month) and the step only they read: an engine that works on a block of customers at a time
+# computes these once, over the whole log, and the blocks read the result.
+POOLED_STEPS = ("category_month_median", "product_usual_price", "product_month_repeats", "product_repeat_rate")
 
 
 def usual_price_step(is_return: str) -> Step:
@@ -45,19 +49,23 @@ def product_repeat_rate_steps(is_return: str) -> list[Step]:
     had bought it before (at least ``USUAL_PRICE_MIN_LINES`` lines, else unknown). What a basket of
     such products usually turns into (staples are re-bought, one-off lines are not) is the one
     habit signal a single basket carries; earlier data only. Needs the ``first_purchase`` step."""
+    # Counted per product and month once, then summed over the months before: the rate is a ratio
+    # of counts, so this equals averaging every line of those months without reading each line
+    # USUAL_PRICE_MONTHS times.
     shifted = " UNION ALL ".join(
-        f"SELECT product_id, month + INTERVAL {k} MONTH AS month, repeated FROM purchased_product_lines"
+        f"SELECT product_id, month + INTERVAL {k} MONTH AS month, repeated, lines FROM product_month_repeats"
         for k in range(1, USUAL_PRICE_MONTHS + 1))
     return [
-        ("purchased_product_lines", f"""
+        ("product_month_repeats", f"""
             SELECT t.product_id, date_trunc('month', t.timestamp) AS month,
-                   CAST(CASE WHEN t.timestamp > f.first_ts THEN 1 ELSE 0 END AS DOUBLE) AS repeated
+                   sum(CASE WHEN t.timestamp > f.first_ts THEN 1 ELSE 0 END) AS repeated, count(*) AS lines
             FROM src_transactions t JOIN first_purchase f ON f.customer_id = t.customer_id
                  AND f.product_id = t.product_id
-            WHERE NOT ({is_return}) AND t.product_id IS NOT NULL"""),
+            WHERE NOT ({is_return}) AND t.product_id IS NOT NULL
+            GROUP BY t.product_id, date_trunc('month', t.timestamp)"""),
         ("product_repeat_rate", f"""
-            SELECT product_id, month, avg(repeated) AS repeat_rate FROM ({shifted}) s
-            GROUP BY product_id, month HAVING count(*) >= {USUAL_PRICE_MIN_LINES}"""),
+            SELECT product_id, month, CAST(sum(repeated) AS DOUBLE) / sum(lines) AS repeat_rate FROM ({shifted}) s
+            GROUP BY product_id, month HAVING sum(lines) >= {USUAL_PRICE_MIN_LINES}"""),
     ]
 
 

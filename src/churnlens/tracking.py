@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -301,13 +302,31 @@ def _log_training_data(data: TrainingData) -> None:
     import mlflow
     import mlflow.data
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # schema inference notes on integer columns
-        dataset = mlflow.data.from_pandas(data.frame, source=data.source, targets=data.target,
-                                          name=Path(data.source).name, digest=data.digest[:36])
+    dataset = mlflow.data.from_pandas(data.frame, source=data.source, targets=data.target,
+                                      name=Path(data.source).name, digest=data.digest[:36])
+    # The schema is a cached property: given here, MLflow does not infer it value by value.
+    dataset.schema = dataset_schema(data.frame)
     mlflow.log_input(dataset, context="training",
                      tags={"rows": str(len(data.frame)), "first_cutoff": data.first_cutoff,
                            "last_cutoff": data.last_cutoff, "fingerprint": data.digest})
+
+
+def dataset_schema(frame: pd.DataFrame) -> object:
+    """MLflow's schema of ``frame`` (an ``mlflow.types.Schema``), as MLflow would infer it, in
+    vectorised time: MLflow tests every value for a null in Python (10 s for the default data's
+    258k x 56 training rows, minutes at millions). Types come from a few rows holding each
+    column's first non-null value; whether a column is required, from the whole frame."""
+    from mlflow.models import infer_signature
+    from mlflow.types import ColSpec, Schema
+
+    present = frame.notna().to_numpy()
+    rows = sorted({0, *(int(np.argmax(present[:, j])) for j in range(frame.shape[1]))}) if len(frame) else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # schema inference notes on integer columns
+        sampled = infer_signature(frame.iloc[rows]).inputs
+    required = present.all(axis=0)
+    return Schema([ColSpec(spec.type, spec.name, required=bool(required[frame.columns.get_loc(spec.name)]))
+                   for spec in sampled.inputs])
 
 
 def log_evaluation(run_id: str, metrics: dict[str, float], artifact_dir: Path | None = None) -> None:

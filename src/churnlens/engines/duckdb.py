@@ -54,18 +54,19 @@ log = logging.getLogger(__name__)
 Tables = dict[str, "pd.DataFrame | str | None"]
 
 
-def register_sources(con: duckdb.DuckDBPyConnection, tables: dict[str, pd.DataFrame | str | None]
-                      ) -> dict[str, set[str]]:
-    """Expose canonical tables (DataFrames or Parquet paths) as DuckDB views; return their columns."""
+def register_sources(con: duckdb.DuckDBPyConnection, tables: dict[str, pd.DataFrame | str | None],
+                     prefix: str = "src_") -> dict[str, set[str]]:
+    """Expose canonical tables (DataFrames or Parquet paths) as DuckDB views named ``prefix`` +
+    table; return their columns."""
     available: dict[str, set[str]] = {}
     for name, table in tables.items():
         if table is None:
             continue
         if isinstance(table, pd.DataFrame):
-            con.register(f"src_{name}", table)
+            con.register(f"{prefix}{name}", table)
         else:
-            con.execute(f"CREATE OR REPLACE VIEW src_{name} AS SELECT * FROM read_parquet({literal(str(table))})")
-        available[name] = {row[0] for row in con.execute(f"DESCRIBE src_{name}").fetchall()}
+            con.execute(f"CREATE OR REPLACE VIEW {prefix}{name} AS SELECT * FROM read_parquet({literal(str(table))})")
+        available[name] = {row[0] for row in con.execute(f"DESCRIBE {prefix}{name}").fetchall()}
     if "transactions" not in available:
         raise ValueError("features: a transactions table is required")
     return available
@@ -334,7 +335,10 @@ def write_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: list[
                 complete = pc.less_equal(block["cutoff"], limit)
             block = block.append_column("label_complete", complete)
             if fit_inputs:
-                inputs.append(block.select(fit_inputs))
+                # Gathered into new buffers, not selected: DuckDB's Arrow export frees a batch only
+                # once all its columns are gone, so a few columns kept per block kept every block of
+                # the run (peak RSS 3.9 GB at 10M lines, ~1.7 GB of it those blocks).
+                inputs.append(block.select(fit_inputs).take(np.arange(block.num_rows)))
             if writer is None:
                 writer = pq.ParquetWriter(scratch if fit_inputs else temporary, block.schema, compression="zstd")
             writer.write_table(block)
