@@ -302,8 +302,10 @@ def _log_training_data(data: TrainingData) -> None:
     import mlflow
     import mlflow.data
 
-    dataset = mlflow.data.from_pandas(data.frame, source=data.source, targets=data.target,
-                                      name=Path(data.source).name, digest=data.digest[:36])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the dataset source can be interpreted in multiple ways"
+        dataset = mlflow.data.from_pandas(data.frame, source=data.source, targets=data.target,
+                                          name=Path(data.source).name, digest=data.digest[:36])
     # The schema is a cached property: given here, MLflow does not infer it value by value.
     dataset.schema = dataset_schema(data.frame)
     mlflow.log_input(dataset, context="training",
