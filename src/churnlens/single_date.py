@@ -97,14 +97,14 @@ def _last_value_step(feature: Feature, alias: str) -> tuple[str, str]:
 
 
 def snapshot_sql(plan: FeaturePlan, config: FeaturesConfig, available: dict[str, set[str]],
-                 with_events: bool = True, materialized: frozenset[str] = frozenset()) -> str:
+                 materialized: frozenset[str] = frozenset()) -> str:
     """Every feature of ``plan`` at the one instant in relation ``as_of`` (column ``cutoff``), as
     one DuckDB query over the ``src_`` tables: one aggregate per event source, then the shared
     assembly. Rows: the active customers, sorted by customer_id. Steps named in ``materialized``
     are read as tables already there (the pooled steps, computed once over every customer)."""
     by_kind = lambda kind, source=None: [f for f in plan.features  # noqa: E731
                                          if f.kind == kind and (source is None or f.source == source)]
-    steps = [step for step in event_steps(available) if step[0] not in materialized] if with_events else []
+    steps = [step for step in event_steps(available) if step[0] not in materialized]
     # Orders: the running purchase statistics of the sweep (its gap of a purchase is to the
     # customer's previous purchase, so only purchases up to the cutoff are read), and the sums.
     gap = "(epoch_us(ts) - epoch_us(lag(ts) OVER (PARTITION BY customer_id ORDER BY ts))) / 86400000000.0"
