@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import zoneinfo
 from pathlib import Path
 from typing import Literal
@@ -46,6 +47,16 @@ class _Section(BaseModel):
 
 def _is_number(annotation: object) -> bool:
     return annotation in (int, float) or any(a in (int, float) for a in getattr(annotation, "__args__", ()))
+
+
+# A DuckDB memory size, as DuckDB reads it: GB = 1000^3 bytes, GiB = 1024^3.
+MEMORY_SIZE = r"^(\d+(?:\.\d+)?)\s*([KMGT])(i?)B$"
+
+
+def memory_bytes(size: str) -> int:
+    """A memory size that matched :data:`MEMORY_SIZE` ('1GB', '512 MiB') in bytes."""
+    number, unit, binary = re.fullmatch(MEMORY_SIZE, size.strip()).groups()
+    return int(float(number) * (1024 if binary else 1000) ** ("KMGT".index(unit) + 1))
 
 
 # --------------------------------------------------------------------------- simulate
@@ -154,7 +165,7 @@ class IngestConfig(_Section):
         None, description="later timestamps are quarantined as 'in the future'; null = today (UTC)"
     )
     max_abs_amount: float = Field(1_000_000.0, gt=0)
-    memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$", description="DuckDB memory cap; spills beyond")
+    memory_limit: str = Field("2GB", pattern=MEMORY_SIZE, description="DuckDB memory cap; spills beyond")
 
     @model_validator(mode="after")
     def _plausible_range(self) -> IngestConfig:
@@ -190,7 +201,7 @@ class FeaturesConfig(_Section):
         365, ge=1, description="a customer with no purchase in this many days is already lost"
     )
     windows_days: tuple[int, ...] = (30, 90, 365)
-    memory_limit: str = Field("1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$", description="DuckDB memory cap; spills beyond")
+    memory_limit: str = Field("1GB", pattern=MEMORY_SIZE, description="DuckDB memory cap; spills beyond")
 
     @field_validator("windows_days")
     @classmethod

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from churnlens.config import FeaturesConfig
+from churnlens.config import FeaturesConfig, memory_bytes
 from churnlens.engines.duckdb import register_sources
 from churnlens.features import Feature, FeaturePlan, feature_definitions, plan_features, with_fitted_features
 from churnlens.sql import POOLED_STEPS, assembly_sql, event_steps, has_cancellations, last_columns
@@ -97,14 +97,14 @@ def _last_value_step(feature: Feature, alias: str) -> tuple[str, str]:
 
 
 def snapshot_sql(plan: FeaturePlan, config: FeaturesConfig, available: dict[str, set[str]],
-                 with_events: bool = True, materialized: frozenset[str] = frozenset()) -> str:
+                 materialized: frozenset[str] = frozenset()) -> str:
     """Every feature of ``plan`` at the one instant in relation ``as_of`` (column ``cutoff``), as
     one DuckDB query over the ``src_`` tables: one aggregate per event source, then the shared
     assembly. Rows: the active customers, sorted by customer_id. Steps named in ``materialized``
     are read as tables already there (the pooled steps, computed once over every customer)."""
     by_kind = lambda kind, source=None: [f for f in plan.features  # noqa: E731
                                          if f.kind == kind and (source is None or f.source == source)]
-    steps = [step for step in event_steps(available) if step[0] not in materialized] if with_events else []
+    steps = [step for step in event_steps(available) if step[0] not in materialized]
     # Orders: the running purchase statistics of the sweep (its gap of a purchase is to the
     # customer's previous purchase, so only purchases up to the cutoff are read), and the sums.
     gap = "(epoch_us(ts) - epoch_us(lag(ts) OVER (PARTITION BY customer_id ORDER BY ts))) / 86400000000.0"
@@ -214,7 +214,7 @@ def _snapshot_in_blocks(con: duckdb.DuckDBPyConnection, plan: FeaturePlan, confi
     which are computed once over every customer first, so any number of blocks gives the same rows.
     The first try sizes blocks to half of ``features.memory_limit``; out of memory, blocks shrink."""
     pooled = _materialize_pooled_steps(con, available)
-    blocks = blocks or _first_block_count(con, available, _byte_count(config.memory_limit))
+    blocks = blocks or _first_block_count(con, available, memory_bytes(config.memory_limit))
     while True:
         try:
             parts = []
@@ -257,9 +257,3 @@ def _first_block_count(con: duckdb.DuckDBPyConnection, available: dict[str, set[
     events = sum(con.execute(f"SELECT count(*) FROM {WHOLE}{name}").fetchone()[0]
                  for name in ("transactions", "interactions") if name in available)
     return min(MAX_BLOCKS, max(1, math.ceil(events * BYTES_PER_EVENT / (limit_bytes / 2))))
-
-
-def _byte_count(size: str) -> int:
-    """A DuckDB memory size ('1GB', '512 MiB') in bytes; DuckDB reads GB as 1000^3, GiB as 1024^3."""
-    number, unit, binary = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT])(i?)B", size.strip()).groups()
-    return int(float(number) * (1024 if binary else 1000) ** ("KMGT".index(unit) + 1))
