@@ -127,9 +127,9 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
              len(validation_rows), params.train.tuning.n_trials)
     tuned = model.tune(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
     params = params.model_copy(update={"train": tuned.config})
-    # The evaluated procedure (trained strictly before the holdout) fixes the number of trees and
-    # gives the out-of-time scores the deployed refit is calibrated on.
-    fitted = model.fit_with_early_stopping(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
+    # The evaluated procedure (trained strictly before the holdout, the best trial's trees) fixes
+    # the number of trees and gives the out-of-time scores the deployed refit is calibrated on.
+    fitted = model.with_calibration(tuned.fitted, validation_rows, lists.numeric, lists.categorical, params.train)
     deployed = model.deployed_model(snapshots, split, fitted, lists.numeric, lists.categorical, params.train)
     deployed_rows = model.rows_at(snapshots, deployed.train_cutoffs)
     seconds = time.perf_counter() - started
