@@ -130,6 +130,9 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     # The evaluated procedure (trained strictly before the holdout, the best trial's trees) fixes
     # the number of trees and gives the out-of-time scores the deployed refit is calibrated on.
     fitted = model.with_calibration(tuned.fitted, validation_rows, lists.numeric, lists.categorical, params.train)
+    holdout = split.holdout_rows(snapshots)
+    holdout_scores = holdout[HOLDOUT_KEYS].assign(
+        churn_probability=model.churn_probability(fitted.pipeline, holdout, lists.numeric, lists.categorical))
     deployed = model.deployed_model(snapshots, split, fitted, lists.numeric, lists.categorical, params.train)
     deployed_rows = model.rows_at(snapshots, deployed.train_cutoffs)
     seconds = time.perf_counter() - started
@@ -172,6 +175,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     report = {"run_id": registered.run_id, "model_name": registered.name, "model_version": registered.version,
               "split": split.as_dict(), **lineage, "metrics": metrics, "tuning_trials": tuned.trials,
               "skipped_backtest_folds": skipped_folds, "chosen_xgboost": params.train.xgboost.model_dump()}
+    io.write_parquet(holdout_scores, holdout_scores_path(report_path))
     io.write_json(report, report_path)
     return report
 
@@ -204,6 +208,9 @@ def _train_fallback(params: Params, snapshots: pd.DataFrame, snapshots_path: Pat
     report = {"run_id": registered.run_id, "model_name": registered.name, "model_version": registered.version,
               "model_kind": model.FALLBACK_KIND, "fallback_reason": reason, "split": None,
               "deployed_train_cutoffs": [], "metrics": {}}
+    # No procedure was judged on a holdout: the fallback is evaluated on its own feature.
+    io.write_parquet(pd.DataFrame({"customer_id": pd.Series(dtype="string"), "cutoff": pd.Series(
+        dtype="datetime64[ns]"), "churn_probability": pd.Series(dtype=float)}), holdout_scores_path(report_path))
     io.write_json(report, report_path)
     return report
 
@@ -236,16 +243,27 @@ def _score_holdout(pipeline: object, contract: ModelContract, holdout: pd.DataFr
     return model.churn_probability(pipeline, holdout, contract.numeric_features, contract.categorical_features)
 
 
-def evaluated_procedure(snapshots: pd.DataFrame, trained: dict, contract: ModelContract, params: Params):
-    """The training procedure as it was judged: fitted on the train report's split with the chosen
-    settings, strictly before the holdout (same data, params and seed give the same model)."""
-    from churnlens import model
+HOLDOUT_KEYS = ["customer_id", "cutoff"]
 
-    split = model.TemporalSplit.from_dict(trained["split"])
-    config = params.train.model_copy(
-        update={"xgboost": params.train.xgboost.model_copy(update=trained["chosen_xgboost"])})
-    return model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
-                                         contract.numeric_features, contract.categorical_features, config)
+
+def holdout_scores_path(train_report: Path) -> Path:
+    """Where train writes, beside its report, the evaluated procedure's probabilities on the holdout."""
+    return Path(train_report).with_name(f"{Path(train_report).stem}_holdout_scores.parquet")
+
+
+def procedure_holdout_scores(train_report: Path, holdout: pd.DataFrame) -> np.ndarray:
+    """The evaluated procedure's probabilities (trained strictly before the holdout), in ``holdout``'s
+    row order, as train wrote them: the very model that was judged, not a refit of it."""
+    path = holdout_scores_path(train_report)
+    if not path.is_file():
+        raise FileNotFoundError(2, "not found; train writes it beside its report: rerun `dvc repro train`",
+                                str(path))
+    scores = pd.read_parquet(path)
+    keyed = holdout[HOLDOUT_KEYS].merge(scores, on=HOLDOUT_KEYS, how="left")
+    if len(scores) != len(holdout) or keyed["churn_probability"].isna().any():
+        raise ValueError(f"{path}: {len(scores)} scores for the {len(holdout)} holdout rows of these snapshots; it "
+                         "comes from another train run: rerun `dvc repro train`")
+    return keyed["churn_probability"].to_numpy(dtype=float)
 
 
 def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_report: Path, metrics_path: Path,
@@ -265,9 +283,8 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     y = holdout[model.LABEL].to_numpy(dtype=int)
 
     # The deployed model was refit on the holdout's labels: its score there would be in-sample. The
-    # honest figure is the procedure's, trained strictly before the holdout (deterministic refit).
-    evaluated = evaluated_procedure(snapshots, trained, challenger.contract, params)
-    probability = _score_holdout(evaluated.pipeline, challenger.contract, holdout)
+    # honest figure is the procedure's, trained strictly before the holdout.
+    probability = procedure_holdout_scores(train_report, holdout)
     baselines = ev.baseline_scores(train_rows, holdout, params.train.seed, params.features.horizon_days)
     results = {"model": ev.classification_metrics(y, probability, config.top_fraction)}
     for name, (values, is_probability) in baselines.items():
