@@ -22,7 +22,7 @@ from churnlens.engines import Laps, Scored, engine_for
 from churnlens.ingest import run_ingest
 from churnlens.schemas import CANONICAL_TABLES
 from churnlens.score import ScoreJob
-from churnlens.simulate import simulate
+from churnlens.simulate import simulate, worker_count
 
 log = logging.getLogger(__name__)
 # Every stage runs in its own process: scikit-learn, XGBoost and matplotlib are imported only by
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def run_simulate(params: Params, raw_dir: Path, truth_path: Path) -> dict[str, int]:
-    data = simulate(params.simulate)
+    data = simulate(params.simulate, workers=worker_count(params.simulate))
     counts = {}
     for name in CANONICAL_TABLES:
         target = raw_dir / f"{name}.parquet"
