@@ -179,6 +179,12 @@ def test_tuning_is_budgeted_seeded_and_keeps_the_best_trial() -> None:
     best = min(first.trials, key=lambda t: t["validation_logloss"])
     assert first.config.xgboost.max_depth == best.get("max_depth", 1)
     assert first.trials[0]["validation_logloss"] >= best["validation_logloss"]
+    # The kept trees are the best trial's, and the very trees a refit with the chosen settings gives.
+    assert (first.fitted.validation_logloss, first.fitted.best_iteration) == (best["validation_logloss"], best["trees"])
+    refit = fit_with_early_stopping(frame.iloc[:1400], frame.iloc[1400:], ["x", "z"], ["c"],
+                                    first.config.model_copy(update={"calibration": "none"}))
+    assert np.array_equal(churn_probability(first.fitted.pipeline, frame, ["x", "z"], ["c"]),
+                          churn_probability(refit.pipeline, frame, ["x", "z"], ["c"]))
     off = config.model_copy(update={"tuning": config.tuning.model_copy(update={"n_trials": 0})})
     assert tune(frame.iloc[:1400], frame.iloc[1400:], ["x", "z"], ["c"], off).config == off
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnlens.simulate import simulate
+from churnlens.simulate import simulate, worker_count
 from conftest import tiny_config
 
 
@@ -19,6 +19,16 @@ def test_same_seed_same_data_and_other_seed_differs() -> None:
         pd.testing.assert_frame_equal(getattr(first, name), getattr(second, name))
     other = simulate(tiny_config(seed=4))
     assert not first.transactions["amount"].equals(other.transactions["amount"])
+
+
+def test_chunks_in_worker_processes_give_the_same_data_as_in_one() -> None:
+    config = tiny_config(n_customers=1500, n_days=540, customers_per_chunk=500)
+    in_workers, in_one = simulate(config, workers=3), simulate(config)
+    assert worker_count(config) == 1  # data this small is quicker in-process than a worker's start-up
+    for name in ("transactions", "interactions", "customers", "ground_truth"):
+        pd.testing.assert_frame_equal(getattr(in_workers, name), getattr(in_one, name))
+    # Order ids continue from chunk to chunk: no order is shared by two customers.
+    assert in_workers.transactions.groupby("order_id")["customer_id"].nunique().max() == 1
 
 
 def test_persona_shares_follow_config(data) -> None:

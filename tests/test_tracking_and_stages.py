@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -248,6 +249,40 @@ def test_worse_challenger_is_not_promoted(pipeline_run) -> None:
     assert tracking.alias_version("churnlens", "challenger") == "2"
 
 
+def test_holdout_figures_are_the_procedures_trained_strictly_before_the_holdout(pipeline_run, tmp_path) -> None:
+    """evaluate judges the scores train wrote for the holdout: those of the procedure fitted on the
+    train report's split (before the holdout), not the deployed refit, which saw the holdout."""
+    from sklearn.metrics import roc_auc_score
+
+    from churnlens import model
+    from churnlens.stages import holdout_scores_path, procedure_holdout_scores
+
+    root, params, trained = pipeline_run["root"], pipeline_run["params"], pipeline_run["trained"]
+    snapshots = pd.read_parquet(root / "data/features/snapshots.parquet")
+    split = model.TemporalSplit.from_dict(trained["split"])
+    holdout = split.holdout_rows(snapshots)
+    written = procedure_holdout_scores(root / "reports/train.json", trained, holdout)
+    deployed = load_model(str(root / "models/churn_model"))
+    numeric, categorical = deployed.contract.numeric_features, deployed.contract.categorical_features
+    chosen = params.train.model_copy(
+        update={"xgboost": params.train.xgboost.model_copy(update=trained["chosen_xgboost"])})
+    procedure = model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
+                                              numeric, categorical, chosen)
+    np.testing.assert_array_equal(written, model.churn_probability(procedure.pipeline, holdout, numeric, categorical))
+    assert not np.array_equal(written, model.churn_probability(deployed.pipeline, holdout, numeric, categorical))
+    y = holdout[model.LABEL].to_numpy(dtype=int)
+    assert pipeline_run["evaluated"]["model"]["roc_auc"] == pytest.approx(roc_auc_score(y, written))
+    # Scores of another run, even for the very same rows, are refused, not joined to these snapshots.
+    other = tmp_path / "train.json"
+    shutil.copyfile(holdout_scores_path(root / "reports/train.json"), holdout_scores_path(other))
+    np.testing.assert_array_equal(procedure_holdout_scores(other, trained, holdout), written)
+    scores = pd.read_parquet(holdout_scores_path(other))
+    io.write_parquet(scores.assign(churn_probability=scores["churn_probability"].to_numpy()[::-1]),
+                     holdout_scores_path(other))
+    with pytest.raises(ValueError, match="another train run"):
+        procedure_holdout_scores(other, trained, holdout)
+
+
 def test_a_killed_writer_leaves_the_previous_output(tmp_path: Path) -> None:
     """SIGKILL a real process in the middle of an atomic write: the old file survives intact."""
     import signal
@@ -394,6 +429,7 @@ def test_a_log_too_young_for_a_temporal_model_gets_the_scored_bgnbd_fallback(tmp
     trained = run_train(params, tmp_path / "snapshots.parquet", tmp_path / "features.json", tmp_path / "model",
                         tmp_path / "train.json", PROJECT_ROOT)
     assert trained["model_kind"] == "bgnbd_fallback" and "need at least 3" in trained["fallback_reason"]
+    assert pd.read_parquet(tmp_path / "train_holdout_scores.parquet").empty  # a dvc output, even with no holdout
     evaluated = run_evaluate(params, tmp_path / "snapshots.parquet", tmp_path / "model", tmp_path / "train.json",
                              tmp_path / "metrics.json", tmp_path / "plots")
     assert evaluated["promotion"]["promoted"] and 0.5 < evaluated["model"]["roc_auc"] <= 1

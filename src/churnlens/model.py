@@ -245,9 +245,16 @@ def fit_with_early_stopping(train_rows: pd.DataFrame, validation_rows: pd.DataFr
     )
     best = int(classifier.best_iteration) + 1
     logloss = float(classifier.evals_result()["validation_0"]["logloss"][best - 1])
+    return with_calibration(FittedModel(pipeline, best, logloss), validation_rows, numeric, categorical, config)
+
+
+def with_calibration(fitted: FittedModel, validation_rows: pd.DataFrame, numeric: list[str], categorical: list[str],
+                     config: TrainConfig) -> FittedModel:
+    """``fitted`` (trees that never saw ``validation_rows``) with ``config``'s calibration fitted there."""
     if config.calibration == "none":
-        return FittedModel(pipeline, best, logloss)
-    return FittedModel(calibrated(pipeline, validation_rows, numeric, categorical, config), best, logloss)
+        return fitted
+    return FittedModel(calibrated(fitted.pipeline, validation_rows, numeric, categorical, config),
+                       fitted.best_iteration, fitted.validation_logloss)
 
 
 def fit_trees(rows: pd.DataFrame, numeric: list[str], categorical: list[str], config: TrainConfig,
@@ -393,6 +400,7 @@ def top_reasons(contribution: pd.DataFrame, k: int = 3) -> pd.Series:
 class TuningResult:
     config: TrainConfig  # the input config with the best XGBoost parameters
     trials: list[dict]  # every trial's parameters and validation log loss, in order
+    fitted: FittedModel  # the best trial's trees, not calibrated: the evaluated procedure's own fit
 
 
 def tune(train_rows: pd.DataFrame, validation_rows: pd.DataFrame, numeric: list[str], categorical: list[str],
@@ -407,15 +415,18 @@ def tune(train_rows: pd.DataFrame, validation_rows: pd.DataFrame, numeric: list[
     budget = config.tuning
     untuned = config.model_copy(update={"calibration": "none"})
     candidates = [{}, *ParameterSampler(budget.space, n_iter=budget.n_trials, random_state=config.seed)]
-    trials = []
+    trials, best = [], None
     for candidate in candidates:
         values = {k: (int(v) if k == "max_depth" else float(v)) for k, v in candidate.items()}
         trial = untuned.model_copy(update={"xgboost": config.xgboost.model_copy(update=values)})
         fitted = fit_with_early_stopping(train_rows, validation_rows, numeric, categorical, trial)
         trials.append({**values, "validation_logloss": fitted.validation_logloss, "trees": fitted.best_iteration})
-    best = min(range(len(trials)), key=lambda i: trials[i]["validation_logloss"])
-    chosen = {k: v for k, v in trials[best].items() if k not in ("validation_logloss", "trees")}
-    return TuningResult(config.model_copy(update={"xgboost": config.xgboost.model_copy(update=chosen)}), trials)
+        # Kept, not refitted: the same rows, settings and seed would give the same trees again.
+        if best is None or fitted.validation_logloss < best[1].validation_logloss:
+            best = (len(trials) - 1, fitted)
+    chosen = {k: v for k, v in trials[best[0]].items() if k not in ("validation_logloss", "trees")}
+    return TuningResult(config.model_copy(update={"xgboost": config.xgboost.model_copy(update=chosen)}), trials,
+                        best[1])
 
 
 # ---------------------------------------------------------------- fallback: BG/NBD alone

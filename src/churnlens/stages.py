@@ -22,15 +22,16 @@ from churnlens.engines import Laps, Scored, engine_for
 from churnlens.ingest import run_ingest
 from churnlens.schemas import CANONICAL_TABLES
 from churnlens.score import ScoreJob
-from churnlens.simulate import simulate
+from churnlens.simulate import simulate, worker_count
 
 log = logging.getLogger(__name__)
+HOLDOUT_KEYS = ["customer_id", "cutoff"]  # a snapshot row: the holdout scores train hands to evaluate
 # Every stage runs in its own process: scikit-learn, XGBoost and matplotlib are imported only by
 # the stages that use them (together they cost ~8 s of start-up on a 2-core machine).
 
 
 def run_simulate(params: Params, raw_dir: Path, truth_path: Path) -> dict[str, int]:
-    data = simulate(params.simulate)
+    data = simulate(params.simulate, workers=worker_count(params.simulate))
     counts = {}
     for name in CANONICAL_TABLES:
         target = raw_dir / f"{name}.parquet"
@@ -127,9 +128,12 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
              len(validation_rows), params.train.tuning.n_trials)
     tuned = model.tune(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
     params = params.model_copy(update={"train": tuned.config})
-    # The evaluated procedure (trained strictly before the holdout) fixes the number of trees and
-    # gives the out-of-time scores the deployed refit is calibrated on.
-    fitted = model.fit_with_early_stopping(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
+    # The evaluated procedure (trained strictly before the holdout, the best trial's trees) fixes
+    # the number of trees and gives the out-of-time scores the deployed refit is calibrated on.
+    fitted = model.with_calibration(tuned.fitted, validation_rows, lists.numeric, lists.categorical, params.train)
+    holdout = split.holdout_rows(snapshots)
+    holdout_scores = holdout_scores_frame(
+        holdout, model.churn_probability(fitted.pipeline, holdout, lists.numeric, lists.categorical))
     deployed = model.deployed_model(snapshots, split, fitted, lists.numeric, lists.categorical, params.train)
     deployed_rows = model.rows_at(snapshots, deployed.train_cutoffs)
     seconds = time.perf_counter() - started
@@ -171,7 +175,8 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     )
     report = {"run_id": registered.run_id, "model_name": registered.name, "model_version": registered.version,
               "split": split.as_dict(), **lineage, "metrics": metrics, "tuning_trials": tuned.trials,
-              "skipped_backtest_folds": skipped_folds, "chosen_xgboost": params.train.xgboost.model_dump()}
+              "skipped_backtest_folds": skipped_folds, "chosen_xgboost": params.train.xgboost.model_dump(),
+              "holdout_scores_fingerprint": write_holdout_scores(holdout_scores, report_path)}
     io.write_json(report, report_path)
     return report
 
@@ -201,9 +206,12 @@ def _train_fallback(params: Params, snapshots: pd.DataFrame, snapshots_path: Pat
         params={"features": params.features.model_dump(mode="json"), "model_kind": model.FALLBACK_KIND},
         metrics={}, tags=tags, pipeline=fallback, example=model.model_input(latest.head(50), numeric, []),
         metadata=contract.to_metadata(), artifacts={"features": features_report}, model_dir=model_dir)
+    # No procedure is judged on a holdout (evaluate judges the fallback on its own feature): no scores.
     report = {"run_id": registered.run_id, "model_name": registered.name, "model_version": registered.version,
               "model_kind": model.FALLBACK_KIND, "fallback_reason": reason, "split": None,
-              "deployed_train_cutoffs": [], "metrics": {}}
+              "deployed_train_cutoffs": [], "metrics": {},
+              "holdout_scores_fingerprint": write_holdout_scores(
+                  holdout_scores_frame(snapshots.iloc[:0], np.empty(0)), report_path)}
     io.write_json(report, report_path)
     return report
 
@@ -236,16 +244,37 @@ def _score_holdout(pipeline: object, contract: ModelContract, holdout: pd.DataFr
     return model.churn_probability(pipeline, holdout, contract.numeric_features, contract.categorical_features)
 
 
-def evaluated_procedure(snapshots: pd.DataFrame, trained: dict, contract: ModelContract, params: Params):
-    """The training procedure as it was judged: fitted on the train report's split with the chosen
-    settings, strictly before the holdout (same data, params and seed give the same model)."""
-    from churnlens import model
+def holdout_scores_path(train_report: Path) -> Path:
+    """Where train writes, beside its report, the evaluated procedure's probabilities on the holdout."""
+    return Path(train_report).with_name(f"{Path(train_report).stem}_holdout_scores.parquet")
 
-    split = model.TemporalSplit.from_dict(trained["split"])
-    config = params.train.model_copy(
-        update={"xgboost": params.train.xgboost.model_copy(update=trained["chosen_xgboost"])})
-    return model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
-                                         contract.numeric_features, contract.categorical_features, config)
+
+def holdout_scores_frame(holdout: pd.DataFrame, probability: np.ndarray) -> pd.DataFrame:
+    return holdout[HOLDOUT_KEYS].assign(churn_probability=probability)
+
+
+def write_holdout_scores(scores: pd.DataFrame, train_report: Path) -> str:
+    """Write the holdout scores beside the train report; return the fingerprint the report keeps."""
+    return io.file_fingerprint(io.write_parquet(scores, holdout_scores_path(train_report)))
+
+
+def procedure_holdout_scores(train_report: Path, trained: dict, holdout: pd.DataFrame) -> np.ndarray:
+    """The evaluated procedure's probabilities (trained strictly before the holdout), in ``holdout``'s
+    row order, as train wrote them: the very model that was judged, not a refit of it. ``trained``
+    (the train report) names the file's fingerprint, so scores of another run are refused."""
+    path = holdout_scores_path(train_report)
+    if not path.is_file():
+        raise FileNotFoundError(2, "not found; train writes it beside its report: rerun `dvc repro train`",
+                                str(path))
+    if io.file_fingerprint(path) != trained.get("holdout_scores_fingerprint"):
+        raise ValueError(f"{path} is not the holdout scores file {train_report} was written with (another train "
+                         "run's, or a report from an older churnlens): rerun `dvc repro train`")
+    scores = pd.read_parquet(path)
+    keyed = holdout[HOLDOUT_KEYS].merge(scores, on=HOLDOUT_KEYS, how="left", validate="one_to_one")
+    if len(scores) != len(holdout) or keyed["churn_probability"].isna().any():
+        raise ValueError(f"{path}: {len(scores)} scores for the {len(holdout)} holdout rows of these snapshots, "
+                         "which changed since train ran: rerun `dvc repro train`")
+    return keyed["churn_probability"].to_numpy(dtype=float)
 
 
 def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_report: Path, metrics_path: Path,
@@ -265,9 +294,8 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     y = holdout[model.LABEL].to_numpy(dtype=int)
 
     # The deployed model was refit on the holdout's labels: its score there would be in-sample. The
-    # honest figure is the procedure's, trained strictly before the holdout (deterministic refit).
-    evaluated = evaluated_procedure(snapshots, trained, challenger.contract, params)
-    probability = _score_holdout(evaluated.pipeline, challenger.contract, holdout)
+    # honest figure is the procedure's, trained strictly before the holdout.
+    probability = procedure_holdout_scores(train_report, trained, holdout)
     baselines = ev.baseline_scores(train_rows, holdout, params.train.seed, params.features.horizon_days)
     results = {"model": ev.classification_metrics(y, probability, config.top_fraction)}
     for name, (values, is_probability) in baselines.items():
