@@ -342,3 +342,26 @@ def test_portable_sql_equals_the_sweep(small_data, config) -> None:
         else:
             assert (sweep[column].astype("string").fillna("") == reference[column].astype("string").fillna("")
                     ).all(), column
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 2),
+                          st.sampled_from([0.5, 1.0, 1.25, 2.99, 3.0, 1e-3, 7.1e15, 12345.678])),
+                min_size=1, max_size=60),
+       st.integers(1, 4))
+def test_median_from_counts_is_sqls_median(rows, min_count) -> None:
+    """Prices counted per group and value give exactly (bit for bit) what ``median`` over every
+    line gives, groups below the minimum left out: the count form spills, ``median`` cannot."""
+    import duckdb
+
+    from churnlens.sql import median_from_counts
+
+    lines = pd.DataFrame(rows, columns=["product_id", "month", "unit_price"])
+    with duckdb.connect() as con:
+        con.register("lines", lines)
+        expected = con.execute(f"SELECT product_id, month, median(unit_price) AS m FROM lines GROUP BY ALL "
+                               f"HAVING count(*) >= {min_count} ORDER BY ALL").df()
+        counts = "SELECT product_id, month, unit_price, count(*) AS n FROM lines GROUP BY ALL"
+        counted = con.execute(f"SELECT * FROM ({median_from_counts(counts, 'product_id', 'unit_price', 'm', min_count)}) "
+                              "x ORDER BY ALL").df()
+    pd.testing.assert_frame_equal(counted, expected, check_exact=True, check_dtype=False)

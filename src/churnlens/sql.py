@@ -30,17 +30,42 @@ EVENT_RELATIONS = ("lines", "orders", "interactions")
 POOLED_STEPS = ("category_month_median", "product_usual_price", "product_month_repeats", "product_repeat_rate")
 
 
+def median_from_counts(counts: str, key: str, value: str, alias: str, min_count: int = 1) -> str:
+    """``median(value)`` per ``key`` (``key`` and ``month``), from ``counts``: rows of (key, month,
+    value, n), n lines having that value; groups of fewer than ``min_count`` lines are left out.
+
+    The same number as SQL's ``median`` over the lines (the two middle values averaged as
+    ``(lo + hi) / 2``, as DuckDB and Spark do), but from aggregates that spill to disk: a
+    ``median`` keeps every line of a group in memory, which at 30M lines outgrows the default
+    ``features.memory_limit``, while prices repeat, so the counts are small. The value at 1-based
+    position k is the smallest whose running count reaches k; the middle positions of N lines are
+    those where 2 x running count reaches N (lo) and passes N (hi)."""
+    return f"""
+        SELECT {key}, month, (lo + hi) / 2 AS {alias} FROM (
+            SELECT {key}, month, min({value}) FILTER (WHERE 2 * upto >= total) AS lo,
+                   min({value}) FILTER (WHERE 2 * upto > total) AS hi
+            FROM (SELECT {key}, month, {value},
+                         sum(n) OVER (PARTITION BY {key}, month ORDER BY {value}
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS upto,
+                         sum(n) OVER (PARTITION BY {key}, month) AS total
+                  FROM ({counts}) c) r
+            WHERE total >= {min_count}
+            GROUP BY {key}, month) m"""
+
+
 def usual_price_step(is_return: str) -> Step:
     """A product's usual price for each calendar month: the median unit price of its purchased
     lines in the ``USUAL_PRICE_MONTHS`` calendar months *before* that month (at least
     ``USUAL_PRICE_MIN_LINES`` lines, else unknown). Earlier data only, and no list price needed."""
-    shifted = " UNION ALL ".join(
-        f"SELECT product_id, date_trunc('month', timestamp) + INTERVAL {k} MONTH AS month, unit_price "
-        f"FROM src_transactions WHERE NOT ({is_return}) AND unit_price > 0"
-        for k in range(1, USUAL_PRICE_MONTHS + 1))
-    return ("product_usual_price", f"""
-        SELECT product_id, month, median(unit_price) AS usual_price FROM ({shifted}) s
-        GROUP BY product_id, month HAVING count(*) >= {USUAL_PRICE_MIN_LINES}""")
+    # Lines counted per product, month and price once, then summed over the months before.
+    per_month = (f"SELECT product_id, date_trunc('month', timestamp) AS month, unit_price, count(*) AS n "
+                 f"FROM src_transactions WHERE NOT ({is_return}) AND unit_price > 0 "
+                 "GROUP BY product_id, date_trunc('month', timestamp), unit_price")
+    shifted = " UNION ALL ".join(f"SELECT product_id, month + INTERVAL {k} MONTH AS month, unit_price, n "
+                                 f"FROM ({per_month}) p{k}" for k in range(1, USUAL_PRICE_MONTHS + 1))
+    counts = f"SELECT product_id, month, unit_price, sum(n) AS n FROM ({shifted}) s GROUP BY product_id, month, unit_price"
+    return ("product_usual_price", median_from_counts(counts, "product_id", "unit_price", "usual_price",
+                                                      USUAL_PRICE_MIN_LINES))
 
 
 def product_repeat_rate_steps(is_return: str) -> list[Step]:
@@ -81,11 +106,10 @@ def event_steps(available: dict[str, set[str]]) -> list[Step]:
     if {"unit_price", "category"} <= tx:
         # Point-in-time price level: the category's median price in the calendar month *before* the
         # line's month, so a line's ratio depends on earlier data only, never on the cutoff.
-        steps.append(("category_month_median", f"""
-            SELECT category, date_trunc('month', timestamp) + INTERVAL 1 MONTH AS month,
-                   median(unit_price) AS median_price
-            FROM src_transactions WHERE NOT ({is_return}) AND unit_price > 0
-            GROUP BY category, date_trunc('month', timestamp) + INTERVAL 1 MONTH"""))
+        counts = (f"SELECT category, date_trunc('month', timestamp) + INTERVAL 1 MONTH AS month, unit_price, "
+                  f"count(*) AS n FROM src_transactions WHERE NOT ({is_return}) AND unit_price > 0 "
+                  "GROUP BY category, date_trunc('month', timestamp) + INTERVAL 1 MONTH, unit_price")
+        steps.append(("category_month_median", median_from_counts(counts, "category", "unit_price", "median_price")))
         price_ratio = "t.unit_price / nullif(m.median_price, 0) AS price_ratio"
         price_join = ("LEFT JOIN category_month_median m ON m.category = t.category "
                       "AND m.month = date_trunc('month', t.timestamp)")
