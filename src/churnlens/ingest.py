@@ -406,22 +406,25 @@ def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource
     return report
 
 
-def cross_table_checks(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dict[str, int]:
-    """Customers present in one table and missing in another: kept, and counted here."""
+def cross_table_checks(con: duckdb.DuckDBPyConnection, written: dict[str, Path]) -> dict[str, int]:
+    """Customers present in one table and missing in another: kept, and counted here. Read from
+    the canonical files as written (``written``: table -> file), whose customer ids are one column
+    of Parquet, not from the accepted views, which would apply every rule and sort again."""
+    accepted = {table: f"read_parquet({literal(str(path))})" for table, path in written.items()}
     checks: dict[str, int] = {}
-    if "customers" in tables:
+    if "customers" in accepted:
         checks["transaction_customers_without_profile"] = con.execute(
-            "SELECT count(DISTINCT customer_id) FROM accepted_transactions t "
-            "WHERE NOT EXISTS (SELECT 1 FROM accepted_customers c WHERE c.customer_id = t.customer_id)"
+            f"SELECT count(DISTINCT customer_id) FROM {accepted['transactions']} t "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {accepted['customers']} c WHERE c.customer_id = t.customer_id)"
         ).fetchone()[0]
         checks["profiles_without_transactions"] = con.execute(
-            "SELECT count(*) FROM accepted_customers c "
-            "WHERE NOT EXISTS (SELECT 1 FROM accepted_transactions t WHERE c.customer_id = t.customer_id)"
+            f"SELECT count(*) FROM {accepted['customers']} c "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {accepted['transactions']} t WHERE c.customer_id = t.customer_id)"
         ).fetchone()[0]
-    if "interactions" in tables:
+    if "interactions" in accepted:
         checks["interaction_customers_without_transactions"] = con.execute(
-            "SELECT count(DISTINCT customer_id) FROM accepted_interactions i "
-            "WHERE NOT EXISTS (SELECT 1 FROM accepted_transactions t WHERE i.customer_id = t.customer_id)"
+            f"SELECT count(DISTINCT customer_id) FROM {accepted['interactions']} i "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {accepted['transactions']} t WHERE i.customer_id = t.customer_id)"
         ).fetchone()[0]
     return checks
 
@@ -474,7 +477,7 @@ def run_ingest(config: IngestConfig, base: Path, canonical_dir: Path, quarantine
             _copy_parquet(con, f"accepted_{table}", canonical_dir / f"{table}.parquet",
                           check=functools.partial(validate_accepted, table))
             _copy_parquet(con, f"quarantine_{table}", quarantine_dir / f"{table}.parquet")
-        report["cross_table"] = cross_table_checks(con, list(sources))
+        report["cross_table"] = cross_table_checks(con, {t: canonical_dir / f"{t}.parquet" for t in sources})
     # Stale outputs of a table that is no longer configured must not leak into features.
     for table in set(TABLES) - set(sources):
         (canonical_dir / f"{table}.parquet").unlink(missing_ok=True)
