@@ -406,11 +406,11 @@ def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource
     return report
 
 
-def cross_table_checks(con: duckdb.DuckDBPyConnection, written: dict[str, Path]) -> dict[str, int]:
-    """Customers present in one table and missing in another: kept, and counted here. Read from
-    the canonical files as written (``written``: table -> file), whose customer ids are one column
-    of Parquet, not from the accepted views, which would apply every rule and sort again."""
-    accepted = {table: f"read_parquet({literal(str(path))})" for table, path in written.items()}
+def cross_table_checks(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dict[str, int]:
+    """Customers present in one table and missing in another: kept, and counted here. Counted on
+    the judged rows (the accepted ones are those without a reason), not the accepted views, whose
+    sort serves only the written files (on the default data 1.1 s with it, 0.55 s without)."""
+    accepted = {t: f"(SELECT c_customer_id AS customer_id FROM judged_{t} WHERE {REASON} IS NULL)" for t in tables}
     checks: dict[str, int] = {}
     if "customers" in accepted:
         checks["transaction_customers_without_profile"] = con.execute(
@@ -477,7 +477,7 @@ def run_ingest(config: IngestConfig, base: Path, canonical_dir: Path, quarantine
             _copy_parquet(con, f"accepted_{table}", canonical_dir / f"{table}.parquet",
                           check=functools.partial(validate_accepted, table))
             _copy_parquet(con, f"quarantine_{table}", quarantine_dir / f"{table}.parquet")
-        report["cross_table"] = cross_table_checks(con, {t: canonical_dir / f"{t}.parquet" for t in sources})
+        report["cross_table"] = cross_table_checks(con, list(sources))
     # Stale outputs of a table that is no longer configured must not leak into features.
     for table in set(TABLES) - set(sources):
         (canonical_dir / f"{table}.parquet").unlink(missing_ok=True)

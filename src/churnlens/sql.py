@@ -35,13 +35,13 @@ def median_from_counts(counts: str, key: str, value: str, alias: str, min_count:
     value, n), n lines having that value; groups of fewer than ``min_count`` lines are left out.
 
     The same number as SQL's ``median`` over the lines (the two middle values averaged as
-    ``(lo + hi) / 2``, as DuckDB and Spark do), but from aggregates that spill to disk: a
+    ``0.5 * lo + 0.5 * hi``, DuckDB's and Spark's own form), but from aggregates that spill to disk: a
     ``median`` keeps every line of a group in memory, which at 30M lines outgrows the default
     ``features.memory_limit``, while prices repeat, so the counts are small. The value at 1-based
     position k is the smallest whose running count reaches k; the middle positions of N lines are
     those where 2 x running count reaches N (lo) and passes N (hi)."""
     return f"""
-        SELECT {key}, month, (lo + hi) / 2 AS {alias} FROM (
+        SELECT {key}, month, 0.5 * lo + 0.5 * hi AS {alias} FROM (
             SELECT {key}, month, min({value}) FILTER (WHERE 2 * upto >= total) AS lo,
                    min({value}) FILTER (WHERE 2 * upto > total) AS hi
             FROM (SELECT {key}, month, {value},
