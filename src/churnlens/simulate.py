@@ -414,11 +414,14 @@ class _Chunk:
     seed: np.random.SeedSequence
 
 
+def _chunk_count(config: SimulateConfig) -> int:
+    return -(-config.n_customers // config.customers_per_chunk)
+
+
 def _chunk_plan(config: SimulateConfig) -> list[_Chunk]:
     """Every chunk's inputs: the market is drawn from the root seed's first child, each chunk
     from its own child seed."""
-    market_seed, *chunk_seeds = np.random.SeedSequence(config.seed).spawn(
-        1 + -(-config.n_customers // config.customers_per_chunk))
+    market_seed, *chunk_seeds = np.random.SeedSequence(config.seed).spawn(1 + _chunk_count(config))
     market = np.random.default_rng(market_seed)
     shocks = price_shock_days(config, market)
     promotions = Promotions.draw(config.n_days, market)
@@ -467,7 +470,7 @@ def worker_count(config: SimulateConfig) -> int:
     most one per chunk, none for small data."""
     if config.n_customers * config.n_days < PARALLEL_MIN_CUSTOMER_DAYS:
         return 1
-    return min(len(os.sched_getaffinity(0)), -(-config.n_customers // config.customers_per_chunk))
+    return min(len(os.sched_getaffinity(0)), _chunk_count(config))
 
 
 def simulate(config: SimulateConfig, workers: int = 1) -> SimulatedData:

@@ -25,9 +25,10 @@ from churnlens.score import ScoreJob
 from churnlens.simulate import simulate, worker_count
 
 log = logging.getLogger(__name__)
-HOLDOUT_KEYS = ["customer_id", "cutoff"]  # a snapshot row: the holdout scores train hands to evaluate
 # Every stage runs in its own process: scikit-learn, XGBoost and matplotlib are imported only by
 # the stages that use them (together they cost ~8 s of start-up on a 2-core machine).
+
+HOLDOUT_KEYS = ["customer_id", "cutoff"]  # a snapshot row: the holdout scores train hands to evaluate
 
 
 def run_simulate(params: Params, raw_dir: Path, truth_path: Path) -> dict[str, int]:
