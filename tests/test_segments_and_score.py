@@ -228,6 +228,13 @@ def test_reasons_are_plain_words_with_the_customers_own_values() -> None:
     assert loyal.startswith("low risk: purchases in the 90 days: 6; no purchase for 5 days")
 
 
+def test_reasons_keep_an_acronym_that_opens_a_description() -> None:
+    descriptions = feature_descriptions((30, 90, 365))
+
+    assert descriptions["btyd_p_alive"].startswith("BG/NBD P(still active")
+    assert descriptions["days_since_last_purchase"][:1].islower()
+
+
 def test_new_rules_stay_per_customer() -> None:
     rng = np.random.default_rng(3)
     many = pd.DataFrame([buyer(customer_id=f"c{i}", purchases_lifetime=int(rng.integers(1, 12)),

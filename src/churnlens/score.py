@@ -184,7 +184,8 @@ def feature_descriptions(windows_days: tuple[int, ...]) -> dict[str, str]:
 
     def phrase(text: str) -> str:
         text = re.sub(r" \([^)]*\)", "", text.rstrip(".")).replace(" up to the cutoff", "").replace(" to the cutoff", "")
-        return text[:1].lower() + text[1:]
+        # Mid-sentence, "Days since..." reads "days since...", but an acronym keeps its capitals (BG/NBD, NPS).
+        return text if text[1:2].isupper() else text[:1].lower() + text[1:]
 
     return {f.name: phrase(f.description) for f in feature_definitions(tuple(windows_days))}
 
