@@ -99,8 +99,9 @@ def write_parquet(frame: pd.DataFrame, target: str | Path) -> Path:
 
 def write_csv(frame: pd.DataFrame, target: str | Path) -> Path:
     """``frame`` as CSV with Arrow's writer, ~8x pandas' on the scores file (0.8 s vs 6.4 s for 440k
-    rows of text reasons): quotes only where a value needs them, missing values empty, booleans
-    true/false, timestamps ISO 8601 (``Z`` for UTC), floats in their shortest exact form."""
+    rows of text reasons): the header and every text value quoted, missing values empty, booleans
+    true/false, timestamps ISO 8601 (``Z`` for UTC), floats in their shortest exact form (30.0 as
+    30). Arrow refuses what has no single CSV type (an object column of mixed types)."""
     import pyarrow as pa
     import pyarrow.csv as arrow_csv
 
