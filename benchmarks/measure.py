@@ -73,9 +73,10 @@ def alternating(contenders: dict[str, list[str]], repeats: int) -> list[list[Mea
 
 def median(runs: list[Measurement]) -> Measurement:
     """The median wall time of one contender's runs, with the largest peak RSS among them (a bound
-    if any run's was)."""
+    if that run's figure was one)."""
     seconds = sorted(r.seconds for r in runs)[len(runs) // 2]
-    return Measurement(runs[0].name, seconds, max(r.peak_rss_mb for r in runs), any(r.peak_is_bound for r in runs))
+    top = max(runs, key=lambda r: (r.peak_rss_mb, r.peak_is_bound))
+    return Measurement(runs[0].name, seconds, top.peak_rss_mb, top.peak_is_bound)
 
 
 def ratio_line(slow: list[Measurement], fast: list[Measurement], target: str = "") -> str:

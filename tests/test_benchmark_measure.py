@@ -31,10 +31,11 @@ def test_a_child_larger_than_the_launcher_reports_its_own_peak() -> None:
     assert not big.peak_text().startswith("<=")
 
 
-def test_the_median_of_runs_keeps_a_bound_when_any_run_was_one() -> None:
-    runs = [measure.Measurement("job", 2.0, 900.0), measure.Measurement("job", 1.0, 1200.0, peak_is_bound=True),
-            measure.Measurement("job", 3.0, 800.0)]
+def test_the_median_of_runs_takes_the_largest_peak_and_whether_it_was_a_bound() -> None:
+    bound_on_top = [measure.Measurement("job", 2.0, 900.0), measure.Measurement("job", 1.0, 1200.0, peak_is_bound=True),
+                    measure.Measurement("job", 3.0, 800.0)]
+    own_on_top = [measure.Measurement("job", 2.0, 1500.0), measure.Measurement("job", 1.0, 1200.0, peak_is_bound=True),
+                  measure.Measurement("job", 3.0, 800.0)]
 
-    middle = measure.median(runs)
-
-    assert (middle.seconds, middle.peak_rss_mb, middle.peak_is_bound) == (2.0, 1200.0, True)
+    assert measure.median(bound_on_top) == measure.Measurement("job", 2.0, 1200.0, peak_is_bound=True)
+    assert measure.median(own_on_top) == measure.Measurement("job", 2.0, 1500.0, peak_is_bound=False)
