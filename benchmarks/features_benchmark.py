@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import alternating, log_size_parser, median, ratio_line, table
+from measure import alternating, log_size_parser, median, ratio_line, run_child, table
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -187,15 +187,16 @@ def main() -> None:
         kind, _, count = args.run.partition(":")
         {"churnlens": lambda: run_churnlens(folder, int(count)), "floor": lambda: run_floor(folder),
          "plain": lambda: run_plain(folder), "single": lambda: run_single(folder),
-         "pandas": lambda: run_pandas(folder, int(count))}[kind]()
+         "pandas": lambda: run_pandas(folder, int(count)),
+         "prepare": lambda: prepare(args.customers, args.days, args.transactions)}[kind]()
         return
-    prepare(args.customers, args.days, args.transactions)
+    sizes = ["--customers", str(args.customers), "--days", str(args.days), "--transactions", str(args.transactions)]
+    run_child(__file__, *sizes, "--run", "prepare")
     import duckdb
 
     with duckdb.connect() as con:
         n_tx = con.execute(f"SELECT count(*) FROM '{folder}/transactions.parquet'").fetchall()[0][0]
-    common = [__file__, "--customers", str(args.customers), "--days", str(args.days),
-              "--transactions", str(args.transactions), "--run"]
+    common = [__file__, *sizes, "--run"]
     baseline = baseline_name()
     floor, plain, one, twelve, library = alternating({
         "duckdb floor (1 cutoff, 1 aggregate per column)": [*common, "floor"],
@@ -212,7 +213,7 @@ def main() -> None:
     print(ratio_line(library, twelve, "target >= 10"))
     print(ratio_line(one, plain))
     print(ratio_line(one, floor, "target <= 10"))
-    print(f"peak RSS, 12 cutoffs: {median(twelve).peak_rss_mb / 1024:.2f} GB (target <= 3 at 10M)")
+    print(f"peak RSS, 12 cutoffs: {median(twelve).peak_text(1024, 2)} GB (target <= 3 at 10M)")
 
 
 if __name__ == "__main__":

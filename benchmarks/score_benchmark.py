@@ -3,8 +3,9 @@
     python benchmarks/score_benchmark.py [--repeats 3]
 
 Uses the data of features_benchmark.py (simulated once into benchmarks/out/). A model is
-trained once on 50k customers' snapshots and saved as a local model folder; then, each in its
-own process so its peak RSS is its own, ``--repeats`` times taking turns:
+trained once on 50k customers' snapshots and saved as a local model folder (both in a child
+process, which keeps this one's memory below the contenders'); then, each in its own process so
+its peak RSS is its own, ``--repeats`` times taking turns:
 
 * baseline: a plain DuckDB pass of 17 features on the same log (features_benchmark.py's);
 * churnlens features alone for the as-of date (the job's first step);
@@ -28,8 +29,8 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from features_benchmark import OUT, cutoffs, prepare
-from measure import alternating, log_size_parser, median, ratio_line, table
+from features_benchmark import OUT, cutoffs, prepare, thinned_dir
+from measure import alternating, log_size_parser, median, ratio_line, run_child, table
 
 MODEL = OUT / "score_model"
 
@@ -81,15 +82,19 @@ def run_features(folder: Path) -> None:
 def main() -> None:
     parser = log_size_parser(__doc__)
     parser.add_argument("--run-features", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--set-up", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    folder = prepare(args.customers, args.days, args.transactions)
+    sizes = ["--customers", str(args.customers), "--days", str(args.days), "--transactions", str(args.transactions)]
+    if args.set_up:
+        train_model(prepare(args.customers, args.days, args.transactions))
+        return
+    folder = thinned_dir(args.customers, args.days, args.transactions)
     if args.run_features:
         run_features(folder)
         return
-    train_model(folder)
+    run_child(__file__, *sizes, "--set-up")  # simulating and training here would become every child's peak RSS
     overlays = {"default reasons": "", "campaign reasons": "score:\n  reasons_for: campaign\n",
                 "fastest reasons": "score:\n  reasons_for: campaign\n  other_reasons: none\n"}
-    sizes = ["--customers", str(args.customers), "--days", str(args.days), "--transactions", str(args.transactions)]
     contenders = {"plain duckdb, 17 features": [str(Path(__file__).with_name("features_benchmark.py")), *sizes,
                                                 "--run", "plain"],
                   "churnlens features, 1 date": [__file__, *sizes, "--run-features"]}
@@ -114,7 +119,7 @@ def main() -> None:
     for name in manifests:
         job = median(runs[name])
         print(f"\n{name}: {scored / job.seconds * 60:,.0f} customers per minute (target >= 5,000,000), "
-              f"peak RSS {job.peak_rss_mb / 1024:.2f} GB, {manifests[name]['rows']['with_reasons']:,} with reasons")
+              f"peak RSS {job.peak_text(1024, 2)} GB, {manifests[name]['rows']['with_reasons']:,} with reasons")
         print("  " + ratio_line(runs[name], runs["plain duckdb, 17 features"], "target <= 2"))
         print("  timings of the last run (s):", json.dumps(manifests[name]["timings_seconds"]))
 

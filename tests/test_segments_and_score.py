@@ -228,6 +228,24 @@ def test_reasons_are_plain_words_with_the_customers_own_values() -> None:
     assert loyal.startswith("low risk: purchases in the 90 days: 6; no purchase for 5 days")
 
 
+def test_reasons_keep_an_acronym_that_opens_a_description() -> None:
+    descriptions = feature_descriptions((30, 90, 365))
+
+    assert descriptions["btyd_p_alive"].startswith("BG/NBD P(still active")
+    assert descriptions["days_since_last_purchase"][:1].islower()
+
+
+def test_reasons_keep_a_formula_whole_and_drop_side_notes() -> None:
+    descriptions = feature_descriptions((30, 90, 365))
+
+    assert descriptions["purchase_trend_90d"] == ("log of (purchases in the last 90 days + 1) / "
+                                                  "(purchases in the 90 days before + 1)")
+    assert descriptions["praise_complaint_balance_365d"].startswith("(praise - complaints) / (praise + complaints + 1)")
+    assert descriptions["discount_share_365d"] == "share of purchased lines bought below list price"
+    assert descriptions["btyd_p_no_purchase_horizon"].endswith("after the cutoff)")
+    assert not any(text.rstrip().endswith(("/", ",", "(")) for text in descriptions.values())
+
+
 def test_new_rules_stay_per_customer() -> None:
     rng = np.random.default_rng(3)
     many = pd.DataFrame([buyer(customer_id=f"c{i}", purchases_lifetime=int(rng.integers(1, 12)),

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,8 +98,20 @@ def write_parquet(frame: pd.DataFrame, target: str | Path) -> Path:
 
 
 def write_csv(frame: pd.DataFrame, target: str | Path) -> Path:
+    """``frame`` as CSV with Arrow's writer, ~8x pandas' on the scores file (0.8 s vs 6.4 s for 440k
+    rows of text reasons): the header and every text value quoted, missing values empty, booleans
+    true/false, timestamps ISO 8601 (``Z`` for UTC), floats in their shortest exact form (30.0 as
+    30). Arrow refuses what has no single CSV type (an object column of mixed types)."""
+    import pyarrow as pa
+    import pyarrow.csv as arrow_csv
+
+    with warnings.catch_warnings():
+        # pyarrow reads a UTC column through Series.values, which pandas 3.1 deprecates; the
+        # instants are unchanged (checked by tests/test_csv_output.py).
+        warnings.filterwarnings("ignore", message="Series.values returning an ndarray that drops timezone")
+        table = pa.Table.from_pandas(frame, preserve_index=False)
     with atomic_path(target) as temporary:
-        frame.to_csv(temporary, index=False)
+        arrow_csv.write_csv(table, temporary, write_options=arrow_csv.WriteOptions(quoting_style="needed"))
     return Path(target)
 
 

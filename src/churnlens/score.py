@@ -112,6 +112,9 @@ def scores_dictionary_markdown() -> str:
              "Generated from `churnlens.score.SCORE_COLUMN_DEFINITIONS` (`churnlens catalog`); do not edit by hand.",
              "", "`churnlens score` writes one row per active customer to a Parquet file and the same rows to a "
              "CSV beside it (`scores.csv`), rounded for reading (decimals below). Rows are ranked by `priority`.",
+             "", "In the CSV written by the DuckDB engine the header and every text value are quoted, a missing "
+             "value is an empty field, true / false are lower case, timestamps are ISO 8601 in UTC "
+             "(`2024-12-31 00:00:00.000000Z`) and a whole number is written without its `.0` (the Spark engine writes Spark's own CSV).",
              "", "| column | type | CSV decimals | meaning |", "|---|---|---|---|"]
     for column in SCORE_COLUMN_DEFINITIONS:
         decimals = "" if column.decimals is None else str(column.decimals)
@@ -183,8 +186,11 @@ def feature_descriptions(windows_days: tuple[int, ...]) -> dict[str, str]:
     from churnlens.features import feature_definitions
 
     def phrase(text: str) -> str:
-        text = re.sub(r" \([^)]*\)", "", text.rstrip(".")).replace(" up to the cutoff", "").replace(" to the cutoff", "")
-        return text[:1].lower() + text[1:]
+        # Drop a side note "word (note)", not a formula's operand: "log of (a + 1) / (b + 1)" keeps its brackets.
+        text = re.sub(r"(?<=[\w)])(?<!\bof)(?<!\bin) \([^)]*\)", "", text.rstrip("."))
+        text = text.replace(" up to the cutoff", "").replace(" to the cutoff", "")
+        # Mid-sentence, "Days since..." reads "days since...", but an acronym keeps its capitals (BG/NBD, NPS).
+        return text if text[1:2].isupper() else text[:1].lower() + text[1:]
 
     return {f.name: phrase(f.description) for f in feature_definitions(tuple(windows_days))}
 
