@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import alternating, log_size_parser, median, ratio_line, run_child, table
+from measure import alternating, log_size_args, log_size_parser, median, ratio_line, run_child, table
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -190,7 +190,7 @@ def main() -> None:
          "pandas": lambda: run_pandas(folder, int(count)),
          "prepare": lambda: prepare(args.customers, args.days, args.transactions)}[kind]()
         return
-    sizes = ["--customers", str(args.customers), "--days", str(args.days), "--transactions", str(args.transactions)]
+    sizes = log_size_args(args)
     run_child(__file__, *sizes, "--run", "prepare")
     import duckdb
 

@@ -96,3 +96,8 @@ def log_size_parser(description: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--transactions", type=int, default=10_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     return parser
+
+
+def log_size_args(args: argparse.Namespace) -> list[str]:
+    """The log-size options of :func:`log_size_parser` as given, for a child run on the same log."""
+    return ["--customers", str(args.customers), "--days", str(args.days), "--transactions", str(args.transactions)]

@@ -30,7 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from features_benchmark import OUT, cutoffs, prepare, thinned_dir
-from measure import alternating, log_size_parser, median, ratio_line, run_child, table
+from measure import alternating, log_size_args, log_size_parser, median, ratio_line, run_child, table
 
 MODEL = OUT / "score_model"
 
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--run-features", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--set-up", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sizes = ["--customers", str(args.customers), "--days", str(args.days), "--transactions", str(args.transactions)]
+    sizes = log_size_args(args)
     if args.set_up:
         train_model(prepare(args.customers, args.days, args.transactions))
         return

@@ -47,4 +47,3 @@ def test_the_same_frame_gives_the_same_bytes(tmp_path) -> None:
     io.write_csv(awkward_frame(), tmp_path / "b.csv")
 
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
-
