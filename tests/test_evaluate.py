@@ -114,3 +114,22 @@ def test_backtest_summary_of_no_fold_reports_none() -> None:
     summary = backtest_summary(folds, 0)
     assert summary["fold2_roc_auc"] == 0.8 and summary["backtest_roc_auc_mean"] == pytest.approx(0.7)
     assert summary["backtest_roc_auc_std"] == pytest.approx(0.1) and summary["backtest_folds"] == 2
+
+
+def test_rfm_baseline_of_a_log_without_amounts_uses_recency_and_frequency() -> None:
+    """No spend_365d (a log of customers and times): the baseline still learns from recency and
+    frequency, and it reads the monetary value wherever the snapshots have one."""
+    import pandas as pd
+
+    from churnlens.evaluate import rfm_logistic_baseline
+
+    rng = np.random.default_rng(3)
+    recency = rng.exponential(60, 400)
+    rows = pd.DataFrame({"days_since_last_purchase": recency, "purchases_365d": rng.poisson(6, 400),
+                         "churned": rng.random(400) < recency / (recency + 60)})
+    train, holdout = rows.iloc[:300], rows.iloc[300:]
+    without_spend = rfm_logistic_baseline(train, holdout, seed=0)
+    assert classification_metrics(holdout["churned"].to_numpy(int), without_spend, 0.1)["roc_auc"] > 0.7
+    spend = pd.Series(rng.gamma(2, 50, 400), index=rows.index)
+    with_spend = rfm_logistic_baseline(train.assign(spend_365d=spend), holdout.assign(spend_365d=spend), seed=0)
+    assert not np.allclose(without_spend, with_spend)

@@ -365,3 +365,69 @@ def test_median_from_counts_is_sqls_median(rows, min_count) -> None:
         counted = con.execute(f"SELECT * FROM ({median_from_counts(counts, 'product_id', 'unit_price', 'm', min_count)}) "
                               "x ORDER BY ALL").df()
     pd.testing.assert_frame_equal(counted, expected, check_exact=True, check_dtype=False)
+
+
+# ---------------------------------------------------------------- a log of customers and times only
+PURCHASE_FEATURES = ["days_since_last_purchase", "days_since_first_purchase", "purchases_lifetime",
+                     "mean_purchase_gap_days", "purchase_gap_std_days", "purchases_30d", "purchases_90d",
+                     "purchases_365d", "purchase_trend_90d", "overdue_ratio", "purchase_gap_cv",
+                     "purchase_days_lifetime", "btyd_p_alive", "btyd_expected_purchases_horizon",
+                     "btyd_p_no_purchase_horizon"]
+SPEND_FEATURES = ["spend_30d", "spend_90d", "spend_365d", "avg_order_value_365d", "spend_trend_90d",
+                  "spend_volatility_365d", "premium_share_365d", "below_usual_spend_share_365d"]
+
+
+def dates_only(transactions: pd.DataFrame) -> pd.DataFrame:
+    """What ingest makes of a log of customers and times (its purchases): no amount, no return marked."""
+    returns = transactions["is_return"] if "is_return" in transactions else transactions["amount"] < 0
+    return transactions.loc[~returns, ["customer_id", "timestamp"]].assign(is_return=False)
+
+
+def test_a_log_without_amounts_keeps_the_purchase_features_and_leaves_spend_out() -> None:
+    full = fixture_tables()["transactions"]
+    with_amounts, _ = compute_snapshots({"transactions": full}, [CUTOFF], CONFIG)
+    frame, plan = compute_snapshots({"transactions": dates_only(full)}, [CUTOFF], CONFIG)
+    # The same purchases at the same times: the same purchase features, to the bit.
+    pd.testing.assert_frame_equal(frame[["customer_id", "cutoff", *PURCHASE_FEATURES, "churned"]],
+                                  with_amounts[["customer_id", "cutoff", *PURCHASE_FEATURES, "churned"]])
+    assert not set(SPEND_FEATURES) & set(frame.columns) and not set(SPEND_FEATURES) & set(plan.model_names)
+    for name in SPEND_FEATURES:
+        assert "amount" in plan.left_out[name], (name, plan.left_out.get(name))
+
+
+def test_every_feature_that_reads_spend_declares_the_amount() -> None:
+    """A spend feature without requires=("amount",) would break (or be zero-filled) on a log
+    without amounts instead of being left out with its reason."""
+    import re
+
+    for f in feature_definitions((30, 90, 365)):
+        reads = set(re.findall(r"[a-z_][a-z0-9_]*", f.expression))
+        spend = {"orders": "value", "lines": "amount"}.get(f.source) if f.kind == "window" else None
+        if spend in reads or "amount" in reads:
+            assert "amount" in f.requires, f.name
+
+
+def test_portable_sql_equals_the_sweep_on_a_log_without_amounts(small_data) -> None:
+    from churnlens.engines.duckdb import reference_snapshots
+
+    tables = {"transactions": dates_only(small_data.transactions)}
+    cutoffs = list(pd.date_range("2023-06-01", "2024-05-01", freq="37D"))
+    sweep, plan = compute_snapshots(tables, cutoffs, CONFIG)
+    reference, _ = reference_snapshots(tables, cutoffs, CONFIG)
+    assert len(sweep) > 1000 and list(sweep.columns) == list(reference.columns)
+    assert set(PURCHASE_FEATURES) <= set(plan.names)
+    for column in plan.names:
+        np.testing.assert_allclose(sweep[column].to_numpy(float), reference[column].to_numpy(float),
+                                   rtol=1e-9, atol=1e-9, err_msg=column)
+    assert (sweep["churned"] == reference["churned"]).all()
+
+
+@pytest.mark.parametrize("engine", ["sweep", "portable-sql"])
+def test_partial_churn_without_amounts_is_a_clear_error(engine) -> None:
+    from churnlens.engines.duckdb import reference_snapshots
+
+    compute = compute_snapshots if engine == "sweep" else reference_snapshots
+    tables = {"transactions": dates_only(_two_customers()["transactions"])}
+    with pytest.raises(ValueError, match=r"features\.partial_churn_below=0\.3 compares .* spend .* no amount.*"
+                                         r"features\.partial_churn_below: null"):
+        compute(tables, [CUTOFF], FeaturesConfig(partial_churn_below=0.3))

@@ -120,6 +120,44 @@ def test_returns_are_kept_and_flagged(tmp_path: Path) -> None:
     assert frame["is_return"].tolist() == [False, True, True]
 
 
+def test_a_log_of_customers_and_times_only_is_accepted_without_an_amount(tmp_path: Path) -> None:
+    """Visits, logins, deliveries: no amount is made up, nothing is quarantined for lacking one."""
+    path = write(tmp_path, "visits.csv", "customer_id,timestamp\nB,2024-01-02 11:00:00\nA,2024-01-01 10:00:00\n"
+                                         "A,2024-01-05 09:30:00\n")
+    report, _ = ingest(tmp_path, {"path": path})
+    frame = canonical(tmp_path)
+    assert list(frame.columns) == ["customer_id", "timestamp", "is_return"]
+    assert frame["customer_id"].tolist() == ["A", "A", "B"] and not frame["is_return"].any()
+    pandera_schema("transactions", present=list(frame.columns)).validate(frame)
+    table = report["tables"]["transactions"]
+    assert table["amount"] == "absent" and table["accepted"] == 3 and table["quarantined"] == 0
+    assert quarantine(tmp_path).empty
+
+
+def test_a_log_with_quantities_but_no_price_marks_returns_by_sign_and_prefix(tmp_path: Path) -> None:
+    text = ("Invoice,CustomerID,InvoiceDate,Quantity\n"
+            "536365,17850,2010-12-01 08:26:00,6\n"
+            "536366,17850,2010-12-01 08:30:00,-2\n"
+            "C536379,17850,2010-12-01 09:41:00,1\n"
+            "536380,17850,2010-12-01 09:45:00,\n")  # a blank quantity marks nothing: a purchase
+    path = write(tmp_path, "lines.csv", text)
+    report, _ = ingest(tmp_path, {"path": path, "return_order_prefix": "C",
+                                  "columns": {"customer_id": "CustomerID", "timestamp": "InvoiceDate",
+                                              "order_id": "Invoice", "quantity": "Quantity"}})
+    frame = canonical(tmp_path)
+    assert "amount" not in frame and report["tables"]["transactions"]["amount"] == "absent"
+    assert frame["is_return"].tolist() == [False, True, True, False]
+    assert frame["quantity"].tolist()[:3] == [6.0, -2.0, 1.0] and pd.isna(frame["quantity"].iloc[3])
+    assert report["quarantined"] == 0
+
+
+def test_a_blank_quantity_or_order_id_beside_an_amount_is_no_return_not_a_broken_contract(tmp_path: Path) -> None:
+    text = "customer_id,timestamp,amount,quantity,order_id\nA,2024-01-01 10:00:00,10.5,,O1\nB,2024-01-02 11:00:00,3,1,\n"
+    report, _ = ingest(tmp_path, {"path": write(tmp_path, "t.csv", text), "return_order_prefix": "C"})
+    assert canonical(tmp_path)["is_return"].tolist() == [False, False]
+    assert report["accepted"] == 2 and "amount" not in report["tables"]["transactions"]
+
+
 def test_time_zones_are_normalised_to_utc(tmp_path: Path) -> None:
     text = ("customer_id,timestamp,amount\n"
             "A,2024-06-01T12:00:00+02:00,1\n"
@@ -250,3 +288,11 @@ def test_reconciliation_identity_and_no_good_row_lost(tmp_path_factory, good, ba
     else:
         accepted = []
     assert sorted(accepted) == expected
+
+
+def test_readme_schema_table_is_the_declared_schema() -> None:
+    from churnlens.schemas import schema_markdown
+    from conftest import PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    assert schema_markdown() in readme, "paste churnlens.schemas.schema_markdown() into the README's schema table"

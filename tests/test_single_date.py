@@ -10,7 +10,7 @@ import pytest
 from churnlens.config import FeaturesConfig
 from churnlens.engines.duckdb import compute_snapshots
 from churnlens.single_date import compute_snapshot
-from test_features import CONFIG, CUTOFF, fixture_tables
+from test_features import CONFIG, CUTOFF, dates_only, fixture_tables
 
 
 def assert_same_snapshot(sweep: pd.DataFrame, single: pd.DataFrame, numeric: list[str]) -> None:
@@ -42,6 +42,15 @@ def test_one_date_equals_the_sweep(small_data, config, cutoff) -> None:
     assert {"below_usual_price_share_365d", "repeat_line_share_365d", "purchase_gap_cv", "btyd_p_alive",
             "distinct_products_365d", "last_nps"} <= set(plan.names)
     assert_same_snapshot(sweep, single, [n for n in plan.names if n not in plan.categorical])
+
+
+def test_one_date_equals_the_sweep_on_a_log_without_amounts(small_data) -> None:
+    tables = {"transactions": dates_only(small_data.transactions)}
+    cutoff = pd.Timestamp("2024-03-01")
+    sweep, plan = compute_snapshots(tables, [cutoff], FeaturesConfig(), with_labels=False)
+    single, single_plan = compute_snapshot(tables, cutoff, FeaturesConfig())
+    assert single_plan.names == plan.names and "spend_365d" not in plan.names and len(sweep) > 300
+    assert_same_snapshot(sweep, single, plan.names)
 
 
 def test_one_date_on_the_hand_checked_fixture_and_without_optional_tables() -> None:

@@ -43,6 +43,23 @@ def test_spark_features_equal_duckdb_features(spark, small_data, tmp_path: Path,
     assert_same_frames(expected, snapshots.toPandas(), ["customer_id", "cutoff"])
 
 
+def test_spark_features_equal_duckdb_features_on_a_log_without_amounts(spark, small_data, tmp_path: Path) -> None:
+    from churnlens.engines import spark as engine
+    from test_features import PURCHASE_FEATURES, dates_only
+
+    path = str(tmp_path / "transactions.parquet")
+    dates_only(small_data.transactions).to_parquet(path, index=False)
+    paths = {"transactions": path}
+    data_start, data_end = single_machine.data_span(paths)
+    cutoffs = list(pd.date_range(data_start.normalize() + pd.Timedelta(days=150), data_end, freq="90D"))
+    expected, plan = single_machine.compute_snapshots(paths, cutoffs, FeaturesConfig())
+    snapshots, spark_plan = engine.compute_snapshots(spark, engine.read_tables(spark, paths), cutoffs,
+                                                     FeaturesConfig())
+    assert spark_plan.names == plan.names and set(PURCHASE_FEATURES) <= set(plan.names)
+    assert "spend_365d" in plan.left_out
+    assert_same_frames(expected, snapshots.toPandas(), ["customer_id", "cutoff"])
+
+
 def parquet_tables(data, folder: Path) -> dict[str, str]:
     paths = {}
     for name in ("transactions", "interactions", "customers"):

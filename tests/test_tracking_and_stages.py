@@ -447,3 +447,40 @@ def test_a_log_too_young_for_a_temporal_model_gets_the_scored_bgnbd_fallback(tmp
     np.testing.assert_allclose(scores["churn_probability"], expected.clip(floor, 1 - floor), rtol=1e-9)
     assert scores["churn_probability"].between(0, 1, inclusive="neither").all()
     assert scored["outputs"]["scores"]
+
+
+@pytest.mark.parametrize("days", [540, 200], ids=["temporal-model", "young-log-bgnbd-fallback"])
+def test_a_log_of_customers_and_times_runs_ingest_to_evaluate(tmp_path: Path, monkeypatch, days: int) -> None:
+    """Visits with no amount: spend features are left out with their reason, the model learns
+    from purchases and their timing, the RFM baseline from recency and frequency, and the model
+    (or, on a log too young for one, the BG/NBD fallback) is judged and promoted."""
+    from churnlens.stages import run_features, run_ingest_stage, run_simulate
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    raw = small_params_dict(simulate={"n_days": days})
+    if days < 365:
+        raw["features"]["cutoffs"].update({"min_history_days": 60, "every_days": 30})
+    run_simulate(parse_params(raw), tmp_path / "data/raw", tmp_path / "truth.parquet")
+    lines = pd.read_parquet(tmp_path / "data/raw/transactions.parquet")
+    lines.loc[lines["amount"] > 0, ["customer_id", "timestamp"]].to_csv(tmp_path / "visits.csv", index=False)
+    raw["ingest"].update({"transactions": {"path": "visits.csv"}, "interactions": None, "customers": None})
+    params = parse_params(raw)
+
+    ingested = run_ingest_stage(params, tmp_path, tmp_path / "canonical", tmp_path / "quarantine",
+                                tmp_path / "ingest.json")
+    assert ingested["tables"]["transactions"]["amount"] == "absent" and ingested["quarantined"] == 0
+    features = run_features(params, tmp_path / "canonical", tmp_path / "snapshots.parquet", tmp_path / "features.json")
+    assert "amount" in features["left_out"]["spend_365d"] and "spend_365d" not in features["model_features"]
+    assert {"purchases_365d", "days_since_last_purchase", "btyd_p_no_purchase_horizon"} <= set(features["features"])
+    trained = run_train(params, tmp_path / "snapshots.parquet", tmp_path / "features.json", tmp_path / "model",
+                        tmp_path / "train.json", PROJECT_ROOT)
+    evaluated = run_evaluate(params, tmp_path / "snapshots.parquet", tmp_path / "model", tmp_path / "train.json",
+                             tmp_path / "metrics.json", tmp_path / "plots")
+    assert evaluated["promotion"]["promoted"]
+    assert tracking.alias_version(params.train.registered_model_name, tracking.CHAMPION) == trained["model_version"]
+    if days < 365:
+        assert trained["model_kind"] == "bgnbd_fallback" and 0.5 < evaluated["model"]["roc_auc"] <= 1
+    else:
+        assert "model_kind" not in trained and evaluated["model"]["roc_auc"] > 0.6
+        assert evaluated["rfm_logistic"]["roc_auc"] > 0.6  # recency and frequency alone

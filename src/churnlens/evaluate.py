@@ -23,7 +23,14 @@ from churnlens.model import LABEL
 
 log = logging.getLogger(__name__)
 
-RFM_FEATURES = ["days_since_last_purchase", "purchases_365d", "spend_365d"]
+MONETARY = "spend_365d"  # absent from the snapshots of a log without amounts
+RFM_FEATURES = ["days_since_last_purchase", "purchases_365d", MONETARY]
+
+
+def rfm_columns(frame: pd.DataFrame) -> list[str]:
+    """The RFM columns the snapshots have: recency and frequency always, monetary value where the
+    transactions have an amount (a log of customers and times has no spend to stand in for)."""
+    return [c for c in RFM_FEATURES if c != MONETARY or c in frame.columns]
 
 
 def top_fraction_lift(y_true: np.ndarray, score: np.ndarray, fraction: float) -> float:
@@ -102,10 +109,15 @@ def recency_baseline(holdout: pd.DataFrame) -> np.ndarray:
 
 
 def rfm_logistic_baseline(train_rows: pd.DataFrame, holdout: pd.DataFrame, seed: int) -> np.ndarray:
-    """Logistic regression on log recency, frequency and monetary value, trained on the same rows."""
+    """Logistic regression on log recency, frequency and monetary value (where the log has one),
+    trained on the same rows."""
+    columns = rfm_columns(train_rows)
+    if MONETARY not in columns:
+        log.info("rfm_logistic baseline: no %s (the transactions have no amount); recency and frequency only",
+                 MONETARY)
 
     def design(frame: pd.DataFrame) -> np.ndarray:
-        return np.log1p(frame[RFM_FEATURES].clip(lower=0).fillna(0).to_numpy(dtype=float))
+        return np.log1p(frame[columns].clip(lower=0).fillna(0).to_numpy(dtype=float))
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
     model.fit(design(train_rows), train_rows[LABEL].astype(int))

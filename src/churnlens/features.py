@@ -95,6 +95,9 @@ def _derived(name: str, family: Family, expression: str, description: str, for_m
 
 
 PURCHASED = "NOT is_return"
+# Spend is read from the transactions' amount, which a log of customers and times lacks: the
+# features that read it are left out there (plan_features), never computed from a made-up value.
+SPEND = ("amount",)
 USUAL_PRICE_MONTHS = 3
 USUAL_PRICE_MIN_LINES = 3
 BELOW_USUAL = 0.95  # paid at least 5% under the product's usual price: a price drop, not rounding
@@ -133,12 +136,12 @@ def feature_definitions(windows: tuple[int, ...] = (30, 90, 365)) -> list[Featur
                  "How overdue the customer is against their own rhythm (recency / mean gap)."),
         # ---- economic
         *_windowed(_sum("spend_{w}d", ec, "orders", "value", 0,
-                        "Net spend of purchases in the {w} days up to the cutoff."), windows),
+                        "Net spend of purchases in the {w} days up to the cutoff.", requires=SPEND), windows),
         _sum("_orders_365d", ec, "orders", "1", 365, internal=True),
-        _sum("_spend_365d", ec, "orders", "value", 365, internal=True),
-        _sum("_spend_squared_365d", ec, "orders", "value * value", 365, internal=True),
-        _sum("_spend_recent_90d", ec, "orders", "greatest(value, 0)", 90, internal=True),
-        _sum("_spend_prior_90d", ec, "orders", "greatest(value, 0)", 90, offset=90, internal=True),
+        _sum("_spend_365d", ec, "orders", "value", 365, internal=True, requires=SPEND),
+        _sum("_spend_squared_365d", ec, "orders", "value * value", 365, internal=True, requires=SPEND),
+        _sum("_spend_recent_90d", ec, "orders", "greatest(value, 0)", 90, internal=True, requires=SPEND),
+        _sum("_spend_prior_90d", ec, "orders", "greatest(value, 0)", 90, offset=90, internal=True, requires=SPEND),
         _derived("avg_order_value_365d", ec, "_spend_365d / nullif(_orders_365d, 0)",
                  "Mean purchase value over the last 365 days."),
         _derived("spend_trend_90d", ec, "ln((_spend_recent_90d + 1) / (_spend_prior_90d + 1))",
@@ -170,9 +173,9 @@ def feature_definitions(windows: tuple[int, ...] = (30, 90, 365)) -> list[Featur
         Feature("distinct_products_365d", df_, "distinct", "product_id",
                 "Distinct products bought in 365 days.", "lines", 365, requires=("product_id",)),
         _sum("_purchased_spend_365d", df_, "lines", f"CASE WHEN {PURCHASED} THEN amount ELSE 0 END", 365,
-             internal=True),
+             internal=True, requires=SPEND),
         _sum("_premium_spend_365d", df_, "lines", f"CASE WHEN {PURCHASED} AND price_ratio > 1.5 THEN amount ELSE 0 END",
-             365, internal=True, requires=("unit_price", "category")),
+             365, internal=True, requires=("unit_price", "category", *SPEND)),
         _derived("premium_share_365d", df_, "_premium_spend_365d / nullif(_purchased_spend_365d, 0)",
                  "Share of spend on lines priced above 1.5x their category median (distinctive products)."),
         # ---- interaction
@@ -245,9 +248,9 @@ def loyalty_features() -> list[Feature]:
                  f"the purchase month (lines of products with fewer than {USUAL_PRICE_MIN_LINES} sales then are "
                  "left out). Needs no list price."),
         _sum("_usual_priced_spend_365d", ec, "lines", f"CASE WHEN {USUAL_PRICED_LINE} THEN amount ELSE 0 END", 365,
-             internal=True, requires=priced),
+             internal=True, requires=(*priced, *SPEND)),
         _sum("_below_usual_spend_365d", ec, "lines", f"CASE WHEN {BELOW_USUAL_LINE} THEN amount ELSE 0 END", 365,
-             internal=True, requires=priced),
+             internal=True, requires=(*priced, *SPEND)),
         _derived("below_usual_spend_share_365d", ec,
                  "_below_usual_spend_365d / nullif(_usual_priced_spend_365d, 0)",
                  "Share of spend (365 days, lines with a usual price) bought in price drops, as in "

@@ -46,13 +46,14 @@ class TableReport:
     duplicates_removed: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
     customer_ids_normalised: int = 0
+    amount_absent: bool = False  # transactions: a log of customers and times, without an amount
 
     @property
     def quarantined_total(self) -> int:
         return sum(self.quarantined.values())
 
     def as_dict(self) -> dict:
-        return {
+        report = {
             "files": self.files,
             "rows_read": self.rows_read,
             "accepted": self.accepted,
@@ -61,6 +62,9 @@ class TableReport:
             "quarantined_by_reason": dict(sorted(self.quarantined.items())),
             "customer_ids_normalised": self.customer_ids_normalised,
         }
+        if self.amount_absent:  # said only when true: the report of a log with amounts is as before
+            report["amount"] = "absent"
+        return report
 
 
 def resolve_files(table: str, source: TableSource, base: Path) -> list[str]:
@@ -154,9 +158,7 @@ def check_mapping(table: str, source: TableSource, found: list[str]) -> dict[str
     mapping = {c.name: c.name for c in TABLES[table] if c.name in found}
     mapping.update(source.columns)
     absent = {canonical: column for canonical, column in mapping.items() if column not in found}
-    derivable = {"amount"} if {"quantity", "unit_price"} <= (set(mapping) - set(absent)) else set()
-    if table == "interactions" and source.type_constant:
-        derivable.add("type")
+    derivable = {"type"} if table == "interactions" and source.type_constant else set()
     missing_required = [
         c.name for c in TABLES[table] if c.required and (c.name not in mapping or c.name in absent)
         and c.name not in derivable
@@ -169,6 +171,12 @@ def check_mapping(table: str, source: TableSource, found: list[str]) -> dict[str
             f"Fix it with ingest.{table}.columns.<canonical name>: <column in your file>"
         )
     return mapping
+
+
+def has_amount(mapping: dict[str, str]) -> bool:
+    """Whether a transactions table has an amount: mapped, or derived from quantity x unit_price.
+    Without one the log is customers and times only, and no amount is made up for it."""
+    return "amount" in mapping or {"quantity", "unit_price"} <= set(mapping)
 
 
 def _number(expr: str, decimal: str) -> str:
@@ -249,7 +257,7 @@ def canonical_expressions(table: str, source: TableSource, mapping: dict[str, st
             "int": f"TRY_CAST(round({_number(raw, source.decimal)}) AS BIGINT)",
             "bool": _bool(raw, source),
         }[column.kind]
-    if table == "transactions" and "amount" not in expressions:
+    if table == "transactions" and "amount" not in expressions and has_amount(mapping):
         expressions["amount"] = f"round({expressions['quantity']} * {expressions['unit_price']}, 6)"
     if table == "interactions":
         if source.type_constant:
@@ -303,7 +311,7 @@ def _quarantine_rules(table: str, source: TableSource, mapping: dict[str, str], 
                           f"{raw} IS NOT NULL AND {name} IS NULL"))
             if column.kind == "float" and column.name != "amount":  # amount: absurd_amount below
                 rules.append((f"non_finite_{column.name}", f"isinf({name}) OR isnan({name})"))
-    if table == "transactions":
+    if table == "transactions" and has_amount(mapping):
         rules.append(("missing_amount", "c_amount IS NULL"))
         rules.append(("absurd_amount", f"abs(c_amount) > {config.max_abs_amount} OR isinf(c_amount) OR isnan(c_amount)"))
     if table == "interactions":
@@ -331,6 +339,13 @@ def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource
     except duckdb.Error as exc:
         raise _parse_error(table, files, source, exc) from None
     mapping = check_mapping(table, source, found)
+    if table == "transactions" and not has_amount(mapping):
+        report.amount_absent = True
+        # Accepted, but said: a file whose amount column has another name reads the same way.
+        log.warning("ingest.transactions: no amount (neither amount nor both quantity and unit_price are mapped; "
+                    "columns found: %s): read as a log of customers and times, so spend features are left out. "
+                    "If the file has an amount, map it with ingest.transactions.columns.amount: <column in your "
+                    "file>", found)
     expressions = canonical_expressions(table, source, mapping)
 
     canonical = ", ".join(f"{expr} AS {quote('c_' + name)}" for name, expr in expressions.items())
@@ -363,9 +378,11 @@ def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource
     select = ", ".join(f"{quote('c_' + name)} AS {quote(name)}" for name in output)
     if table == "transactions":
         prefix = source.return_order_prefix
-        flagged = f" OR starts_with(c_order_id, {literal(prefix)})" if prefix and "order_id" in output else ""
-        quantity = " OR c_quantity < 0" if "quantity" in output else ""
-        select += f", (c_amount < 0{quantity}{flagged}) AS is_return"
+        signs = [f"{quote('c_' + c)} < 0" for c in ("amount", "quantity") if c in output]
+        flagged = [f"starts_with(c_order_id, {literal(prefix)})"] if prefix and "order_id" in output else []
+        # A return is what the log marks as one; a blank quantity or order id marks nothing, and a
+        # log with none of these columns has no returns (the contract: is_return is never null).
+        select += f", coalesce({' OR '.join(signs + flagged) or 'false'}, false) AS is_return"
     order = "customer_id, timestamp" if "timestamp" in output else "customer_id"
     con.execute(f"CREATE OR REPLACE VIEW accepted_{table} AS SELECT {select} FROM {judged} "
                 f"WHERE {REASON} IS NULL ORDER BY {order}, {SOURCE_FILE}, {SOURCE_ROW}")

@@ -99,7 +99,13 @@ def event_steps(available: dict[str, set[str]]) -> list[Step]:
     customer_id: the one definition of a line, a purchase (order) and an interaction, shared by
     every engine. Steps come in dependency order."""
     tx = available["transactions"]
-    is_return = "is_return" if "is_return" in tx else "amount < 0"
+    # Canonical tables carry is_return (ingest); a table given directly falls back to the signs
+    # ingest reads, and a log of customers and times has no returns.
+    is_return = next((expr for column, expr in (("is_return", "is_return"), ("amount", "amount < 0"),
+                                                ("quantity", "coalesce(quantity < 0, false)")) if column in tx), "false")
+    # A log without amounts has no spend: lines and orders carry no amount / value column, so a
+    # feature reading one fails loudly (those declare requires=("amount",) and are left out).
+    spend = "amount" in tx
     optional = [c for c in ("unit_price", "list_price", "product_id", "category") if c in tx]
     steps: list[Step] = []
     price_ratio, price_join = "CAST(NULL AS DOUBLE) AS price_ratio", ""
@@ -137,7 +143,7 @@ def event_steps(available: dict[str, set[str]]) -> list[Step]:
         product_rate_join = ("LEFT JOIN product_repeat_rate r ON r.product_id = t.product_id "
                              "AND r.month = date_trunc('month', t.timestamp)")
     steps.append(("lines", f"""
-        SELECT t.customer_id, t.timestamp AS ts, t.amount, {is_return} AS is_return
+        SELECT t.customer_id, t.timestamp AS ts{', t.amount' if spend else ''}, {is_return} AS is_return
                {''.join(', t.' + c for c in optional)}, {price_ratio}, {usual_ratio}, {repeat}, {product_rate},
                CAST(t.timestamp AS DATE) AS purchase_day
         FROM src_transactions t {price_join} {usual_join} {repeat_join} {product_rate_join}"""))
@@ -146,9 +152,10 @@ def event_steps(available: dict[str, set[str]]) -> list[Step]:
     # A purchase is an order holding at least one non-return line; returns alone are not purchases.
     # The order value is summed in exact decimal arithmetic: a float sum depends on the order in
     # which a parallel engine meets the lines, and the same data must give the same bytes.
+    value = (f", CAST(sum(CASE WHEN NOT ({is_return}) THEN CAST(amount AS DECIMAL(38, 9)) END) AS DOUBLE) AS value"
+             if spend else "")
     steps.append(("orders", f"""
-        SELECT customer_id, min(timestamp) AS ts,
-               CAST(sum(CASE WHEN NOT ({is_return}) THEN CAST(amount AS DECIMAL(38, 9)) END) AS DOUBLE) AS value
+        SELECT customer_id, min(timestamp) AS ts{value}
         FROM src_transactions GROUP BY customer_id, {order_key}
         HAVING sum(CASE WHEN NOT ({is_return}) THEN 1 ELSE 0 END) > 0"""))
     if "interactions" in available:
@@ -183,11 +190,19 @@ def _last_expression(feature: Feature) -> str:
 
 
 def check_label_source(config: FeaturesConfig, available: dict[str, set[str]]) -> None:
-    """A contractual label needs cancellation dates; say so before any work is done."""
+    """A contractual label needs cancellation dates, partial churn needs spend; say so before any
+    work is done."""
     if config.label == "cancellation" and not has_cancellations(available):
         raise ValueError(
             f"features.label={config.label!r} needs a customers table with cancellation_date; map it in "
             "ingest.customers.columns or use label: no_purchase"
+        )
+    if config.partial_churn_below is not None and "amount" not in available["transactions"]:
+        raise ValueError(
+            f"features.partial_churn_below={config.partial_churn_below} compares a customer's spend after the "
+            "cutoff with the spend before it, but the transactions have no amount (ingest found neither amount "
+            "nor both quantity and unit_price). Map one in ingest.transactions.columns, or set "
+            "features.partial_churn_below: null to label churn by purchases alone"
         )
 
 
@@ -232,7 +247,7 @@ def _population(config: FeaturesConfig, available: dict[str, set[str]]) -> list[
     still_customer = "AND (k.cancelled_at IS NULL OR k.cancelled_at > h.cutoff)" if cancellations else ""
     return [
         ("order_gaps", """
-            SELECT customer_id, ts, value,
+            SELECT customer_id, ts,
                    (epoch_us(ts) - epoch_us(lag(ts) OVER (PARTITION BY customer_id ORDER BY ts))) / 86400000000.0
                      AS gap
             FROM orders"""),
@@ -294,16 +309,17 @@ def _labels_step(config: FeaturesConfig, available: dict[str, set[str]]) -> Step
                  f"AND k.cancelled_at <= w.cutoff + INTERVAL {end} DAY)") if cancellations else "false"
     rule = {"no_purchase": "w.purchases = 0", "cancellation": f"coalesce({cancelled}, false)",
             "no_purchase_or_cancellation": f"(w.purchases = 0 OR coalesce({cancelled}, false))"}[config.label]
+    inside = f"o.ts > p.cutoff + INTERVAL {lead} DAY AND o.ts <= p.cutoff + INTERVAL {end} DAY"
+    spend = ""  # summed only for the rule that reads it: a log without amounts has no order value
     if config.partial_churn_below is not None:
         rule = f"({rule} OR w.spend < {config.partial_churn_below} * w.spend_before)"
-    inside = f"o.ts > p.cutoff + INTERVAL {lead} DAY AND o.ts <= p.cutoff + INTERVAL {end} DAY"
+        spend = (f"coalesce(sum(CASE WHEN {inside} THEN o.value END), 0) AS spend, "
+                 "coalesce(sum(CASE WHEN o.ts <= p.cutoff THEN o.value END), 0) AS spend_before, ")
     join = f"LEFT JOIN ({cancellations}) k ON k.customer_id = w.customer_id" if cancellations else ""
     return "labels", f"""
         SELECT w.customer_id, w.cutoff, {rule} AS churned
-        FROM (SELECT p.customer_id, p.cutoff,
-                     sum(CASE WHEN {inside} THEN 1 ELSE 0 END) AS purchases,
-                     coalesce(sum(CASE WHEN {inside} THEN o.value END), 0) AS spend,
-                     coalesce(sum(CASE WHEN o.ts <= p.cutoff THEN o.value END), 0) AS spend_before
+        FROM (SELECT p.customer_id, p.cutoff, {spend}
+                     sum(CASE WHEN {inside} THEN 1 ELSE 0 END) AS purchases
               FROM population p LEFT JOIN orders o ON o.customer_id = p.customer_id
                    AND o.ts > p.cutoff - INTERVAL {horizon} DAY AND o.ts <= p.cutoff + INTERVAL {end} DAY
               GROUP BY p.customer_id, p.cutoff) w {join}"""

@@ -163,9 +163,13 @@ class _Engine:
         def at(offset_days: int) -> np.ndarray:
             return grid.position(self.cutoffs - offset_days * _US_PER_DAY)
 
-        orders = self._events("orders", low, high, f"code - {low} AS code, epoch_us(ts) AS t, value")
+        # Orders carry a value only where transactions have an amount (a log of customers and
+        # times has none); only the partial-churn label reads it, and it demands an amount.
+        spend = "amount" in self.available["transactions"]
+        orders = self._events("orders", low, high,
+                              f"code - {low} AS code, epoch_us(ts) AS t{', value' if spend else ''}")
         on_grid = timegrid.EventsOnGrid(grid, orders["code"], orders["t"])
-        n_orders, value = on_grid.running_sum(), on_grid.running_sum(orders["value"])
+        n_orders, value = on_grid.running_sum(), on_grid.running_sum(orders["value"]) if spend else None
         last_ts = on_grid.running_max(orders["t"])
         first_ts = np.full(n, _NEVER, dtype=np.int64)
         np.minimum.at(first_ts, orders["code"], orders["t"])
