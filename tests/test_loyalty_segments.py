@@ -183,7 +183,7 @@ def test_contract_types_are_mapped_through_params_and_unknown_ones_reported() ->
     frame = pd.DataFrame({"customer_id": ["a", "b", "c"], "purchases_lifetime": [5, 5, 5],
                           "days_since_first_purchase": [400] * 3, "contract_type": ["24M", "flex", "weird"],
                           "autopay": [0.0, 0.0, 0.0], "repeat_line_share_365d": [0.1] * 3,
-                          "below_usual_price_share_365d": [0.1] * 3})
+                          "below_usual_price_share_365d": [0.1] * 3, "spend_365d": [100.0] * 3})
     default = assign_segments(frame, SegmentRules()).set_index("customer_id")
     assert unknown_contract_types(frame, SegmentRules()) == {"24M": 1, "flex": 1, "weird": 1}
     mapped = SegmentRules(contract_lock_in={"24M": 1.0, "flex": 0.1})
@@ -225,17 +225,46 @@ def test_construct_validity_on_a_constructed_log() -> None:
         _flagged("x9", 10, 999, below=1.0),  # not assigned: ignored
     ])
     table = construct_validity(assigned, lines, AS_OF, 90).set_index("segment")
+    # Rhythm needs two purchases in the window: advocates have one each (a2's day 91 is outside).
     assert table.loc["brand_advocate"].to_dict() == pytest.approx(
         {"customers": 2, "below_usual_price_share": 0.0, "repeat_line_share": 0.5, "churn_rate": 0.0,
-         "spend_change": (120 + 90) / 200 - 1})
+         "spend_change": (120 + 90) / 200 - 1, "gap_cv_after": np.nan, "spend_cv_after": np.nan}, nan_ok=True)
+    # u1 and c1 bought twice in the window: one gap, no rhythm to measure; their values do not vary.
     assert table.loc["brand_user"].to_dict() == pytest.approx(
         {"customers": 1, "below_usual_price_share": 0.0, "repeat_line_share": 1.0, "churn_rate": 0.0,
-         "spend_change": 100 / 50 - 1})
+         "spend_change": 100 / 50 - 1, "gap_cv_after": np.nan, "spend_cv_after": 0.0}, nan_ok=True)
+    # c1's return on day 6 is no purchase.
     assert table.loc["brand_comparer"].to_dict() == pytest.approx(
         {"customers": 2, "below_usual_price_share": 0.5, "repeat_line_share": 0.5, "churn_rate": 0.5,
-         "spend_change": 40 / 40 - 1})
+         "spend_change": 40 / 40 - 1, "gap_cv_after": np.nan, "spend_cv_after": 0.0}, nan_ok=True)
     assert orderings(table.reset_index()) == {"comparers_buy_most_below_usual_price": True,
                                               "users_repeat_most": True, "advocates_churn_least": False}
+    # The coarse levels' hypotheses: a measure known for fewer than the three segments does not hold;
+    # one known for none of them cannot be measured.
+    assert orderings(table.reset_index(), "dates") == {"advocates_churn_least": False,
+                                                       "users_keep_cadence_most_regularly": None,
+                                                       "comparers_time_most_irregularly": None,
+                                                       "comparers_spend_most_volatile": False}
+
+
+def test_an_ordering_the_outcomes_cannot_measure_is_not_said_to_hold() -> None:
+    """A log of dates only has no purchase values: its spend ordering is unknown (None), not False
+    and never True; the rhythm ordering is measured from the dates alone."""
+    assigned = pd.DataFrame({"customer_id": ["a", "u", "c"],
+                             "segment": ["brand_advocate", "brand_user", "brand_comparer"]})
+    # Only the window's own purchases count: u's lapse before the as-of date is not its rhythm.
+    days = {"a": [-3, 10, 12, 60], "u": [-60, 20, 50, 80], "c": [-40, 2, 30, 70]}
+    lines = pd.DataFrame([_flagged(customer, day, np.nan) for customer, ds in days.items() for day in ds])
+    table = construct_validity(assigned, lines, AS_OF, 90).set_index("segment")
+    assert table["spend_cv_after"].isna().all() and table["spend_change"].isna().all()
+    assert table.loc["brand_user", "gap_cv_after"] == 0.0  # gaps 30 and 30
+    assert table.loc["brand_advocate", "gap_cv_after"] == pytest.approx(23 / 25)  # gaps 2 and 48
+    assert table.loc["brand_comparer", "gap_cv_after"] == pytest.approx(6 / 34)  # gaps 28 and 40
+    held = orderings(table.reset_index(), "dates")
+    assert held["comparers_spend_most_volatile"] is None
+    assert held["users_keep_cadence_most_regularly"] is True
+    assert held["comparers_time_most_irregularly"] is False  # the advocate's timing is the most irregular
+    assert held["advocates_churn_least"] is False  # nobody churned: a three-way tie
 
 
 def test_construct_validity_report_reads_history_and_later_outcomes(tmp_path) -> None:

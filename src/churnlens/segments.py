@@ -31,6 +31,18 @@ staples or of one-off lines; whatever needs time (repeats, cadence, spend that h
 for it, never 0 - and its segment is always ``low_confidence``.
 All transforms are fixed functions of one customer's features (no batch quantiles), so a
 segment never depends on who else is in the batch; they read features only, never personas.
+
+Evidence levels. The rules above read product lines (level ``lines``: a product id, and a price
+where the log has one). Many real logs hold less: purchases with an amount but no products
+(``purchases``), or nothing but dates (``dates``). Such a log is read by what it can show
+(:func:`coarse_components`): the attitudes as trends and rhythm of buying -
+* advocacy: buying (and spend, where amounts exist) that grows - "carries stable growth";
+* switching cost / habit: a regular cadence, a steady basket value, a long observed tenure;
+* price sensitivity: irregular timing, volatile basket values, buying that falls away -
+  "compares all the time", the most volatile group -
+plus whatever the interaction and customer tables add, as at the lines level. Each row says the
+level it was read from (``segment_evidence``); a segment whose winning index rests on a single
+observed component is thin evidence and flagged ``low_confidence``.
 """
 
 from __future__ import annotations
@@ -39,6 +51,19 @@ import numpy as np
 import pandas as pd
 
 from churnlens.config import PERSONAS, SegmentRules
+
+# Richest first: a log is read at the first level whose signals it holds (:func:`evidence_level`).
+EVIDENCE_LEVELS = ("lines", "purchases", "dates")
+# Features that exist only where the log has product ids (and prices): the lines-level rules.
+LINE_LEVEL_FEATURES = ("repeat_line_share_365d", "product_repeat_rate_365d", "below_usual_price_share_365d")
+# Timing against a reference that needs no data: purchases at random instants (a Poisson process)
+# have gaps whose CV is 1, no rhythm at all; at half that a customer keeps a clear rhythm. The
+# coarse levels read cadence on that scale (the lines level keeps 1 - CV, which its rules were
+# measured with).
+RANDOM_TIMING_CV = 1.0
+REGULAR_TIMING_CV = 0.5
+# Features that exist only where the log has amounts.
+AMOUNT_FEATURES = ("spend_365d", "spend_trend_90d", "spend_volatility_365d")
 
 INDEX_OF_SEGMENT = {
     PERSONAS[0]: "advocacy_index",  # brand_advocate
@@ -126,8 +151,89 @@ def switching_products(features: pd.DataFrame) -> pd.Series:
     return new_lines_share(features) * (1.0 - stable_or_growing_spend(features))
 
 
+def evidence_level(features: pd.DataFrame) -> str:
+    """The richest level of detail the log behind ``features`` holds (:data:`EVIDENCE_LEVELS`),
+    told by the features the engine could compute from it: a property of the data set, so every
+    customer of one log is read by the same rules."""
+    # The lines rules read spend as well as products (exploring while spend holds, spend in price
+    # drops): products without amounts read as lines lost every ordering on the retail log (advocates
+    # churned 24%, users 13%), so such a log is read by its dates, which kept them.
+    if not any(name in features for name in AMOUNT_FEATURES):
+        return "dates"
+    return "lines" if any(name in features for name in LINE_LEVEL_FEATURES) else "purchases"
+
+
+def _trend_shares(trend: pd.Series, features: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(grows, falls away) of a last-90-days against the 90-days-before trend (a log ratio):
+    grows is 1 from a doubling, falls away is 1 from a fall to a quarter, both 0 when it held.
+    Nothing bought in the last 90 days fell away; bought lately but nothing in the 90 days before
+    (a new or returning customer) has no trend yet: unknown, not growth."""
+    recent = _get(features, "purchases_90d")
+    no_trend_yet = (purchases_prior_90d(features) == 0) & (recent > 0)
+    grows = _clip(trend / np.log(2.0)).where(~no_trend_yet).where(~(recent == 0), 0.0)
+    falls = _clip(-trend / np.log(4.0)).where(~no_trend_yet).where(~(recent == 0), 1.0)
+    return grows.where(trend.notna()), falls.where(trend.notna())
+
+
+def unavailable_evidence(level: str) -> dict[str, str]:
+    """The richer evidence levels a log at ``level`` lacks, each with what it would need (for the
+    segment report: what could not be read, and why)."""
+    lacking = {
+        "lines": "no product ids (ingest.transactions.columns.product_id): repeat baskets, new lines and buying "
+                 "below a product's usual price cannot be read",
+        "purchases": "no amounts (ingest.transactions.columns.amount, or quantity and unit_price): basket values "
+                     "and spend trends cannot be read",
+    }
+    return {name: why for name, why in lacking.items()
+            if EVIDENCE_LEVELS.index(name) < EVIDENCE_LEVELS.index(level)}
+
+
+def coarse_components(features: pd.DataFrame, rules: SegmentRules) -> dict[str, dict[str, pd.Series]]:
+    """The components of a log without product lines (levels ``purchases`` and ``dates``): trends
+    and rhythm of buying, basket values where amounts exist (DOMAIN.md's advocate "carries stable
+    growth", the user's "regular, subscription-like cadence, long tenure", the comparer's
+    "irregular timing, volatile spend"). Each pair of mirrored components reads one measure both
+    ways: where one is 1 the other is 0, and in between the measure argues for both in proportion."""
+    several = _get(features, "purchases_lifetime") >= 2
+    enough_gaps = _get(features, "purchases_lifetime") >= rules.min_orders_for_cadence
+    gap_cv = _get(features, "purchase_gap_cv").where(enough_gaps)
+    # A basket value's CV needs two purchases in the year; a single one has no variation to show.
+    basket_cv = _get(features, "spend_volatility_365d").where(several)
+    # A trend needs two purchases: one basket bought long ago is recency, not an attitude.
+    buying_grows, buying_falls = (share.where(several) for share in
+                                  _trend_shares(_get(features, "purchase_trend_90d"), features))
+    spend_grows = _trend_shares(_get(features, "spend_trend_90d"), features)[0].where(several)
+    # The customer table's signup where it exists (on the lines level's 3-year scale), else the
+    # first purchase the log shows: a year of buying is a long tenure in a purchase log, and a log
+    # of a year or two could never show three.
+    tenure = _clip(_get(features, "tenure_days") / (3 * 365.0)).fillna(
+        _clip(_get(features, "days_since_first_purchase") / 365.0))
+    shared = index_components(features, rules)
+    return {
+        "advocacy_index": {
+            **{name: shared["advocacy_index"][name] for name in ("nps", "referrals", "praise_vs_complaints")},
+            "buying_grows": buying_grows,
+            "spend_grows": spend_grows,
+        },
+        "switching_cost_index": {
+            "regular_cadence": _clip((RANDOM_TIMING_CV - gap_cv) / (RANDOM_TIMING_CV - REGULAR_TIMING_CV)),
+            "steady_basket_value": _clip(1.0 - basket_cv),
+            **{name: shared["switching_cost_index"][name] for name in ("contract", "autopay", "products_held")},
+            "tenure": tenure,
+        },
+        "price_sensitivity_index": {
+            "irregular_timing": _clip((gap_cv - REGULAR_TIMING_CV) / (RANDOM_TIMING_CV - REGULAR_TIMING_CV)),
+            "volatile_basket_value": _clip(basket_cv),
+            "buying_falls_away": buying_falls,
+            **{name: shared["price_sensitivity_index"][name]
+               for name in ("discount_share", "promotion_response", "below_category_price")},
+        },
+    }
+
+
 def index_components(features: pd.DataFrame, rules: SegmentRules) -> dict[str, dict[str, pd.Series]]:
-    """Every component, scaled to [0, 1] by a fixed transform; NaN where the feature is unknown."""
+    """Every component of the lines level, scaled to [0, 1] by a fixed transform; NaN where the
+    feature is unknown."""
     nps = _get(features, "last_nps").fillna(_get(features, "mean_nps_365d"))
     below_usual = _clip(_get(features, "below_usual_price_share_365d") / rules.price_drop_share_full)
     below_usual_spend = _clip(_get(features, "below_usual_spend_share_365d") / rules.price_drop_share_full)
@@ -174,11 +280,14 @@ def short_history(features: pd.DataFrame, rules: SegmentRules) -> pd.Series:
 def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame:
     """customer_id, the three indices, segment, margin, low_confidence and the component that
     decided it (or why there is no segment)."""
-    components = {name: pd.concat(parts, axis=1) for name, parts in index_components(features, rules).items()}
+    level = evidence_level(features)
+    by_level = index_components if level == "lines" else coarse_components
+    components = {name: pd.concat(parts, axis=1) for name, parts in by_level(features, rules).items()}
     out = pd.DataFrame({"customer_id": features["customer_id"].to_numpy()}, index=features.index)
     for index_name, parts in components.items():
         out[index_name] = parts.mean(axis=1, skipna=True)
     out["advocacy_index"] *= advocacy_qualifiers(features, rules).mean(axis=1, skipna=True).fillna(1.0)
+    out["segment_evidence"] = level
     indices = out[list(INDEX_OF_SEGMENT.values())]
     # An index without a single observed component is unknown, and unknown never wins.
     scores = indices.fillna(-1.0).to_numpy()
@@ -212,8 +321,15 @@ def assign_segments(features: pd.DataFrame, rules: SegmentRules) -> pd.DataFrame
     out.loc[no_signal, "segment"] = "insufficient_history"
     out.loc[no_signal, "segment_driver"] = "no loyalty index reaches score.segments.min_index"
     # One basket (or a few weeks) goes through the same rule, but what it shows is thin evidence:
-    # its segment is a lead to check, never more.
-    out["low_confidence"] = ((out["segment_margin"] < rules.min_margin) | short) & out["segment"].isin(
+    # its segment is a lead to check, never more. So is a coarse-level winner that rests on one
+    # observed measure. (At the lines level an index of one component is the rule's design: a bare
+    # log's advocacy is its exploring alone, and short history and margin flag its thin cases.)
+    thin = np.zeros(len(out), dtype=bool)
+    if level != "lines":
+        for segment, index_name in INDEX_OF_SEGMENT.items():
+            observed = components[index_name].notna().sum(axis=1).to_numpy()
+            thin |= (out["segment"].to_numpy() == segment) & (observed < 2)
+    out["low_confidence"] = ((out["segment_margin"] < rules.min_margin) | short | thin) & out["segment"].isin(
         list(INDEX_OF_SEGMENT))
     return out.reset_index(drop=True)
 
