@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import PROJECT_ROOT
+from test_reasons import assert_reads_like_crm_text
 
 sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
 import realdata_benchmark as bench
@@ -35,3 +36,13 @@ def test_model_beats_recency_and_logistic_rfm_out_of_time_on_the_real_log(tmp_pa
     model = bench.scored_metrics(y, probability, True)
     for name in ("recency", "rfm_logistic"):
         assert model["roc_auc"] > bench.scored_metrics(y, baselines[name], name != "recency")["roc_auc"], name
+    # What a CRM analyst reads on this real log: plain reasons (a sample of every risk tier) and no
+    # action whose premise the log lacks (it has no customers table, hence no contracts, and no surveys).
+    sample = pd.concat([rows.sample(min(len(rows), 300), random_state=0) for _, rows in scores.groupby("risk_tier")])
+    for text in sample["top_reasons"]:
+        assert_reads_like_crm_text(text)
+    assert set(scores["segment_evidence"]) == {"lines"}
+    params = bench.load_params(bench.ROOT / "params.yaml", *case.overlays)
+    presuming = {cell.action for tiers in params.score.actions.values() for cell in tiers.values() if cell.needs}
+    assert presuming and not set(scores["action"]) & presuming
+    assert (scores.loc[scores["action_premise_missing"] != "", "segment"] != "insufficient_history").all()

@@ -312,17 +312,49 @@ class SegmentRules(_Section):
         return value
 
 
-class RetentionAction(_Section):
+# What a playbook action may presume about a customer (churnlens.playbook.PREMISES says how each
+# is read from the features): contract = a contract term that renews; survey = an NPS answer.
+PREMISE_NAMES = ("contract", "survey")
+
+
+class FallbackAction(_Section):
+    """The action given where the cell's action presumes data the customer's record lacks."""
+
     action: str
     cost: float = Field(ge=0)
     success_rate: float = Field(ge=0, le=1)
+
+
+class RetentionAction(FallbackAction):
+    needs: tuple[Literal[PREMISE_NAMES], ...] = Field(
+        (), description="premises the action presumes (contract, survey); where one does not hold for a "
+        "customer, `fallback` is assigned instead")
+    fallback: FallbackAction | None = Field(None, description="the action where a premise in `needs` fails")
+
+    @model_validator(mode="after")
+    def _fallback_for_every_premise(self) -> RetentionAction:
+        # Every cell must resolve to an action for every customer: one that presumes data needs a
+        # fallback that presumes nothing (FallbackAction has no `needs`).
+        if self.needs and self.fallback is None:
+            raise ValueError(f"action {self.action!r} needs {list(self.needs)} but has no fallback: add "
+                             "fallback: {action: ..., cost: ..., success_rate: ...} for customers whose data "
+                             "does not show it")
+        if self.fallback is not None and not self.needs:
+            raise ValueError(f"action {self.action!r} has a fallback but no `needs`, so the fallback is never "
+                             "given: name the premise it stands in for (needs: [contract] or [survey]) or drop it")
+        return self
 
 
 class ScoreConfig(_Section):
     model_uri: str = "models:/churnlens@champion"
     risk_tiers: dict[Literal["medium", "high"], float] = {"medium": 0.3, "high": 0.6}
     segments: SegmentRules = SegmentRules()
-    value_horizon_days: int = Field(365, ge=1, description="customer value proxy = spend over this period")
+    value_horizon_days: int = Field(
+        365, ge=1, description="customer value proxy = spend (or purchases x value_per_purchase) over this period")
+    value_per_purchase: float | None = Field(
+        None, gt=0, description="a log without amounts: customer value = purchases in the last 365 days x this, "
+        "scaled to value_horizon_days (the scores' customer_value_basis says so); null = 1 per purchase, a "
+        "count rather than money, also labelled")
     campaign_budget: float = Field(5_000.0, ge=0)
     actions: dict[str, dict[str, RetentionAction]]
     chunk_rows: int = Field(100_000, ge=1_000, description="customers scored per chunk (bounds memory)")
@@ -388,11 +420,13 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _yearly_window_for_value_and_baselines(self) -> Params:
-        # The RFM baselines and the customer value proxy read spend_365d and purchases_365d: a
-        # pipeline without the 365-day window would fail later with a bare missing-column error.
+        # The RFM baselines and the customer value proxy read the 365-day window (purchases_365d, and
+        # spend_365d where transactions have an amount): a pipeline without it would fail later with
+        # a bare missing-column error. A log without amounts still needs it for purchases_365d.
         if 365 not in self.features.windows_days:
             raise ValueError(f"features.windows_days must include 365 (got {list(self.features.windows_days)}): "
-                             "the customer value and the RFM baselines use spend_365d and purchases_365d")
+                             "the customer value and the RFM baselines read the 365-day window (purchases_365d, "
+                             "and spend_365d where transactions have an amount)")
         return self
 
     @model_validator(mode="after")

@@ -67,7 +67,9 @@ def segment_plot(report: dict, target: Path) -> Path:
     left.bar(names, [100 * segments[n]["share"] for n in names], color="#4C72B0")
     left.set(title="Segment mix", ylabel="Share of active customers (%)")
     right.bar(names, [segments[n]["value_at_risk"] for n in names], color="#C44E52")
-    right.set(title="Value at risk by segment", ylabel="Sum of P(churn) x customer value (currency)")
+    basis = report.get("customer_value_basis", "spend")
+    unit = "currency" if basis == "spend" else basis  # a log without amounts values purchases
+    right.set(title="Value at risk by segment", ylabel=f"Sum of P(churn) x customer value ({unit})")
     for axis in (left, right):
         axis.tick_params(axis="x", labelrotation=20)
     return _save(figure, target)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from churnlens import playbook
 from churnlens.config import PERSONAS, Params, ScoreConfig
+from churnlens.reasons import feature_phrases, plain_reasons
 
 # No customer is certain to stay or to leave: a calibrator fitted on a finite validation set
 # returns exactly 0 or 1 where a bin was pure, which a CRM reads as certainty (and a log loss
@@ -68,8 +69,12 @@ SCORE_COLUMN_DEFINITIONS = (
                 "`churn_probability` against `score.risk_tiers`: high from `high`, medium from `medium`."),
     ScoreColumn("top_reasons", "text",
                 "Up to three features that push this customer's risk up the most, in plain words with the "
-                "customer's own values (for a low-risk customer with nothing pushing up: what keeps the risk "
-                "low). From the model's SHAP contributions: exact TreeSHAP or path attributions, by "
+                "customer's own values and units, each marked (raises the risk), e.g. \"no purchase for 84 days, "
+                "3.0x their usual gap (raises the risk)\"; with nothing pushing up, what keeps the risk low, each "
+                "marked (lowers the risk). A value that explains nothing (a purchase gap of a customer with one "
+                "purchase, a missing value unless its absence is the news, as no complaint on record) is skipped "
+                "for the next feature. Worded by `churnlens.reasons`, one phrase per model feature. From the "
+                "model's SHAP contributions: exact TreeSHAP or path attributions, by "
                 "`score.reasons_for` (`score.reasons` for medium/high risk, or for the campaign only; "
                 "`score.other_reasons` for the rest); empty for the rest when `score.other_reasons` is `none`."),
     ScoreColumn("segment", "text",
@@ -82,14 +87,29 @@ SCORE_COLUMN_DEFINITIONS = (
     ScoreColumn("low_confidence", "true / false",
                 "True when `segment_margin` is below `score.segments.min_margin` (the segment is a close call "
                 "between two loyalty indices) and for every segment read from a short history (fewer than "
-                "`score.segments.min_orders` purchases or `min_tenure_days` of history: typically one basket). "
-                "False for insufficient_history."),
+                "`score.segments.min_orders` purchases or `min_tenure_days` of history: typically one basket), "
+                "and for a segment read without product lines (`segment_evidence` purchases or dates) whose "
+                "winning index rests on a single observed measure. False for insufficient_history."),
     ScoreColumn("segment_driver", "text",
                 "The component of the winning loyalty index with the strongest value (e.g. `referrals`, "
                 "`contract`, `discount_share`), or why the customer has no segment."),
+    ScoreColumn("segment_evidence", "lines / purchases / dates",
+                "The level of detail the segment was read from: product lines (a product id, prices where "
+                "present), purchases with amounts but no products, or purchase dates only. The coarser the "
+                "level, the fewer signals a segment rests on (churnlens.segments)."),
     ScoreColumn("customer_value", "currency",
-                "Net spend over the last 365 days, scaled to `score.value_horizon_days`; never negative.", 2),
-    ScoreColumn("action", "text", "The playbook action for this segment and risk tier (`score.actions`)."),
+                "Net spend over the last 365 days, scaled to `score.value_horizon_days`; never negative. A log "
+                "without amounts: purchases in the last 365 days x `score.value_per_purchase` (1 when unset: a "
+                "count, not money), as `customer_value_basis` says.", 2),
+    ScoreColumn("customer_value_basis", "text",
+                "What `customer_value` is: `spend`, or `purchases x <value per purchase>` for a log without "
+                "amounts."),
+    ScoreColumn("action", "text",
+                "The playbook action for this segment and risk tier (`score.actions`), or the cell's `fallback` "
+                "where the action presumes data this customer's record lacks (`action_premise_missing`)."),
+    ScoreColumn("action_premise_missing", "text",
+                "The premises of the cell's action (`needs`: contract, survey) that this customer's data does "
+                "not show, so the fallback was given; empty otherwise."),
     ScoreColumn("action_cost", "currency", "Cost of the action per customer (`score.actions`).", 2),
     ScoreColumn("action_success_rate", "float in [0, 1]",
                 "Assumed share of churners the action keeps (`score.actions`).", 4),
@@ -177,94 +197,40 @@ def customer_reasons_by_method(pipeline: object, frame: pd.DataFrame, methods: n
     if not parts:
         return pd.Series("", index=frame.index, dtype="string")
     contribution = pd.concat(parts)
-    texts = plain_reasons(contribution, frame.loc[contribution.index], feature_descriptions(windows_days))
+    texts = plain_reasons(contribution, frame.loc[contribution.index], feature_phrases(windows_days))
     return texts.reindex(frame.index).fillna("")
 
 
-def feature_descriptions(windows_days: tuple[int, ...]) -> dict[str, str]:
-    """Feature name -> its catalog meaning, worded as part of a sentence about one customer today."""
-    from churnlens.features import feature_definitions
-
-    def phrase(text: str) -> str:
-        # Drop a side note "word (note)", not a formula's operand: "log of (a + 1) / (b + 1)" keeps its brackets.
-        text = re.sub(r"(?<=[\w)])(?<!\bof)(?<!\bin) \([^)]*\)", "", text.rstrip("."))
-        text = text.replace(" up to the cutoff", "").replace(" to the cutoff", "")
-        # Mid-sentence, "Days since..." reads "days since...", but an acronym keeps its capitals (BG/NBD, NPS).
-        return text if text[1:2].isupper() else text[:1].lower() + text[1:]
-
-    return {f.name: phrase(f.description) for f in feature_definitions(tuple(windows_days))}
+def customer_value_basis(features: pd.DataFrame, value_per_purchase: float | None) -> str:
+    """What the customer value is measured in: spend where the log has amounts, else purchases
+    valued at ``score.value_per_purchase`` (1 when unset: a count, stated as such)."""
+    if "spend_365d" in features:
+        return "spend"
+    return f"purchases x {value_per_purchase or 1.0:g}"
 
 
-def plain_reasons(contribution: pd.DataFrame, features: pd.DataFrame, descriptions: dict[str, str],
-                  k: int = 3) -> pd.Series:
-    """The k features pushing each row's risk up the most, with the customer's own values, e.g.
-    "no purchase for 84 days, 3.0x their usual gap". A row with nothing pushing up names what
-    keeps its risk low instead, so every customer gets a reason."""
-    names = np.array([column.split("__")[-1] for column in contribution.columns], dtype=object)
-    values = contribution.to_numpy(dtype=float)
-    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
-    by_size = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
-    rows = np.arange(len(values))[:, None]
-    up = values[rows, order] > 0
-    # Column arrays, read by position: a row lookup per customer costs more than the model.
-    wanted = [name for name in dict.fromkeys([*names, "mean_purchase_gap_days"]) if name in features]
-    columns = {name: features[name].to_numpy(dtype=object) for name in wanted}
-    texts = []
-    for i in range(len(values)):
-        any_up = bool(up[i, 0])
-        chosen = [names[j] for j, pushes in zip(order[i], up[i], strict=True) if pushes] if any_up \
-            else [names[j] for j in by_size[i]]
-        if "days_since_last_purchase" in chosen:  # its phrase already says how overdue they are
-            chosen = [name for name in chosen if name != "overdue_ratio"]
-        row = {name: columns[name][i] for name in (*chosen, "mean_purchase_gap_days") if name in columns}
-        words = "; ".join(_reason(name, row, descriptions) for name in chosen)
-        texts.append(words if any_up else f"low risk: {words}")
-    return pd.Series(texts, index=features.index, dtype="string")
-
-
-def _reason(name: str, row: dict, descriptions: dict[str, str]) -> str:
-    value = row.get(name)
-    if value is None or pd.isna(value):
-        return f"{descriptions.get(name, name.replace('_', ' '))}: none recorded"
-    # Engines sum in different orders, so a value can differ in its last bits: 43.414999999 on
-    # one and 43.415000001 on another would print 43.41 and 43.42. Nine significant digits first
-    # make both the same number before it is rounded for reading.
-    value = value if isinstance(value, str) else float(f"{float(value):.9g}")
-    if name == "days_since_last_purchase":
-        gap = row.get("mean_purchase_gap_days")
-        gap = float(f"{float(gap):.9g}") if gap is not None and pd.notna(gap) else gap
-        usual = f", {value / gap:.1f}x their usual gap" if gap is not None and pd.notna(gap) and gap > 0 else ""
-        return f"no purchase for {value:.0f} days{usual}"
-    if name == "overdue_ratio":
-        return f"{value:.1f}x overdue against their usual purchase gap"
-    days = name.startswith("days_") or "_days" in name
-    shown = (value if isinstance(value, str) else f"{value:,.0f}" if days
-             else f"{value:,.2f}".removesuffix(".00"))
-    return f"{descriptions.get(name, name.replace('_', ' '))}: {shown}"
-
-
-def customer_value(features: pd.DataFrame, value_horizon_days: int) -> pd.Series:
-    """Value proxy: spend over the last year, scaled to ``value_horizon_days``; never negative."""
-    yearly = features["spend_365d"].astype("float64").fillna(0.0).clip(lower=0.0)
+def customer_value(features: pd.DataFrame, value_horizon_days: int, value_per_purchase: float | None) -> pd.Series:
+    """Value proxy: spend over the last year (or, without amounts, purchases in it valued at
+    ``score.value_per_purchase``, 1 when unset), scaled to ``value_horizon_days``; never negative."""
+    if "spend_365d" in features:
+        yearly = features["spend_365d"].astype("float64").fillna(0.0).clip(lower=0.0)
+    else:
+        yearly = features["purchases_365d"].astype("float64").fillna(0.0) * (value_per_purchase or 1.0)
     return yearly * value_horizon_days / 365.0
 
 
-def plan_actions(scored: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
-    """Per customer: the playbook action for its segment and risk tier, and its expected value
-    saved, priority = churn probability x customer value x action success rate - action cost.
-    Row by row, so any batch (or Spark partition) gets the same answer."""
+def plan_actions(scored: pd.DataFrame, config: ScoreConfig, premises: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per customer: the playbook action for its segment and risk tier (the cell's fallback where
+    the customer's data does not show a premise of the action: ``premises``, from
+    :func:`churnlens.playbook.premises_shown`, aligned with the rows; None = none shows), and its
+    expected value saved, priority = churn probability x customer value x action success rate -
+    action cost. Row by row, so any batch (or Spark partition) gets the same answer."""
     out = scored.copy()
-    playbook = pd.DataFrame([(segment, tier, a.action, a.cost, a.success_rate) for segment, tiers in
-                             config.actions.items() for tier, a in tiers.items()],
-                            columns=["segment", "risk_tier", "action", "action_cost", "action_success_rate"])
-    keys = pd.MultiIndex.from_frame(playbook[["segment", "risk_tier"]])
-    at = keys.get_indexer(pd.MultiIndex.from_arrays([out["segment"].astype(object), out["risk_tier"].astype(object)]))
-    if (at < 0).any():
-        first = out.loc[at < 0, ["segment", "risk_tier"]].iloc[0].tolist()
-        raise KeyError(f"score.actions has no action for segment {first[0]!r} at risk tier {first[1]!r}")
-    out["action"] = pd.array(playbook["action"].to_numpy(dtype=object)[at], dtype="string")
-    out["action_cost"] = playbook["action_cost"].to_numpy(dtype=float)[at]
-    out["action_success_rate"] = playbook["action_success_rate"].to_numpy(dtype=float)[at]
+    actions = playbook.assign_actions(out["segment"], out["risk_tier"], premises, config)
+    for column in actions.columns:
+        out[column] = actions[column].to_numpy()
+    out["action"] = out["action"].astype("string")
+    out["action_premise_missing"] = out["action_premise_missing"].astype("string")
     out["priority"] = (out["churn_probability"] * out["customer_value"] * out["action_success_rate"]
                        - out["action_cost"])
     return out
@@ -281,9 +247,9 @@ def select_campaign(planned: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
     return out
 
 
-def retention_plan(scored: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
+def retention_plan(scored: pd.DataFrame, config: ScoreConfig, premises: pd.DataFrame | None = None) -> pd.DataFrame:
     """Add the playbook action, its priority and the budgeted campaign (see the two steps)."""
-    return select_campaign(plan_actions(scored, config), config)
+    return select_campaign(plan_actions(scored, config, premises), config)
 
 
 def build_scores(features: pd.DataFrame, probability: np.ndarray, segments: pd.DataFrame, config: ScoreConfig,
@@ -311,7 +277,9 @@ def score_rows(features: pd.DataFrame, probability: np.ndarray, segments: pd.Dat
         "segment_margin": segments["segment_margin"].to_numpy(),
         "low_confidence": segments["low_confidence"].to_numpy(dtype=bool),
         "segment_driver": segments["segment_driver"].to_numpy(),
-        "customer_value": customer_value(features, config.value_horizon_days).to_numpy(),
+        "segment_evidence": segments["segment_evidence"].to_numpy(),
+        "customer_value": customer_value(features, config.value_horizon_days, config.value_per_purchase).to_numpy(),
+        "customer_value_basis": customer_value_basis(features, config.value_per_purchase),
     })
     scored["risk_tier"] = risk_tiers(scored["churn_probability"], config)
     scored["top_reasons"] = (reasons.reindex(features.index).fillna("").to_numpy() if reasons is not None
@@ -319,7 +287,7 @@ def score_rows(features: pd.DataFrame, probability: np.ndarray, segments: pd.Dat
     scored["top_reasons"] = scored["top_reasons"].astype("string")
     scored["model_name"] = model_name
     scored["model_version"] = str(model_version)
-    return plan_actions(scored, config)
+    return plan_actions(scored, config, playbook.premises_shown(features.reset_index(drop=True)))
 
 
 def utc(instant: pd.Timestamp | str) -> pd.Timestamp:
@@ -344,6 +312,11 @@ def segment_report(scores: pd.DataFrame, previous: pd.DataFrame | None = None) -
         if "low_confidence" in rows:
             per_segment[segment]["low_confidence"] = int(rows["low_confidence"].sum())
     report = {"customers": total, "segments": per_segment,
+              **({"segment_evidence": {str(level): int(n) for level, n in
+                                       scores["segment_evidence"].value_counts().sort_index().items()}}
+                 if "segment_evidence" in scores else {}),
+              **({"customer_value_basis": str(scores["customer_value_basis"].iloc[0])}
+                 if "customer_value_basis" in scores and total else {}),
               "campaign_customers": int(scores["in_campaign"].sum()),
               "campaign_cost": float(scores.loc[scores["in_campaign"], "action_cost"].sum()),
               "campaign_expected_value_saved": float(scores.loc[scores["in_campaign"], "priority"].sum())}

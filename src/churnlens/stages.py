@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from churnlens import features as ft
-from churnlens import drift, io, score, segments, tracking
-from churnlens.config import FeaturesConfig, Params
+from churnlens import drift, io, playbook, score, segments, tracking
+from churnlens.config import FeaturesConfig, Params, ScoreConfig
 from churnlens.contract import ModelContract
 from churnlens.engines import Laps, Scored, engine_for
 from churnlens.ingest import run_ingest
@@ -310,7 +310,8 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     curves = {"model": ev.curves(y, probability, config.calibration_bins)}
     curves.update({name: ev.curves(y, (values - values.min()) / (np.ptp(values) or 1.0), config.calibration_bins)
                    for name, (values, _) in baselines.items()})
-    value = score.customer_value(holdout, params.score.value_horizon_days).to_numpy(dtype=float)
+    value = score.customer_value(holdout, params.score.value_horizon_days,
+                                 params.score.value_per_purchase).to_numpy(dtype=float)
     scores = {"model": probability, **{name: values for name, (values, _) in baselines.items()}}
     for name, (profit, best) in ev.campaign_profits(y, scores, value, config).items():
         curves[name]["profit"] = profit
@@ -480,6 +481,12 @@ def _report_score_run(job: ScoreJob, engine: str, laps: Laps, scored: Scored, in
                    "model_version": loaded.version})
     if job.truth is not None:
         report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], job.truth)
+    report["unavailable"] = {"evidence_levels": segments.unavailable_evidence(segments.evidence_level(snapshot)),
+                             "actions": playbook.actions_replaced(scores, config)}
+    _warn_on_value_basis(report.get("customer_value_basis", "spend"), config)
+    for cell, replaced in report["unavailable"]["actions"].items():
+        log.info("playbook: %d customers of %s get %s instead of %s (%s)", replaced["customers"], cell,
+                 replaced["given_instead"], replaced["action"], replaced["why"])
     unknown = segments.unknown_contract_types(snapshot, config.segments)
     if unknown:
         report["unknown_contract_types"] = unknown
@@ -506,6 +513,8 @@ def _report_score_run(job: ScoreJob, engine: str, laps: Laps, scored: Scored, in
                  "with_reasons": int((scores["top_reasons"].fillna("") != "").sum()),
                  "per_segment": {s: v["customers"] for s, v in report["segments"].items()}},
         "segment_mix": {s: v["share"] for s, v in report["segments"].items()},
+        "segment_evidence": report.get("segment_evidence", {}),
+        "customer_value_basis": sorted(set(scores["customer_value_basis"])) if "customer_value_basis" in scores else [],
         "reasons": config.reasons,
         "drift": {"threshold": config.drift_warning_psi, "psi": stability, "warnings": sorted(drifted),
                   "not_compared": {name: why for name, why in drift.NOT_COMPARED.items() if name in profile},
@@ -520,6 +529,17 @@ def _report_score_run(job: ScoreJob, engine: str, laps: Laps, scored: Scored, in
         io.write_json(score.segment_headline(report), job.headline_path)
     log.info("scored %d customers in %.1f s", len(scores), manifest["timings_seconds"]["total"])
     return {**report, "outputs": {**manifest["outputs"], "manifest": str(manifest_path)}}
+
+
+def _warn_on_value_basis(basis: str, config: ScoreConfig) -> None:
+    """Say when the customer value is not what the campaign's money figures assume."""
+    if basis != "spend" and config.value_per_purchase is None:
+        log.warning("score: the log has no amounts, so customer value counts purchases (%s): priorities weigh a "
+                    "count against action costs in money. Set score.value_per_purchase to your mean purchase "
+                    "value", basis)
+    elif basis == "spend" and config.value_per_purchase is not None:
+        log.warning("score: score.value_per_purchase (%s) is ignored: the log has amounts, and customer value is "
+                    "their spend", config.value_per_purchase)
 
 
 def _outcomes(outcomes: Path | str | None, canonical_dir: Path | str) -> tuple[str, str] | None:
@@ -541,11 +561,19 @@ def construct_validity_report(scores: pd.DataFrame, history: str, outcomes: str,
     if lines["ts"].max() < as_of + pd.Timedelta(days=horizon_days):
         log.warning("construct validity: the outcomes end %s, before the %d-day window after %s closes",
                     lines["ts"].max(), horizon_days, as_of.date())
-    table = validity.construct_validity(scores[["customer_id", "segment"]], lines, as_of, horizon_days)
-    log.info("construct validity, %d days after %s:\n%s", horizon_days, as_of.date(), validity.markdown(table))
-    return {"horizon_days": horizon_days, "outcomes_end": lines["ts"].max().isoformat(),
-            "per_segment": table.set_index("segment").to_dict(orient="index"),
-            "orderings_hold": validity.orderings(table), "markdown": validity.markdown(table)}
+    report = {"horizon_days": horizon_days, "outcomes_end": lines["ts"].max().isoformat(), "per_level": {}}
+    # Each evidence level is judged by its own hypotheses (churnlens.validity.ORDERINGS_BY_LEVEL).
+    levels = scores["segment_evidence"] if "segment_evidence" in scores else pd.Series("lines", index=scores.index)
+    for level, rows in scores.groupby(levels, sort=True):
+        table = validity.construct_validity(rows[["customer_id", "segment"]], lines, as_of, horizon_days)
+        log.info("construct validity (segments read from %s), %d days after %s:\n%s", level, horizon_days,
+                 as_of.date(), validity.markdown(table))
+        report["per_level"][level] = {"per_segment": table.set_index("segment").to_dict(orient="index"),
+                                      "orderings_hold": validity.orderings(table, level),
+                                      "markdown": validity.markdown(table)}
+    if len(report["per_level"]) == 1:  # one log, one level: its table is the report's own
+        report.update(next(iter(report["per_level"].values())))
+    return report
 
 
 def _version() -> str:

@@ -308,12 +308,13 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
         T.StructField("customer_id", T.StringType()), T.StructField("as_of", T.TimestampType()),
         T.StructField("churn_probability", T.DoubleType()), T.StructField("segment", T.StringType()),
         T.StructField("segment_margin", T.DoubleType()), T.StructField("low_confidence", T.BooleanType()),
-        T.StructField("segment_driver", T.StringType()),
-        T.StructField("customer_value", T.DoubleType()), T.StructField("risk_tier", T.StringType()),
+        T.StructField("segment_driver", T.StringType()), T.StructField("segment_evidence", T.StringType()),
+        T.StructField("customer_value", T.DoubleType()), T.StructField("customer_value_basis", T.StringType()),
+        T.StructField("risk_tier", T.StringType()),
         T.StructField("top_reasons", T.StringType()), T.StructField("model_name", T.StringType()),
         T.StructField("model_version", T.StringType()), T.StructField("action", T.StringType()),
         T.StructField("action_cost", T.DoubleType()), T.StructField("action_success_rate", T.DoubleType()),
-        T.StructField("priority", T.DoubleType()),
+        T.StructField("action_premise_missing", T.StringType()), T.StructField("priority", T.DoubleType()),
     ])
     # The validated params travel pickled with the function: no partition parses them again.
     arguments = (loaded.pipeline, params, pd.Timestamp(as_of).isoformat(),
@@ -366,8 +367,10 @@ class SparkEngine:
         if job.csv_output is not None:
             scores.coalesce(1).write.mode("overwrite").option("header", True).csv(str(job.csv_output))
         laps.lap("features_score_and_write")
-        needed = ["customer_id", "segment", "low_confidence", "churn_probability", "customer_value", "in_campaign",
-                  "action_cost", "priority", "top_reasons"]
+        # Everything the segment report and the manifest read (score.segment_report, playbook.actions_replaced).
+        needed = ["customer_id", "segment", "low_confidence", "segment_evidence", "churn_probability", "risk_tier",
+                  "customer_value", "customer_value_basis", "in_campaign", "action_cost", "action_premise_missing",
+                  "priority", "top_reasons"]
         local_scores = self.session.read.parquet(output).select(*needed).toPandas()
         total = len(local_scores)
         sample = snapshot.sample(fraction=min(1.0, 100_000 / max(total, 1)), seed=0).toPandas()  # drift on a sample
