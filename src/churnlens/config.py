@@ -12,10 +12,11 @@ import functools
 import re
 import zoneinfo
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator,
+                      field_validator, model_validator)
 
 PERSONAS = ("brand_advocate", "brand_user", "brand_comparer")
 SEGMENTS = (*PERSONAS, "insufficient_history")
@@ -155,10 +156,53 @@ class TableSource(_Section):
         return value
 
 
+class TableSources(_Section):
+    """Several exports of one table (e.g. one per year, with different headers): each is read and
+    mapped with its own settings; a row of a later source identical in every canonical column to a
+    row of an earlier one is the same record exported twice and is removed (docs/ingest.md)."""
+
+    sources: tuple[TableSource, ...] = Field(description="the exports, earliest first; each a full TableSource")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_inside_sources(cls, raw: object) -> object:
+        beside = sorted(set(raw) & set(TableSource.model_fields)) if isinstance(raw, dict) else []
+        if beside:
+            raise ValueError(f"{beside} given beside `sources`: with several sources every setting belongs to "
+                             "one source; move it into each source that needs it")
+        return raw
+
+    @field_validator("sources")
+    @classmethod
+    def _some_distinct_sources(cls, value: tuple[TableSource, ...]) -> tuple[TableSource, ...]:
+        if not value:
+            raise ValueError("an empty list of sources has no file to read; give at least one source "
+                             "({path: ..., columns: ...}), or set an optional table to null")
+        seen: dict[str, int] = {}
+        for index, source in enumerate(value):
+            if source.path in seen:
+                # The second listing would be removed entirely as overlap: always a slip.
+                raise ValueError(f"sources {seen[source.path]} and {index} have the same path {source.path!r}; "
+                                 "list each export once")
+            seen[source.path] = index
+        return value
+
+
+def _one_or_several(value: object, handler: ValidatorFunctionWrapHandler) -> TableSource | TableSources:
+    # Chosen by shape, not tried in turn: a union would report every problem twice (once per
+    # shape) under a key path that is not in the file.
+    if isinstance(value, TableSources) or (isinstance(value, dict) and "sources" in value):
+        return TableSources.model_validate(value)
+    return TableSource.model_validate(value)
+
+
+TableInput = Annotated[TableSource | TableSources, WrapValidator(_one_or_several)]
+
+
 class IngestConfig(_Section):
-    transactions: TableSource
-    interactions: TableSource | None = None
-    customers: TableSource | None = None
+    transactions: TableInput
+    interactions: TableInput | None = None
+    customers: TableInput | None = None
     max_quarantine_share: float = Field(0.2, ge=0, le=1)
     earliest_plausible_date: dt.date = dt.date(1990, 1, 1)
     latest_plausible_date: dt.date | None = Field(
@@ -466,7 +510,10 @@ def parse_params(raw: object, source: str = "params") -> Params:
 def _deep_merge(base: dict, overlay: dict) -> dict:
     merged = dict(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        # A table of several sources and a single-source table are different shapes: the overlay's
+        # replaces the base's instead of mixing keys of both (params.yaml's `path` beside `sources`).
+        if (isinstance(value, dict) and isinstance(merged.get(key), dict)
+                and ("sources" in value) == ("sources" in merged[key])):
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value

@@ -2,7 +2,8 @@
 
 Everything runs in DuckDB over the source files, so a large CSV is never loaded into pandas.
 Every source row ends in exactly one place: the canonical table, the quarantine (with its
-original values as text, file, row and reason), or the count of exact duplicates removed.
+original values as text, file, row and reason), the count of exact duplicates removed, or (a table
+of several exports) the count of rows another export already holds.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import duckdb
 
-from churnlens.config import IngestConfig, TableSource
+from churnlens.config import IngestConfig, TableSource, TableSources
 from churnlens.io import atomic_path, remove_stale_temporaries, write_json
 from churnlens.schemas import INTERACTION_TYPES, TABLES, pandera_schema
 from churnlens.sqltext import literal
@@ -47,6 +48,10 @@ class TableReport:
     quarantined: dict[str, int] = field(default_factory=dict)
     customer_ids_normalised: int = 0
     amount_absent: bool = False  # transactions: a log of customers and times, without an amount
+    path: str = ""  # as configured
+    overlap_removed: int = 0  # rows an earlier source of the same table already holds
+    overlap_removed_with: dict[str, int] = field(default_factory=dict)  # earlier source's path -> rows
+    sources: list[TableReport] | None = None  # a table of several sources: one report each
 
     @property
     def quarantined_total(self) -> int:
@@ -64,11 +69,17 @@ class TableReport:
         }
         if self.amount_absent:  # said only when true: the report of a log with amounts is as before
             report["amount"] = "absent"
+        if self.sources is not None:  # only a table of several sources: a single source's report is as before
+            report["overlap_removed"] = self.overlap_removed
+            report["sources"] = [{"path": s.path, **s.as_dict(), "overlap_removed": s.overlap_removed,
+                                  "overlap_removed_with": dict(sorted(s.overlap_removed_with.items()))}
+                                 for s in self.sources]
         return report
 
 
-def resolve_files(table: str, source: TableSource, base: Path) -> list[str]:
-    """A file, a directory (every CSV/Parquet below it) or a glob, relative to ``base``."""
+def resolve_files(table: str, source: TableSource, base: Path, key: str = "") -> list[str]:
+    """A file, a directory (every CSV/Parquet below it) or a glob, relative to ``base``. ``key``
+    names the source in messages (default ``ingest.<table>``)."""
     pattern = Path(source.path) if Path(source.path).is_absolute() else base / source.path
     if pattern.is_dir():
         files = [p for p in sorted(pattern.rglob("*")) if p.is_file() and _format_of(p) is not None]
@@ -76,7 +87,7 @@ def resolve_files(table: str, source: TableSource, base: Path) -> list[str]:
         files = [Path(p) for p in sorted(glob.glob(str(pattern), recursive=True)) if Path(p).is_file()]
     if not files:
         raise IngestError(
-            f"ingest.{table}.path: no CSV or Parquet file matches {str(pattern)!r}; "
+            f"{key or 'ingest.' + table}.path: no CSV or Parquet file matches {str(pattern)!r}; "
             "give a file, a directory or a glob such as 'exports/*.csv'"
         )
     return [str(p) for p in files]
@@ -91,14 +102,15 @@ def _format_of(path: Path) -> str | None:
     return None
 
 
-def _source_format(table: str, source: TableSource, files: list[str]) -> str:
+def _source_format(table: str, source: TableSource, files: list[str], key: str = "") -> str:
     if source.format != "auto":
         return source.format
     formats = {_format_of(Path(f)) for f in files}
     if len(formats) != 1 or None in formats:
+        key = key or f"ingest.{table}"
         raise IngestError(
-            f"ingest.{table}: cannot tell the format of {files[:3]} from their names; "
-            f"set ingest.{table}.format to 'csv' or 'parquet'"
+            f"{key}: cannot tell the format of {files[:3]} from their names; "
+            f"set {key}.format to 'csv' or 'parquet'"
         )
     return formats.pop()
 
@@ -111,14 +123,14 @@ def _csv_option(value: str | int | bool) -> str:
     return literal(value)
 
 
-def raw_source(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, files: list[str]
-               ) -> tuple[str, list[str]]:
+def raw_source(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, files: list[str],
+               key: str = "") -> tuple[str, list[str]]:
     """A query over the source files (every value as text, plus file and row) and its columns.
 
     The query must be read exactly once: for CSV, reading it fills DuckDB's reject tables.
     """
     file_list = "[" + ", ".join(literal(f) for f in files) + "]"
-    fmt = _source_format(table, source, files)
+    fmt = _source_format(table, source, files, key)
     if fmt == "parquet":
         reader = f"read_parquet({file_list}, union_by_name=true, filename=true, file_row_number=true)"
         columns = [c for c in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchdf()["column_name"]
@@ -134,26 +146,28 @@ def raw_source(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, 
             f"row_number() OVER (PARTITION BY filename) AS {SOURCE_ROW} FROM {reader}"), columns
 
 
-def _parse_error(table: str, files: list[str], source: TableSource, exc: Exception) -> IngestError:
+def _parse_error(table: str, files: list[str], source: TableSource, exc: Exception, key: str = "") -> IngestError:
+    key = key or f"ingest.{table}"
     shown = files if len(files) < 4 else [*files[:3], "..."]
     message = str(exc).splitlines()[0]
     if "Could not write" in message or "No space left" in message or "File too large" in message:
         # Not the input's fault: the disk (or quota) under the output folder is full.
-        return IngestError(f"ingest.{table}: cannot write DuckDB's working files beside the canonical output: "
+        return IngestError(f"{key}: cannot write DuckDB's working files beside the canonical output: "
                            f"{message}. Free disk space there, or give --canonical-dir on a disk with room")
     return IngestError(
-        f"ingest.{table}: cannot parse {shown} as {source.format}: {str(exc).splitlines()[0]}. "
-        f"Check ingest.{table}.format and ingest.{table}.csv (delim, quote, encoding, header)"
+        f"{key}: cannot parse {shown} as {source.format}: {str(exc).splitlines()[0]}. "
+        f"Check {key}.format and {key}.csv (delim, quote, encoding, header)"
     )
 
 
-def check_mapping(table: str, source: TableSource, found: list[str]) -> dict[str, str]:
+def check_mapping(table: str, source: TableSource, found: list[str], key: str = "") -> dict[str, str]:
     """canonical -> source column, defaulting to same-named columns; raise on a missing required one."""
+    key = key or f"ingest.{table}"
     known = {c.name for c in TABLES[table]}
     unknown = sorted(set(source.columns) - known)
     if unknown:
         raise IngestError(
-            f"ingest.{table}.columns: unknown canonical column(s) {unknown}; expected some of {sorted(known)}"
+            f"{key}.columns: unknown canonical column(s) {unknown}; expected some of {sorted(known)}"
         )
     mapping = {c.name: c.name for c in TABLES[table] if c.name in found}
     mapping.update(source.columns)
@@ -167,8 +181,8 @@ def check_mapping(table: str, source: TableSource, found: list[str]) -> dict[str
     problems += [f"required column {name!r} is not mapped" for name in missing_required]
     if absent or missing_required:
         raise IngestError(
-            f"ingest.{table}: {'; '.join(problems)}. Columns found: {found}. "
-            f"Fix it with ingest.{table}.columns.<canonical name>: <column in your file>"
+            f"{key}: {'; '.join(problems)}. Columns found: {found}. "
+            f"Fix it with {key}.columns.<canonical name>: <column in your file>"
         )
     return mapping
 
@@ -322,30 +336,39 @@ def _quarantine_rules(table: str, source: TableSource, mapping: dict[str, str], 
     return rules
 
 
-def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, config: IngestConfig,
-                 base: Path, today: dt.date | None = None) -> TableReport:
-    """Parse, validate and split one table into DuckDB views ``accepted_<table>`` and ``quarantine_<table>``.
+@dataclass
+class JudgedSource:
+    """One source read and judged. View ``judged_<name>``: its rows past de-duplication with their
+    canonical ``c_*`` columns and a reason (NULL = accepted); ``quarantine_<name>``: its rejected rows."""
 
-    The source is read once into ``parsed_<table>`` (the only materialised copy, spillable to
-    disk); everything after it is a view, written straight to Parquet by the caller.
+    report: TableReport
+    judged: str
+    output: list[str]  # canonical columns it gives, in contract order (transactions: and is_return)
+    select: str  # those columns over the judged view
+
+
+def judge_source(con: duckdb.DuckDBPyConnection, table: str, source: TableSource, files: list[str],
+                 config: IngestConfig, today: dt.date | None, key: str, name: str) -> JudgedSource:
+    """Parse, validate and judge one source's ``files``; ``key`` names it in messages, ``name`` its views.
+
+    The source is read once into ``parsed_<name>`` (the only materialised copy, spillable to
+    disk); everything after it is a view.
     """
-    files = resolve_files(table, source, base)
-    parsed, judged, rejects = f"parsed_{table}", f"judged_{table}", f"rejects_{table}"
-    report = TableReport(table=table, files=files)
+    parsed, judged, rejects = f"parsed_{name}", f"judged_{name}", f"rejects_{name}"
+    report = TableReport(table=table, files=files, path=source.path)
     con.execute(f"CREATE OR REPLACE TABLE {rejects} ({SOURCE_FILE} VARCHAR, {SOURCE_ROW} BIGINT, "
                 f"{RAW_LINE} VARCHAR, {REASON} VARCHAR)")
     try:
-        raw, found = raw_source(con, table, source, files)
+        raw, found = raw_source(con, table, source, files, key)
     except duckdb.Error as exc:
-        raise _parse_error(table, files, source, exc) from None
-    mapping = check_mapping(table, source, found)
+        raise _parse_error(table, files, source, exc, key) from None
+    mapping = check_mapping(table, source, found, key)
     if table == "transactions" and not has_amount(mapping):
         report.amount_absent = True
         # Accepted, but said: a file whose amount column has another name reads the same way.
-        log.warning("ingest.transactions: no amount (neither amount nor both quantity and unit_price are mapped; "
+        log.warning("%s: no amount (neither amount nor both quantity and unit_price are mapped; "
                     "columns found: %s): read as a log of customers and times, so spend features are left out. "
-                    "If the file has an amount, map it with ingest.transactions.columns.amount: <column in your "
-                    "file>", found)
+                    "If the file has an amount, map it with %s.columns.amount: <column in your file>", key, found, key)
     expressions = canonical_expressions(table, source, mapping)
 
     canonical = ", ".join(f"{expr} AS {quote('c_' + name)}" for name, expr in expressions.items())
@@ -358,14 +381,14 @@ def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource
             SELECT *{customer_rank} FROM (
                 SELECT *, {duplicate} AS _duplicate FROM (SELECT *, {canonical} FROM ({raw})))
         """)
-        if _source_format(table, source, files) == "csv":
+        if _source_format(table, source, files, key) == "csv":
             # DuckDB logs one error per missing column; a line is one row, quarantined once.
             con.execute(f"INSERT INTO {rejects} SELECT s.file_path, e.line, any_value(e.csv_line), "
                         "'malformed_csv_line: ' || string_agg(DISTINCT e.error_message, '; ' "
                         "ORDER BY e.error_message) FROM reject_errors e "
                         "JOIN reject_scans s USING (scan_id, file_id) GROUP BY s.file_path, e.line")
     except duckdb.Error as exc:
-        raise _parse_error(table, files, source, exc) from None
+        raise _parse_error(table, files, source, exc, key) from None
     if table == "customers":
         # An exact duplicate of a customer row is a duplicate, not a conflicting record.
         con.execute(f"UPDATE {parsed} SET _customer_rank = 1 WHERE _duplicate")
@@ -383,12 +406,10 @@ def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource
         # A return is what the log marks as one; a blank quantity or order id marks nothing, and a
         # log with none of these columns has no returns (the contract: is_return is never null).
         select += f", coalesce({' OR '.join(signs + flagged) or 'false'}, false) AS is_return"
-    order = "customer_id, timestamp" if "timestamp" in output else "customer_id"
-    con.execute(f"CREATE OR REPLACE VIEW accepted_{table} AS SELECT {select} FROM {judged} "
-                f"WHERE {REASON} IS NULL ORDER BY {order}, {SOURCE_FILE}, {SOURCE_ROW}")
+        output.append("is_return")
     originals = ", ".join(f"CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in found)
     con.execute(f"""
-        CREATE OR REPLACE VIEW quarantine_{table} AS
+        CREATE OR REPLACE VIEW quarantine_{name} AS
         SELECT {SOURCE_FILE}, {SOURCE_ROW}, NULL::VARCHAR AS {RAW_LINE}, {REASON}, {originals}
         FROM {judged} WHERE {REASON} IS NOT NULL
         UNION ALL BY NAME
@@ -409,18 +430,148 @@ def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource
     report.accepted = sum(count for reason, count in counts if not reason)
 
     if report.rows_read != report.accepted + report.quarantined_total + report.duplicates_removed:
-        raise RuntimeError(f"ingest.{table}: rows read != accepted + quarantined + duplicates ({report.as_dict()}); "
+        raise RuntimeError(f"{key}: rows read != accepted + quarantined + duplicates ({report.as_dict()}); "
                            "this is a bug in churnlens, please report it with this message")
     share = report.quarantined_total / report.rows_read if report.rows_read else 0.0
     if share > config.max_quarantine_share:
         top = sorted(report.quarantined.items(), key=lambda kv: -kv[1])[:3]
         raise IngestError(
-            f"ingest.{table}: {report.quarantined_total} of {report.rows_read} rows ({share:.1%}) were "
+            f"{key}: {report.quarantined_total} of {report.rows_read} rows ({share:.1%}) were "
             f"quarantined, above ingest.max_quarantine_share={config.max_quarantine_share}; most common "
             f"reasons {top}. Fix the mapping in params.yaml, or raise the threshold if this is expected"
         )
+    return JudgedSource(report, judged, output, select)
+
+
+def ingest_table(con: duckdb.DuckDBPyConnection, table: str, source: TableSource | TableSources,
+                 config: IngestConfig, base: Path, today: dt.date | None = None) -> TableReport:
+    """Parse, validate and split one table into DuckDB views ``accepted_<table>`` and ``quarantine_<table>``,
+    written straight to Parquet by the caller."""
+    if isinstance(source, TableSources):
+        report = ingest_sources(con, table, source, config, base, today)
+    else:
+        judged = judge_source(con, table, source, resolve_files(table, source, base), config, today,
+                              f"ingest.{table}", table)
+        order = "customer_id, timestamp" if "timestamp" in judged.output else "customer_id"
+        con.execute(f"CREATE OR REPLACE VIEW accepted_{table} AS SELECT {judged.select} FROM {judged.judged} "
+                    f"WHERE {REASON} IS NULL ORDER BY {order}, {SOURCE_FILE}, {SOURCE_ROW}")
+        report = judged.report
     log.info("ingest %s: %s", table, report.as_dict())
     return report
+
+
+def _distinct_files(table: str, sources: TableSources, base: Path) -> list[list[str]]:
+    """Each source's files; a file matched by two sources would be read twice and is refused."""
+    owner: dict[str, int] = {}
+    listed = []
+    for index, source in enumerate(sources.sources):
+        files = resolve_files(table, source, base, f"ingest.{table}.sources.{index}")
+        for file in files:
+            if file in owner:
+                raise IngestError(
+                    f"ingest.{table}.sources.{index}.path: {source.path!r} matches {file!r}, which "
+                    f"ingest.{table}.sources.{owner[file]}.path already reads; a file belongs to one source: "
+                    "narrow the paths or globs so that each export is listed once")
+            owner[file] = index
+        listed.append(files)
+    return listed
+
+
+def _same_columns(table: str, judged: list[JudgedSource]) -> list[str]:
+    """The canonical columns every source gives: rows are compared across sources in all of them."""
+    first = judged[0].output
+    for index, source in enumerate(judged[1:], start=1):
+        if source.output != first:
+            only_first = [c for c in first if c not in source.output]
+            only_here = [c for c in source.output if c not in first]
+            raise IngestError(
+                f"ingest.{table}.sources.{index} gives canonical columns {source.output} but sources.0 gives "
+                f"{first} (only in sources.0: {only_first}; only in sources.{index}: {only_here}). Rows of "
+                f"several exports are compared in every canonical column, so each source must give the same "
+                f"ones: map them in ingest.{table}.sources.<n>.columns, or leave them out of every source")
+    return first
+
+
+def ingest_sources(con: duckdb.DuckDBPyConnection, table: str, sources: TableSources, config: IngestConfig,
+                   base: Path, today: dt.date | None) -> TableReport:
+    """Several exports of one table: each judged with its own settings, then the rows a later source
+    shares with earlier ones removed, as multisets of canonical rows.
+
+    Per identical canonical row, the k-th copy in a source is removed when an earlier source also
+    has a k-th copy: the table keeps as many copies as the export holding the most, taken from the
+    earliest sources. So a repeat inside one export is kept, and the content (not which source
+    supplied a row) is the same whatever the order of the sources.
+    """
+    files = _distinct_files(table, sources, base)
+    judged = [judge_source(con, table, source, files[index], config, today,
+                           f"ingest.{table}.sources.{index}", f"{table}_{index}")
+              for index, source in enumerate(sources.sources)]
+    output = _same_columns(table, judged)
+    columns = ", ".join(quote(c) for c in output)
+    candidates = " UNION ALL ".join(
+        f"SELECT {index} AS _source_index, {SOURCE_FILE}, {SOURCE_ROW}, {source.select} "
+        f"FROM {source.judged} WHERE {REASON} IS NULL" for index, source in enumerate(judged))
+    overlap = f"overlap_{table}"
+    con.execute(f"""
+        CREATE OR REPLACE TABLE {overlap} AS
+        SELECT *, min(_source_index) OVER (PARTITION BY {columns}, _occurrence) AS _kept_source FROM (
+            SELECT *, row_number() OVER (PARTITION BY _source_index, {columns}
+                                         ORDER BY {SOURCE_FILE}, {SOURCE_ROW}) AS _occurrence
+            FROM ({candidates}))
+    """)
+    reports = [source.report for source in judged]
+    for index, kept_by, rows in con.execute(
+            f"SELECT _source_index, _kept_source, count(*) FROM {overlap} WHERE _kept_source < _source_index "
+            "GROUP BY ALL ORDER BY ALL").fetchall():
+        reports[index].overlap_removed += rows
+        reports[index].accepted -= rows
+        reports[index].overlap_removed_with[sources.sources[kept_by].path] = rows
+    if table == "customers":
+        _refuse_conflicting_profiles(con, overlap, sources)
+
+    # Sorted on every column, so the file is the same bytes whichever source supplied a row.
+    leading = ["customer_id", "timestamp"] if "timestamp" in output else ["customer_id"]
+    order = ", ".join(quote(c) for c in [*leading, *(c for c in output if c not in leading)])
+    con.execute(f"CREATE OR REPLACE VIEW accepted_{table} AS SELECT {columns} FROM {overlap} "
+                f"WHERE _kept_source = _source_index ORDER BY {order}, _source_index, {SOURCE_FILE}, {SOURCE_ROW}")
+    quarantined = " UNION ALL BY NAME ".join(f"SELECT * FROM quarantine_{table}_{i}" for i in range(len(judged)))
+    con.execute(f"CREATE OR REPLACE VIEW quarantine_{table} AS {quarantined} ORDER BY {SOURCE_FILE}, {SOURCE_ROW}")
+    # What cross_table_checks reads: every judged row but the overlap.
+    rejected = " UNION ALL ".join(f"SELECT c_customer_id, {REASON} FROM {source.judged} WHERE {REASON} IS NOT NULL"
+                                  for source in judged)
+    con.execute(f"CREATE OR REPLACE VIEW judged_{table} AS {rejected} UNION ALL SELECT customer_id AS c_customer_id, "
+                f"NULL::VARCHAR AS {REASON} FROM {overlap} WHERE _kept_source = _source_index")
+    return _table_total(table, reports)
+
+
+def _refuse_conflicting_profiles(con: duckdb.DuckDBPyConnection, overlap: str, sources: TableSources) -> None:
+    conflicts = con.execute(
+        f"SELECT customer_id, list(DISTINCT _source_index ORDER BY _source_index) FROM {overlap} "
+        "WHERE _kept_source = _source_index GROUP BY customer_id HAVING count(*) > 1 ORDER BY customer_id LIMIT 3"
+    ).fetchall()
+    if conflicts:
+        shown = [f"{customer!r} in sources {indices}" for customer, indices in conflicts]
+        raise IngestError(
+            f"ingest.customers: customers with different profiles in several sources, e.g. {shown}; "
+            "which one is right cannot be told from the files. Correct the profiles so that the exports agree, "
+            "or keep the customer table of one export only")
+
+
+def _table_total(table: str, reports: list[TableReport]) -> TableReport:
+    total = TableReport(table=table, files=[f for r in reports for f in r.files], sources=reports,
+                        amount_absent=reports[0].amount_absent)
+    for report in reports:
+        total.rows_read += report.rows_read
+        total.accepted += report.accepted
+        total.duplicates_removed += report.duplicates_removed
+        total.overlap_removed += report.overlap_removed
+        total.customer_ids_normalised += report.customer_ids_normalised
+        for reason, count in report.quarantined.items():
+            total.quarantined[reason] = total.quarantined.get(reason, 0) + count
+    if total.rows_read != total.accepted + total.quarantined_total + total.duplicates_removed + total.overlap_removed:
+        raise RuntimeError(f"ingest.{table}: rows read != accepted + quarantined + duplicates + overlap "
+                           f"({total.as_dict()}); this is a bug in churnlens, please report it with this message")
+    return total
 
 
 def cross_table_checks(con: duckdb.DuckDBPyConnection, tables: list[str]) -> dict[str, int]:
@@ -504,5 +655,7 @@ def run_ingest(config: IngestConfig, base: Path, canonical_dir: Path, quarantine
     report["accepted"] = sum(t["accepted"] for t in totals)
     report["quarantined"] = sum(t["quarantined"] for t in totals)
     report["duplicates_removed"] = sum(t["duplicates_removed"] for t in totals)
+    if any("overlap_removed" in t for t in totals):  # only with several sources: the report is as before otherwise
+        report["overlap_removed"] = sum(t.get("overlap_removed", 0) for t in totals)
     write_json(report, report_path)
     return report
