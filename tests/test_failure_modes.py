@@ -129,7 +129,7 @@ def test_corrupt_store_and_credentials_in_score_messages(ingested: Path) -> None
 
 def test_champion_missing_advice_works_when_the_pipeline_is_up_to_date(ingested: Path) -> None:
     assert_clean_error(run(["score", *PARAMS], ingested), 1, "models:/churnlens@champion",
-                       "dvc repro --force train evaluate")
+                       "`churnlens train`, then `churnlens evaluate`")
 
 
 # ------------------------------------------------------------------ disk full, read-only

@@ -239,12 +239,17 @@ def evaluate(
     plots_dir: Annotated[Path, typer.Option()] = Path("reports/plots"),
     headline: Annotated[Path | None, typer.Option(help="the few headline metrics (JSON) that DVC compares")
                         ] = None,
+    deployed: Annotated[Path | None, typer.Option(help="where to write the registered version this run deployed "
+                                                       "(what `score --deployed` scores); default: beside --metrics")
+                        ] = None,
 ) -> None:
-    """Holdout metrics against baselines, plots, and champion/challenger promotion."""
+    """Holdout metrics against baselines, plots, and the champion: the challenger, the current
+    champion or a baseline, so that one always serves."""
     from churnlens.stages import run_evaluate
 
     try:
-        result = run_evaluate(_params(params), snapshots, model_dir, train_report, metrics, plots_dir, headline)
+        result = run_evaluate(_params(params), snapshots, model_dir, train_report, metrics, plots_dir, headline,
+                              deployed)
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     m, promotion = result["model"], result["promotion"]
@@ -254,6 +259,9 @@ def evaluate(
              m["brier"], m["top_decile_lift"])
     log.info("v%s %s: %s", promotion["challenger_version"], "promoted to champion" if promotion["promoted"]
              else "not promoted", promotion["reason"])
+    serving = promotion["deployed"]
+    log.info("champion: %s v%s (%s, %s)", serving["model_name"], serving["model_version"], serving["kind"],
+             serving["decision"])
     log.info("wrote %s and %s/", metrics, plots_dir)
 
 
@@ -264,6 +272,9 @@ def score(
     canonical_dir: CanonicalDirOption = "data/canonical",
     model: Annotated[str | None, typer.Option(help="models:/<name>@<alias>, models:/<name>/<version> or a "
                                                    "model folder; default: score.model_uri")] = None,
+    deployed: Annotated[Path | None, typer.Option(
+        help="score the exact version evaluate deployed, as its deployed.json names it (what the pipeline "
+             "does); instead of --model")] = None,
     as_of: Annotated[dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="scoring date (its midnight, UTC)")
                      ] = None,
     output: Annotated[str, typer.Option(help="Parquet file (a Parquet folder on Spark; URIs allowed there)")
@@ -297,6 +308,8 @@ def score(
     from churnlens.tracking import ModelNotFoundError
 
     loaded_params = _with_engine(_params(params), engine, spark_master)
+    if deployed is not None and model is not None:
+        raise _fail(ValueError("score: give --deployed (the version evaluate deployed) or --model, not both"))
     _check_score_paths(loaded_params.engine.name, output, csv, report, manifest, truth)
     local_output = "://" not in output and Path(output).exists()
     previous = pd.read_parquet(output, columns=["customer_id", "segment"]) if local_output else None
@@ -305,7 +318,7 @@ def score(
         result = run_score(ScoreJob(loaded_params, canonical_dir, model or loaded_params.score.model_uri, output, report,
                            pd.Timestamp(as_of) if as_of else None, csv, Path.cwd(), previous=previous,
                            manifest_path=manifest, truth=known, show_progress=sys.stderr.isatty(),
-                           headline_path=headline, outcomes=outcomes))
+                           headline_path=headline, outcomes=outcomes), deployed)
     except (ModelNotFoundError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     log.info("scored %d customers as of %s with %s v%s; campaign: %d customers, expected value saved %.0f",
@@ -350,6 +363,24 @@ def catalog(output: Annotated[Path, typer.Option()] = Path("docs/features.md"),
         with atomic_path(target) as temporary:
             temporary.write_text(text, encoding="utf-8")
         log.info("wrote %s", target)
+
+
+@app.command()
+@_user_errors
+def init(
+    folder: Annotated[Path, typer.Argument(help="new (or empty) folder for the project")],
+    transactions: Annotated[list[str], typer.Option(
+        help="transaction export: file, folder or glob; repeat for several exports of one log")],
+    interactions: Annotated[list[str] | None, typer.Option(help="interaction log export (optional)")] = None,
+    customers: Annotated[list[str] | None, typer.Option(help="customer table export (optional)")] = None,
+) -> None:
+    """Create a DVC project for your own data: `cd <folder> && dvc repro` runs the whole pipeline on it."""
+    from churnlens.project import init_project, summary
+
+    result = init_project(folder, transactions, interactions, customers)
+    for line in summary(result):
+        log.info("%s", line)
+    log.info("created %s: cd %s && dvc repro", folder, folder)
 
 
 @app.command()

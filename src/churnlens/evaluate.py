@@ -270,6 +270,42 @@ def needs_champion_score(beats_baselines: dict[str, bool], version: str, champio
     return all(beats_baselines.values()) and champion_version not in (None, version)
 
 
+CHALLENGER_WINS, CHAMPION_KEPT, BASELINE_WINS = "challenger", "champion", "baseline"
+
+
+def deployment_decision(promotion: dict, champion_score: float | None, deployable: dict[str, float],
+                        min_improvement: float) -> dict:
+    """Which scorer serves after this run, so that there is always one: the challenger (when
+    :func:`promotion_decision` promotes it and it beats every deployable baseline), else the
+    current champion, else the best deployable baseline (a registered scorer such as the BG/NBD
+    fallback). One rule on this run's holdout and promotion metric: whoever serves stays unless
+    another scores more than ``min_improvement`` better. ``champion_score`` is the champion's
+    out-of-time figure (None when there is no other champion; -inf when it cannot score)."""
+    metric, challenger = promotion["metric"], promotion["challenger_version"]
+    champion = promotion["previous_champion_version"]
+    # Sorted by score, then name: the same data always deploys the same baseline.
+    best = max(deployable, key=lambda name: (deployable[name], name)) if deployable else None
+    best_score = deployable[best] if best is not None else float("-inf")
+    if promotion["promoted"] and promotion["challenger_score"] > best_score:
+        return {"deploy": CHALLENGER_WINS, "version": challenger, "reason": promotion["reason"]}
+    why = promotion["reason"] if not promotion["promoted"] else (
+        f"does not beat the deployable baseline {best} on {metric} ({promotion['challenger_score']:.4f} vs "
+        f"{best_score:.4f})")
+    has_champion = champion not in (None, challenger) and champion_score is not None
+    if has_champion and champion_score + min_improvement >= best_score:
+        return {"deploy": CHAMPION_KEPT, "version": champion,
+                "reason": f"challenger v{challenger}: {why}; champion v{champion} kept ({metric} "
+                          f"{champion_score:.4f}, best deployable baseline {best} {best_score:.4f})"}
+    if best is None:
+        raise ValueError(f"evaluate: challenger v{challenger}: {why}; there is no champion and no deployable baseline "
+                         "(the snapshots lack the BG/NBD feature): nothing can serve. Keep the btyd features in "
+                         "the features stage, or improve the model")
+    against = (f"better than champion v{champion} ({champion_score:.4f})" if has_champion and champion_score > float("-inf")
+               else "and there is no champion that can score this holdout")
+    return {"deploy": BASELINE_WINS, "baseline": best, "baseline_score": best_score,
+            "reason": f"challenger v{challenger}: {why}; baseline {best} scores {best_score:.4f} on {metric}, {against}"}
+
+
 BACKTEST_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift")
 
 

@@ -6,7 +6,9 @@ options. Paths come from ``dvc.yaml`` (as CLI options), knobs from ``params.yaml
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,7 +281,18 @@ def procedure_holdout_scores(train_report: Path, trained: dict, holdout: pd.Data
 
 
 def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_report: Path, metrics_path: Path,
-                 plots_dir: Path, headline_path: Path | None = None) -> dict:
+                 plots_dir: Path, headline_path: Path | None = None, deployed_path: Path | None = None) -> dict:
+    """Judge the challenger on the holdout and decide which scorer serves (always one): writes the
+    metrics, plots and, at ``deployed_path`` (default: beside the metrics, deployed.json), the exact
+    registered version this run deployed, which the pipeline's score stage scores."""
+    deployed_path = deployed_path or Path(metrics_path).with_name("deployed.json")
+    payload = _judge(params, snapshots_path, model_dir, train_report, metrics_path, plots_dir, headline_path)
+    io.write_json(payload["promotion"]["deployed"], deployed_path)
+    return payload
+
+
+def _judge(params: Params, snapshots_path: Path, model_dir: Path, train_report: Path, metrics_path: Path,
+           plots_dir: Path, headline_path: Path | None) -> dict:
     from churnlens import evaluate as ev
     from churnlens import model, plots
 
@@ -302,7 +315,7 @@ def run_evaluate(params: Params, snapshots_path: Path, model_dir: Path, train_re
     for name, (values, is_probability) in baselines.items():
         results[name] = ev.classification_metrics(y, values, config.top_fraction, is_probability)
     comparison = ev.baseline_comparison(results, list(baselines), config.promotion_metric)
-    promotion = _promotion(params, trained, holdout, results["model"], comparison["beats_baselines"])
+    promotion = _promotion(params, trained, snapshots, holdout, results["model"], comparison["beats_baselines"])
     if trained["split"].get("overlapping_labels"):
         promotion["warning"] = ("short history: the training labels overlap the holdout's label window, so the "
                                 "holdout figures are optimistic")
@@ -368,10 +381,14 @@ def _evaluate_fallback(params: Params, snapshots: pd.DataFrame, trained: dict, m
     promoted = champion is None or champion == version
     if promoted:
         tracking.set_alias(name, tracking.CHAMPION, version)
+    reason = ("BG/NBD fallback: no champion yet" if promoted else
+              f"BG/NBD fallback never replaces champion v{champion}")
     payload["promotion"] = {"promoted": promoted, "challenger_version": version,
-                            "previous_champion_version": champion,
-                            "reason": "BG/NBD fallback: no champion yet" if promoted else
-                            f"BG/NBD fallback never replaces champion v{champion}"}
+                            "previous_champion_version": champion, "reason": reason,
+                            "deployed": _deployed(name, version if promoted else champion,
+                                                  ev.CHALLENGER_WINS if promoted else ev.CHAMPION_KEPT, reason,
+                                                  params.evaluate.promotion_metric, payload.get("holdout_cutoff"),
+                                                  "baseline" if promoted else None)}
     log.warning("evaluate: model v%s is the BG/NBD fallback (%s); %s", version, trained["fallback_reason"],
                 payload["promotion"]["reason"])
     io.write_json(payload, metrics_path)
@@ -381,10 +398,11 @@ def _evaluate_fallback(params: Params, snapshots: pd.DataFrame, trained: dict, m
     return payload
 
 
-def _promotion(params: Params, trained: dict, holdout: pd.DataFrame, challenger_metrics: dict,
-               beats_baselines: dict[str, bool]) -> dict:
-    """The promotion decision (:func:`churnlens.evaluate.promotion_decision`), and the champion
-    alias moved to the challenger when it wins."""
+def _promotion(params: Params, trained: dict, snapshots: pd.DataFrame, holdout: pd.DataFrame,
+               challenger_metrics: dict, beats_baselines: dict[str, bool]) -> dict:
+    """The promotion decision (:func:`churnlens.evaluate.promotion_decision`) and which scorer
+    serves (:func:`churnlens.evaluate.deployment_decision`): the champion alias is moved to the
+    challenger, or to a deployable baseline registered for it, or stays; never left unset."""
     from churnlens import evaluate as ev
 
     name, version = trained["model_name"], trained["model_version"]
@@ -392,19 +410,94 @@ def _promotion(params: Params, trained: dict, holdout: pd.DataFrame, challenger_
     challenger_score = ev.promotion_score(challenger_metrics, metric)
     champion_version = tracking.alias_version(name, tracking.CHAMPION)
     champion_score = None
-    if ev.needs_champion_score(beats_baselines, version, champion_version):
+    if champion_version not in (None, version):
         try:
-            champion = tracking.load_model(f"models:/{name}@{tracking.CHAMPION}")
+            champion = tracking.load_model(f"models:/{name}/{champion_version}")
             champion_score = _honest_champion_score(champion, holdout, params)
         except (KeyError, ValueError) as exc:
-            log.warning("champion version %s cannot score this holdout (%s); the challenger replaces it",
-                        champion_version, exc)
+            log.warning("champion version %s cannot score this holdout (%s); it is replaced", champion_version, exc)
             champion_score = float("-inf")
     decision = ev.promotion_decision(metric, version, challenger_score, beats_baselines, champion_version,
                                      champion_score, params.evaluate.min_improvement)
-    if decision["promoted"]:
-        tracking.set_alias(name, tracking.CHAMPION, version)
+    baselines = _deployable_baselines(params, snapshots, holdout)
+    scores = {kind: score for kind, (score, _) in baselines.items()}
+    gate = ev.deployment_decision(decision, champion_score, scores, params.evaluate.min_improvement)
+    decision["deployable_baselines"] = scores
+    if champion_score is not None:
+        decision["champion_score"] = champion_score
+    if gate["deploy"] == ev.BASELINE_WINS:
+        registered = _register_baseline(params, trained, snapshots, gate["baseline"], baselines[gate["baseline"]][1],
+                                        gate["reason"])
+        gate["version"] = registered.version
+        log.warning("evaluate: %s; the %s baseline serves as champion v%s", gate["reason"], gate["baseline"],
+                    registered.version)
+    if gate["version"] != champion_version:
+        tracking.set_alias(name, tracking.CHAMPION, gate["version"])
+    decision["deployed"] = _deployed(name, gate["version"], gate["deploy"], gate["reason"], metric,
+                                     _holdout_cutoff(holdout))
     return decision
+
+
+def _holdout_cutoff(holdout: pd.DataFrame) -> str:
+    return pd.Timestamp(holdout["cutoff"].iloc[0]).date().isoformat()
+
+
+def _deployable_baselines(params: Params, snapshots: pd.DataFrame, holdout: pd.DataFrame
+                          ) -> dict[str, tuple[float, object]]:
+    """Each baseline that can serve (a registered, loadable scorer), with its promotion score on
+    this holdout and its pipeline: the BG/NBD fallback where the snapshots carry its feature. It
+    learns no label, so this holdout is out of time for it."""
+    from churnlens import evaluate as ev
+    from churnlens import model
+
+    if model.FALLBACK_FEATURE not in holdout.columns:
+        return {}
+    latest = snapshots[snapshots["cutoff"] == snapshots["cutoff"].max()]
+    pipeline = model.bgnbd_fallback_model(latest, params.train.probability_floor)
+    probability = model.churn_probability(pipeline, holdout, [model.FALLBACK_FEATURE], [])
+    metrics = ev.classification_metrics(holdout[model.LABEL].to_numpy(dtype=int), probability,
+                                        params.evaluate.top_fraction)
+    return {model.FALLBACK_KIND: (ev.promotion_score(metrics, params.evaluate.promotion_metric), pipeline)}
+
+
+def _register_baseline(params: Params, trained: dict, snapshots: pd.DataFrame, baseline: str, pipeline: object,
+                       reason: str) -> tracking.RegisteredModel:
+    """Register the winning baseline as a version of the churn model, with the contract the score
+    stage reads (its one feature, its kind, why it serves, the drift reference)."""
+    from churnlens import model
+
+    latest = snapshots[snapshots["cutoff"] == snapshots["cutoff"].max()]
+    numeric = [model.FALLBACK_FEATURE]
+    contract = ModelContract(numeric, [], model_kind=baseline, fallback_reason=f"baseline promoted: {reason}",
+                             drift_profile=drift.drift_profile(latest, numeric, []))
+    return tracking.register_baseline(model_name=trained["model_name"], train_run_id=trained["run_id"],
+                                      baseline=baseline, pipeline=pipeline,
+                                      example=model.model_input(latest.head(50), numeric, []),
+                                      metadata=contract.to_metadata(), tags={"model_kind": baseline})
+
+
+def _deployed(name: str, version: str, decision: str, reason: str, metric: str, holdout_cutoff: str | None,
+              kind: str | None = None) -> dict:
+    """What evaluate deployed, for reports/deployed.json: the exact registered version (never an
+    alias another run may move), whether it is a trained model or a baseline, and why."""
+    kind = kind or tracking.version_tags(name, version).get("scorer", "model")
+    return {"model_uri": f"models:/{name}/{version}", "model_name": name, "model_version": str(version),
+            "kind": kind, "decision": decision, "reason": reason, "metric": metric,
+            "holdout_cutoff": holdout_cutoff}
+
+
+def read_deployed(path: Path | str) -> dict:
+    """The version evaluate deployed (see :func:`_deployed`), checked, for the score stage."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "not found; evaluate writes it (`dvc repro evaluate`, or `churnlens evaluate "
+                                "--deployed` outside DVC)", str(path))
+    record = io.read_json(path)
+    uri = record.get("model_uri") if isinstance(record, dict) else None
+    if not (isinstance(uri, str) and re.fullmatch(r"models:/[^/@]+/\d+", uri)):
+        raise ValueError(f"{path}: no models:/<name>/<version> under 'model_uri' (found {uri!r}); it is written by "
+                         "`churnlens evaluate`: rerun `dvc repro evaluate`")
+    return record
 
 
 def _honest_champion_score(champion: tracking.LoadedModel, holdout: pd.DataFrame, params: Params) -> float:
@@ -428,14 +521,20 @@ def _honest_champion_score(champion: tracking.LoadedModel, holdout: pd.DataFrame
     return ev.promotion_score({metric.removeprefix("neg_"): recorded[key]}, metric)
 
 
-def run_score(job: ScoreJob) -> dict:
+def run_score(job: ScoreJob, deployed_path: Path | str | None = None) -> dict:
     """The batch scoring job (:class:`churnlens.score.ScoreJob`): features as of one instant, then
     scores, segments, reasons and the retention plan, written atomically (Parquet, and a rounded
-    CSV beside it unless ``csv_output`` says where), plus a segment report and a run manifest."""
+    CSV beside it unless ``csv_output`` says where), plus a segment report and a run manifest.
+    With ``deployed_path`` (evaluate's deployed.json) it scores the exact version evaluate
+    deployed, whatever ``job.model_uri`` or the aliases say now."""
     params = job.params
     outcome_sources = _outcomes(job.outcomes, job.canonical_dir)
+    deployed = read_deployed(deployed_path) if deployed_path is not None else None
+    if deployed is not None:
+        job = dataclasses.replace(job, model_uri=deployed["model_uri"])
     # The model first: a wrong alias fails in a second, not after the features were computed.
     resolved = tracking.resolve_model(job.model_uri, job.project_root)
+    deployment = _deployment(resolved, deployed, deployed_path)
     laps = Laps()
     with engine_for(params.engine) as engine:
         tables = engine.tables(str(job.canonical_dir))
@@ -444,7 +543,29 @@ def run_score(job: ScoreJob) -> dict:
         scored = engine.score(tables, instant, resolved, job, laps)
     data_info = {"canonical_dir": str(job.canonical_dir), "fingerprint": scored.data_fingerprint,
                  "first_event": data_start.isoformat(), "last_event": data_end.isoformat()}
-    return _report_score_run(job, engine.name, laps, scored, instant, data_info, outcome_sources)
+    return _report_score_run(job, engine.name, laps, scored, instant, data_info, outcome_sources, deployment)
+
+
+def _deployment(resolved: tracking.ResolvedModel, deployed: dict | None, deployed_path: Path | str | None) -> dict:
+    """Which scorer this run uses and why it serves: evaluate's decision when scoring what it
+    deployed, else the version's own promotion tags; and whether it is the champion right now."""
+    registered = resolved.version not in ("unregistered", "local")
+    tags = tracking.version_tags(resolved.name, resolved.version) if registered else {}
+    champion = tracking.alias_version(resolved.name, tracking.CHAMPION) if registered else None
+    info = {"source": str(deployed_path) if deployed is not None else "model_uri",
+            "kind": deployed["kind"] if deployed else tags.get("scorer", "model"),
+            "decision": deployed["decision"] if deployed else tags.get("promotion.decision"),
+            "reason": deployed["reason"] if deployed else tags.get("promotion.reason"),
+            "champion_version": champion, "is_champion": champion is not None and champion == resolved.version}
+    shown = f"v{champion}" if champion else "none"
+    if not info["is_champion"] and deployed is not None:
+        log.warning("score: %s v%s is what evaluate deployed (%s), but the registry's champion is now %s (another "
+                    "run moved it); scoring the deployed version", resolved.name, resolved.version, deployed_path, shown)
+    elif not info["is_champion"]:
+        log.warning("score: %s v%s is not the champion (champion: %s); its own evaluation: %s%s. These scores are "
+                    "not the champion's", resolved.name, resolved.version, shown,
+                    info["decision"] or "never evaluated", f" ({info['reason']})" if info["reason"] else "")
+    return info
 
 
 def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp, data_end: pd.Timestamp
@@ -463,7 +584,7 @@ def _as_of(params: Params, as_of: pd.Timestamp | None, data_start: pd.Timestamp,
 
 
 def _report_score_run(job: ScoreJob, engine: str, laps: Laps, scored: Scored, instant: pd.Timestamp,
-                      data_info: dict, outcomes: tuple[str, str] | None) -> dict:
+                      data_info: dict, outcomes: tuple[str, str] | None, deployment: dict | None = None) -> dict:
     """Segment report, drift check and run manifest of a scoring run, whichever engine scored.
     The manifest goes to ``manifest_path``, else beside a local output, else the working folder."""
     from churnlens import plots
@@ -471,14 +592,18 @@ def _report_score_run(job: ScoreJob, engine: str, laps: Laps, scored: Scored, in
     config = job.params.score
     scores, snapshot, loaded = scored.scores, scored.snapshot, scored.model
     profile = loaded.contract.drift_profile
+    # The kind is the scorer's own: a version train registered as the BG/NBD fallback is a baseline too.
+    deployment = {**(deployment or {}), "kind": "model" if loaded.contract.model_kind == "temporal" else "baseline"}
     model_info = {"model_uri": job.model_uri, "model_name": loaded.name, "model_version": loaded.version,
-                  "model_run_id": loaded.contract.run_id, "model_kind": loaded.contract.model_kind}
+                  "model_run_id": loaded.contract.run_id, "model_kind": loaded.contract.model_kind,
+                  "deployment": deployment}
     if loaded.contract.model_kind != "temporal":
         log.warning("score: model %s v%s is the %s (%s); its scores are BG/NBD probabilities", loaded.name,
                     loaded.version, loaded.contract.model_kind, loaded.contract.fallback_reason)
     report = score.segment_report(scores, job.previous)
     report.update({"as_of": score.utc(instant).isoformat(), "model_name": loaded.name,
-                   "model_version": loaded.version})
+                   "model_version": loaded.version, "model_kind": loaded.contract.model_kind,
+                   "deployment": deployment})
     if job.truth is not None:
         report["ground_truth"] = segments.agreement_with_truth(scores[["customer_id", "segment"]], job.truth)
     report["unavailable"] = {"evidence_levels": segments.unavailable_evidence(segments.evidence_level(snapshot)),

@@ -217,6 +217,27 @@ def training_metric_key(name: str) -> str:
     return f"train/{name.removeprefix('train_')}"
 
 
+# The MLflow 3 UI keeps a runs-table view (columns, their order, chart sections) in an experiment
+# tag with this prefix and opens it from `?viewStateShareKey=<key>` (its "Share" button does the same).
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+REVIEW_VIEW = "churnlens-review"
+# The columns a reviewer compares runs on, holdout figures first.
+REVIEW_COLUMNS = ("holdout/roc_auc", "holdout/pr_auc", "holdout/brier", "holdout/ece", "holdout/top_decile_lift",
+                  "baseline/rfm_logistic/roc_auc", "backtest/roc_auc_mean", "backtest/roc_auc_std")
+
+
+def review_view_state() -> str:
+    """The experiment's review view, as the UI stores a shared view: the run name, the holdout
+    metrics as columns, then the model and dataset."""
+    import json
+    import time
+
+    columns = [*(f"metrics.`{key}`" for key in REVIEW_COLUMNS), "attributes.`Models`", "attributes.`Dataset`"]
+    state = {"selectedColumns": columns, "runListHidden": False, "viewMaximized": False}
+    now = int(time.time() * 1000)
+    return json.dumps({"name": "churnlens review", "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+
+
 def run_name(stage: str, params: dict, lineage: dict[str, str]) -> str:
     """A run name that says what ran: the stage, the DVC experiment (or the git revision) and the
     parameters a reviewer compares first."""
@@ -262,6 +283,7 @@ def log_training_run(*, experiment: str, model_name: str, params: dict, metrics:
     # Older MLflow 3 UIs open an experiment in the GenAI view unless told this is model training
     # (newer ones need ?workflowType=machine_learning in the URL: see experiment_url).
     mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
+    mlflow.set_experiment_tag(f"{SHARED_VIEW_TAG_PREFIX}{REVIEW_VIEW}", review_view_state())
     tags = {**tags, **dvc_experiment(), "stage": "train"}
     if "git_commit" in tags:
         tags["mlflow.source.git.commit"] = tags["git_commit"]
@@ -295,6 +317,32 @@ def log_training_run(*, experiment: str, model_name: str, params: dict, metrics:
                                             "holdout (alias challenger).")
     client.set_registered_model_alias(model_name, CHALLENGER, version.version)
     log.info("registered %s version %s as %s", model_name, version.version, CHALLENGER)
+    return RegisteredModel(run.info.run_id, model_name, str(version.version), info.model_uri)
+
+
+def register_baseline(*, model_name: str, train_run_id: str, baseline: str, pipeline: object,
+                      example: pd.DataFrame, metadata: dict, tags: dict[str, str]) -> RegisteredModel:
+    """Register a deployable baseline (e.g. the BG/NBD fallback) as a version of the churn model,
+    logged in a run of its own in the train run's experiment, so that it is loaded, scored and
+    audited like any trained version. No alias moves here: the caller promotes it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    configure()
+    client = MlflowClient()
+    experiment_id = client.get_run(train_run_id).info.experiment_id
+    tags = {**tags, **dvc_experiment(), "stage": "evaluate", "scorer": "baseline", "baseline": baseline,
+            "challenger_run_id": train_run_id}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"baseline {baseline}") as run:
+        mlflow.set_tags(tags)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            info = mlflow.sklearn.log_model(pipeline, name="model", serialization_format="skops",
+                                            **_model_kwargs(pipeline, example,
+                                                            {**metadata, "run_id": run.info.run_id}))
+    version = mlflow.register_model(info.model_uri, model_name,
+                                    tags={"run_id": run.info.run_id, "scorer": "baseline", "baseline": baseline})
+    log.info("registered baseline %s as %s version %s", baseline, model_name, version.version)
     return RegisteredModel(run.info.run_id, model_name, str(version.version), info.model_uri)
 
 
@@ -374,15 +422,30 @@ def record_promotion(model_name: str, version: str, promotion: dict, results: di
     for name, values in results.items():
         if name != "model" and "roc_auc" in values:
             figures[f"baseline.{name}.roc_auc"] = f"{values['roc_auc']:.4f}"
+    deployed = promotion.get("deployed")
+    if deployed:
+        figures.update({"deployed.version": deployed["model_version"], "deployed.kind": deployed["kind"],
+                        "deployed.reason": deployed["reason"]})
     for key, value in figures.items():
         client.set_model_version_tag(model_name, version, key, value)
+    if deployed and deployed["model_version"] != version and deployed["decision"] == "baseline":
+        # The baseline that serves instead says why, on its own version, in the same words.
+        client.update_model_version(model_name, deployed["model_version"],
+                                    description=f"Promoted to champion: {deployed['reason']}.")
+        for key, value in {"promotion.decision": "promoted", "promotion.reason": deployed["reason"],
+                           "promotion.metric": promotion["metric"], "promotion.holdout_cutoff": holdout_cutoff,
+                           "promotion.challenger_version": version}.items():
+            client.set_model_version_tag(model_name, deployed["model_version"], key, value)
 
 
 def promotion_text(promotion: dict, results: dict[str, dict], holdout_cutoff: str) -> str:
     """The model version's description: the decision, then one line per scorer on the holdout."""
     metric = promotion["metric"]
     verdict = "Promoted to champion" if promotion["promoted"] else "Not promoted"
-    lines = [f"{verdict}: {promotion['reason']}.", "",
+    deployed = promotion.get("deployed")
+    serving = ([f"Serving instead: {deployed['kind']} v{deployed['model_version']} ({deployed['reason']}).", ""]
+               if deployed and not promotion["promoted"] else [])
+    lines = [f"{verdict}: {promotion['reason']}.", "", *serving,
              f"Holdout cutoff {holdout_cutoff}; promotion metric {metric} (higher is better).", "",
              "| scorer | ROC AUC | PR AUC | Brier | lift@top |", "|---|---|---|---|---|"]
     champion = promotion.get("champion_score")
@@ -413,8 +476,10 @@ def experiment_url(base_url: str, experiment: str) -> str:
         found = MlflowClient().get_experiment_by_name(experiment)
     except MlflowException:
         found = None
-    page = f"#/experiments/{found.experiment_id}" if found else "#/experiments"
-    return f"{base_url}/{page}?workflowType=machine_learning"
+    if not found:
+        return f"{base_url}/#/experiments?workflowType=machine_learning"
+    view = f"&viewStateShareKey={REVIEW_VIEW}" if f"{SHARED_VIEW_TAG_PREFIX}{REVIEW_VIEW}" in found.tags else ""
+    return f"{base_url}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning{view}"
 
 
 def alias_version(model_name: str, alias: str) -> str | None:
@@ -427,6 +492,18 @@ def alias_version(model_name: str, alias: str) -> str | None:
         return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
     except MlflowException:
         return None
+
+
+def version_tags(model_name: str, version: str) -> dict[str, str]:
+    """A registered version's tags ({} when the registry does not know it)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure()
+    try:
+        return dict(MlflowClient().get_model_version(model_name, version).tags)
+    except MlflowException:
+        return {}
 
 
 def set_alias(model_name: str, alias: str, version: str) -> None:
@@ -477,9 +554,7 @@ def resolve_model(uri: str, project_root: Path | None = None) -> ResolvedModel:
         except MlflowException as exc:
             raise ModelNotFoundError(
                 f"model {uri!r} not found in the registry at {redact(mlflow.get_tracking_uri())}: "
-                f"{redact(str(exc).splitlines()[0])}. {_registered_choices(client)} Plain `dvc repro` does "
-                "nothing when the pipeline is up to date: run `dvc repro --force train evaluate` to register "
-                "and promote a model, or pass one of those, or a path such as models/churn_model"
+                f"{redact(str(exc).splitlines()[0])}. {_registered_choices(client)} {_how_to_get_a_model(project_root, client)}"
             ) from None
         return ResolvedModel(f"models:/{name}/{version.version}", name, str(version.version), version.run_id)
     if "://" in uri:
@@ -515,6 +590,31 @@ def _verify_claim(path: Path, name: str, version: str, run_id: str | None) -> No
             f"model folder {str(path)!r} claims to be {name} v{version}, but the registry records "
             f"run {record.run_id} with digest {recorded} and the folder holds run {run_id} with digest "
             f"{digest}; use models:/{name}/{version}, or retrain (`dvc repro --force train`)")
+
+
+def _how_to_get_a_model(project_root: Path | None, client: object) -> str:
+    """What to run in this project to get a champion without re-running the stages before train:
+    `--force` on a stage reruns every stage upstream of it too (re-reading, or in this repository
+    re-simulating, the data), so the DVC advice names the stages alone (`--single-item`). Every
+    successful evaluate leaves a champion; a registry without one predates that, or lost it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        empty = not client.search_registered_models(max_results=1)
+    except MlflowException:
+        empty = True
+    dvc = (project_root or Path.cwd()).joinpath("dvc.yaml").is_file()
+    if empty and dvc:
+        return ("Run `dvc repro --force --single-item train evaluate` (train and evaluate alone, on this project's "
+                "features), then `dvc repro score`")
+    if empty:
+        return "Run `churnlens train`, then `churnlens evaluate` (it always leaves a champion)"
+    advice = ("run `dvc repro --force --single-item evaluate` (it decides on the model this project's train "
+              "registered last, and always leaves a champion: the model, the previous one or the BG/NBD baseline), "
+              "then `dvc repro score`") if dvc else (
+              "run `churnlens evaluate` on the model train wrote (--model-dir, --train-report): it always leaves a "
+              "champion (the model, the previous one or the BG/NBD baseline)")
+    return f"To set a champion, {advice}; or pass one of the versions above as --model models:/<name>/<version>"
 
 
 def _registered_choices(client: object) -> str:
