@@ -3,6 +3,7 @@ through its REST API, and its UI rendered by a headless Chromium."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -57,7 +58,7 @@ def _assert_review_shows_the_registrys_champion(notebook, reviewed_project: dict
                      for c in notebook.cells for o in c.get("outputs", []))
     client = MlflowClient(reviewed_project["tracking_uri"])
     champion = client.get_model_version_by_alias("churnlens", "champion")
-    assert f"model under review: churnlens v{champion.version} (champion)" in text
+    assert f"model under review: churnlens v{champion.version} (champion" in text
     metrics = client.get_run(champion.run_id).data.metrics
     for key in ("holdout/roc_auc", "baseline/recency_rule/roc_auc", "holdout/brier"):
         assert f"{metrics[key]:.4f}" in text, f"{key} of v{champion.version} is not what the notebook shows"
@@ -140,7 +141,7 @@ def _rendered(url: str, profile: Path) -> str:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "Chromium is missing: `make browser` (or .ci/run) installs Debian's chromium"
     result = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=2600,1400",
          f"--user-data-dir={profile}", "--virtual-time-budget=25000", "--dump-dom", url],
         capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -159,6 +160,9 @@ def test_experiment_landing_page_is_the_runs_table(mlflow_server: str, reviewed_
     run = MlflowClient(reviewed_project["tracking_uri"]).get_run(reviewed_project["trained"]["run_id"])
     assert run.info.run_name in dom, "the experiment's landing page does not list the training run"
     assert "0 traces" not in dom, "the experiment opened on the GenAI traces view"
+    assert "churnlens review" in dom, "the experiment's review view (an experiment tag) did not load"
+    holdout_auc = run.data.metrics["holdout/roc_auc"]
+    assert "holdout/roc_auc" in dom and f"{holdout_auc:.4f}" in dom, "the runs table shows no holdout metric column"
 
 
 def test_model_version_page_states_the_promotion(mlflow_server: str, reviewed_project: dict,
@@ -166,3 +170,91 @@ def test_model_version_page_states_the_promotion(mlflow_server: str, reviewed_pr
     version = reviewed_project["trained"]["model_version"]
     dom = _rendered(f"{mlflow_server}/#/models/churnlens/versions/{version}", tmp_path / "profile")
     assert "Promoted to champion: no champion yet" in dom, "the model version page does not state the decision"
+
+
+def _execute_in(folder: Path, notebook_path: Path) -> tuple[object, str]:
+    """Run a notebook copied into ``folder``/notebooks (as `churnlens init` lays a project out),
+    with no CHURNLENS_PROJECT: it must find its project from where it runs. Returns the
+    notebook and the error text of the cell that stopped it ('' when none did)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    (folder / "notebooks").mkdir(exist_ok=True)
+    copy = folder / "notebooks" / notebook_path.name
+    shutil.copyfile(notebook_path, copy)
+    notebook = nbformat.read(copy, as_version=4)
+    try:
+        NotebookClient(notebook, timeout=120, kernel_name="python3",
+                       resources={"metadata": {"path": str(copy.parent)}}).execute()
+    except CellExecutionError as exc:
+        return notebook, str(exc)
+    return notebook, ""
+
+
+@pytest.mark.parametrize(("stem", "missing", "stage"), [("01_data_exploration", "reports/ingest_report.json", "ingest"),
+                                                        ("03_segments", "data/scores/scores.parquet", "score")])
+def test_notebook_names_the_missing_output_and_the_command(stem: str, missing: str, stage: str, tmp_path: Path,
+                                                           reviewed_project: dict,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHURNLENS_PROJECT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    shutil.copyfile(reviewed_project["root"] / "params.yaml", tmp_path / "params.yaml")
+    _, error = _execute_in(tmp_path, PROJECT_ROOT / "notebooks" / f"{stem}.ipynb")
+    assert f"{missing} is missing: run `dvc repro {stage}` in this folder" in error, error[-2000:]
+    assert "KeyError" not in error and "FileNotFoundError" not in error
+
+
+def test_model_review_without_a_registered_model_says_what_to_run(tmp_path: Path, reviewed_project: dict,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHURNLENS_PROJECT", raising=False)
+    monkeypatch.delenv("CHURNLENS_MODEL_VERSION", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    shutil.copyfile(reviewed_project["root"] / "params.yaml", tmp_path / "params.yaml")
+    _, error = _execute_in(tmp_path, PROJECT_ROOT / "notebooks" / "02_model_review.ipynb")
+    assert "has no churnlens@champion" in error and "run `dvc repro evaluate` in this folder" in error, error[-2000:]
+
+
+def test_scores_are_labelled_with_their_own_date_and_model(tmp_path: Path, reviewed_project: dict,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scores of another date and model than the pipeline's segment report are labelled as what they are."""
+    import pandas as pd
+
+    root = reviewed_project["root"]
+    scores = pd.read_parquet(root / "data/scores/scores.parquet")
+    other = tmp_path / "retail.parquet"
+    scores.assign(as_of=pd.Timestamp("2011-12-09", tz="UTC"), model_version="7").to_parquet(other)
+    monkeypatch.setenv("CHURNLENS_PROJECT", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", reviewed_project["tracking_uri"])
+    monkeypatch.setenv("CHURNLENS_SCORES", str(other))
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(PROJECT_ROOT / "notebooks/03_segments.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(PROJECT_ROOT / "notebooks")}}).execute()
+    text = "\n".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    assert "scored as of 2011-12-09 with churnlens v7" in text
+    assert "macro-F1" not in text  # the pipeline's ground-truth agreement is of other scores
+    reasons = "\n".join(o.get("data", {}).get("text/html", "") for c in notebook.cells for o in c.get("outputs", []))
+    shown = scores.sort_values("priority", ascending=False).groupby("segment").head(3)  # the notebook's examples
+    longest = max(shown["top_reasons"].dropna(), key=len)
+    assert longest in html.unescape(reasons), "a reason is truncated"
+
+
+def test_params_overlays_come_from_the_projects_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from churnlens.review import open_project
+
+    monkeypatch.delenv("CHURNLENS_PROJECT", raising=False)
+    monkeypatch.delenv("CHURNLENS_PARAMS", raising=False)
+    shutil.copyfile(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "shop.yaml").write_text("train:\n  registered_model_name: shop_churn\n", encoding="utf-8")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  score:\n    cmd: churnlens score --params params.yaml --params shop.yaml --output out/s.parquet\n",
+        encoding="utf-8")
+    (tmp_path / "notebooks").mkdir()
+    project = open_project(tmp_path / "notebooks")
+    assert project.root == tmp_path.resolve()
+    assert [str(p) for p in project.params_files] == ["params.yaml", "shop.yaml"]
+    assert project.params.train.registered_model_name == "shop_churn"
+    assert str(project.path("scores")) == "out/s.parquet" and str(project.path("metrics")) == "reports/metrics.json"

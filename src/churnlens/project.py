@@ -171,10 +171,18 @@ def ingest_tables_text(tables: dict[str, list[InferredSource]]) -> str:
         elif len(sources) == 1:
             lines += [f"  {table}:", *_source_lines(table, sources[0], "    ")]
         else:
-            lines += [f"  {table}:", "    # several exports of one log, earliest first (docs/ingest.md)", "    sources:"]
-            for source in sources:
-                block = _source_lines(table, source, "      ")
-                lines += ["    - " + block[0].strip(), *block[1:]]
+            # DVC's writer (`dvc exp run -S`) drops comments inside list items, so each export's notes
+            # stand above `sources:`, numbered like the list.
+            blocks = [_source_lines(table, source, "      ") for source in sources]
+            lines += [f"  {table}:", "    # several exports of one log, earliest first (docs/ingest.md)"]
+            for number, block in enumerate(blocks):
+                notes = [line.strip() for line in block if line.lstrip().startswith("#")]
+                lines += [f"    # source {number}: {notes[0].removeprefix('# ')}",
+                          *(f"    #   {note.removeprefix('# ')}" for note in notes[1:])]
+            lines.append("    sources:")
+            for block in blocks:
+                kept = [line for line in block if not line.lstrip().startswith("#")]
+                lines += ["    - " + kept[0].strip(), *kept[1:]]
     return "\n".join(lines) + "\n"
 
 
