@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from churnlens.stages import timings_path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from features_benchmark import OUT, cutoffs, prepare, thinned_dir
 from measure import alternating, log_size_args, log_size_parser, median, ratio_line, run_child, table
@@ -121,7 +123,8 @@ def main() -> None:
         print(f"\n{name}: {scored / job.seconds * 60:,.0f} customers per minute (target >= 5,000,000), "
               f"peak RSS {job.peak_text(1024, 2)} GB, {manifests[name]['rows']['with_reasons']:,} with reasons")
         print("  " + ratio_line(runs[name], runs["plain duckdb, 17 features"], "target <= 2"))
-        print("  timings of the last run (s):", json.dumps(manifests[name]["timings_seconds"]))
+        timings = json.loads(timings_path(outputs[name].with_name("scores.manifest.json")).read_text())
+        print("  timings of the last run (s):", json.dumps(timings))
 
 
 if __name__ == "__main__":

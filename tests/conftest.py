@@ -104,3 +104,9 @@ def active_customers(canonical_dir: Path, as_of: pd.Timestamp, lookback_days: in
         return recent
     table = pd.read_parquet(customers)
     return recent - set(table.loc[table["cancellation_date"] <= as_of, "customer_id"])
+
+
+# numpy picks its exp/log kernels by the CPU (AVX-512 machines run others) and OpenBLAS its
+# products: with these, this machine computes as one without AVX-512 would (on such a machine,
+# both runs take the same kernels).
+OTHER_VECTOR_UNIT = {"NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR", "OPENBLAS_CORETYPE": "Haswell"}

@@ -214,14 +214,16 @@ def _params(entry: dict) -> dict:
 @pytest.mark.e2e
 def test_same_data_params_and_seed_give_the_same_bytes(repo, tmp_path) -> None:
     """A second checkout in another folder, with its own MLflow store, reproduces every data
-    output and the headline metrics byte for byte."""
-    _, _, first = repo
+    output and the headline metrics byte for byte, and the first checkout's dvc.lock line for line
+    (model folder and reports included): a fresh clone leaves `git status` clean."""
+    root, _, first = repo
     env = _new_repo(tmp_path)
     _run(["dvc", "repro"], tmp_path, env)
     second = _digests(tmp_path)
     assert set(second) == set(first)
     differing = sorted(path for path in first if first[path] != second[path])
     assert not differing, f"outputs differ between two runs: {differing}"
+    assert (tmp_path / "dvc.lock").read_text() == (root / "dvc.lock").read_text()
 
 
 @pytest.mark.e2e

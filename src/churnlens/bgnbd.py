@@ -25,9 +25,17 @@ from scipy import special
 from scipy.special import gammaln
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
+from churnlens.portable import settled, significant
+
 DAYS_PER_UNIT = 7.0
 # log-parameter bounds: wide enough that a fit on real data sits inside them (checked in tests).
 LOG_BOUNDS = (-9.0, 9.0)
+# L-BFGS-B stops 1e-7 (relative) from the optimum, at a point that moves with the last bits of
+# exp and log, which differ between CPUs (see churnlens.portable). So the fit ends with Newton
+# steps (2e-12 apart across vector units on the shop's log) and keeps 6 significant digits, and
+# every prediction is settled: the same data give the same bytes on every machine.
+PARAMETER_DIGITS = 6
+NEWTON_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -46,13 +54,13 @@ class BGNBD:
         x, t_x, t, shape, rate = self._posterior(x, t_x, t)
         log_odds = (np.log(self.a) - np.log(np.maximum(self.b + x - 1, 1e-300))
                     + shape * (np.log(rate) - np.log(self.alpha + t_x)))
-        return np.where(x > 0, 1.0 / (1.0 + np.exp(np.minimum(log_odds, 700.0))), 1.0)
+        return settled(np.where(x > 0, 1.0 / (1.0 + np.exp(np.minimum(log_odds, 700.0))), 1.0))
 
     def probability_no_purchase(self, horizon: float, x: np.ndarray, t_x: np.ndarray, t: np.ndarray) -> np.ndarray:
         """P(no purchase in (T, T + horizon] | x, t_x, T): the model's churn probability."""
         x, t_x, t, shape, rate = self._posterior(x, t_x, t)
         alive = self.probability_alive(x, t_x, t)
-        return 1.0 - alive + alive * np.exp(shape * (np.log(rate) - np.log(rate + horizon)))
+        return settled(1.0 - alive + alive * np.exp(shape * (np.log(rate) - np.log(rate + horizon))))
 
     def expected_purchases(self, horizon: float, x: np.ndarray, t_x: np.ndarray, t: np.ndarray) -> np.ndarray:
         """E[purchases in (T, T + horizon] | x, t_x, T].
@@ -72,7 +80,7 @@ class BGNBD:
             rows = np.flatnonzero(tier == level)
             average[rows] = _posterior_average(self.a, self.b, x[rows], shape[rows], scaled[rows],
                                                QUADRATURE_TIERS[level][1])
-        return self.probability_alive(x, t_x, t) * average
+        return settled(self.probability_alive(x, t_x, t) * average)
 
 
 def _posterior_average(a: float, b: float, x: np.ndarray, shape: np.ndarray, scaled: np.ndarray,
@@ -165,11 +173,36 @@ def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, t: np.ndarray) -> BGNBD:
     # One BLAS thread: L-BFGS-B's 4-parameter updates call BLAS, whose worker threads only spin
     # on a busy machine (1.7x slower fits with two cores shared, identical results either way).
     distinct, which = np.unique(ux, return_inverse=True)
+    args = (ux, utx, ut, weight, distinct, which)
     with threadpool_limits(1, user_api="blas"):
-        result = minimize(_mean_negative_log_likelihood, start, args=(ux, utx, ut, weight, distinct, which), jac=True,
+        result = minimize(_mean_negative_log_likelihood, start, args=args, jac=True,
                           method="L-BFGS-B", bounds=[LOG_BOUNDS] * 4, options={"ftol": 1e-14, "gtol": 1e-9})
-    r, alpha, a, b = np.exp(result.x)
-    return BGNBD(r=float(r), alpha=float(alpha), a=float(a), b=float(b))
+        optimum = _newton_polished(result.x, lambda point: _mean_negative_log_likelihood(point, *args)[1])
+    r, alpha, a, b = (significant(float(value), PARAMETER_DIGITS) for value in np.exp(optimum))
+    return BGNBD(r=r, alpha=alpha, a=a, b=b)
+
+
+def _newton_polished(point: np.ndarray, gradient, steps: int = NEWTON_STEPS) -> np.ndarray:
+    """``point`` after a fixed number of Newton steps on ``gradient`` (Hessian by central
+    differences of it), so the answer is the optimum's, not the optimiser's path's.
+
+    A fixed count, not a test on the objective: near the optimum such a test compares values that
+    differ only in their last bits, and would branch differently on different CPUs. Left as it is
+    where a parameter sits on a bound, or a step is not a descent step from a convex neighbourhood.
+    """
+    if np.any((point <= LOG_BOUNDS[0] + 1e-3) | (point >= LOG_BOUNDS[1] - 1e-3)):
+        return point
+    for _ in range(steps):
+        hessian = np.array([(gradient(point + 1e-5 * unit) - gradient(point - 1e-5 * unit)) / 2e-5
+                            for unit in np.eye(len(point))])
+        hessian = (hessian + hessian.T) / 2
+        if not np.all(np.linalg.eigvalsh(hessian) > 0):
+            return point
+        step = np.linalg.solve(hessian, gradient(point))
+        if not np.all(np.isfinite(step)) or np.max(np.abs(step)) > 0.1:
+            return point
+        point = point - step
+    return point
 
 
 def _mean_negative_log_likelihood(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, t: np.ndarray,

@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from churnlens.config import EvaluateConfig, Params, SegmentRules
 from churnlens.model import LABEL
+from churnlens.portable import settled
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def rfm_logistic_baseline(train_rows: pd.DataFrame, holdout: pd.DataFrame, seed:
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
     model.fit(design(train_rows), train_rows[LABEL].astype(int))
-    return model.predict_proba(design(holdout))[:, 1]
+    return settled(model.predict_proba(design(holdout))[:, 1])
 
 
 def promotion_score(metrics: dict[str, float], metric: str) -> float:

@@ -176,12 +176,25 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
                                    str(deployed_rows["cutoff"].min().date()),
                                    str(deployed_rows["cutoff"].max().date())),
     )
-    report = {"run_id": registered.run_id, "model_name": registered.name, "model_version": registered.version,
-              "split": split.as_dict(), **lineage, "metrics": metrics, "tuning_trials": tuned.trials,
-              "skipped_backtest_folds": skipped_folds, "chosen_xgboost": params.train.xgboost.model_dump(),
+    report = {"model_name": registered.name, "model_version": registered.version,
+              "split": split.as_dict(), **lineage,
+              "metrics": {name: value for name, value in metrics.items() if name not in RUN_ONLY_METRICS},
+              "tuning_trials": tuned.trials, "skipped_backtest_folds": skipped_folds,
+              "chosen_xgboost": params.train.xgboost.model_dump(),
               "holdout_scores_fingerprint": write_holdout_scores(holdout_scores, report_path)}
+    return _written_train_report(report, report_path, registered)
+
+
+# How long a fit took is the run's, not the model's: MLflow keeps it; the report DVC tracks
+# holds what the same data and params always give.
+RUN_ONLY_METRICS = ("train_seconds",)
+
+
+def _written_train_report(report: dict, report_path: Path, registered: tracking.RegisteredModel) -> dict:
+    """Write the train report, which names the registered version (the registry knows its run:
+    a run id is new in every store, so the DVC-tracked report leaves it out); return it with the run."""
     io.write_json(report, report_path)
-    return report
+    return {**report, "run_id": registered.run_id}
 
 
 def _train_fallback(params: Params, snapshots: pd.DataFrame, snapshots_path: Path, lists: FeatureLists,
@@ -210,13 +223,12 @@ def _train_fallback(params: Params, snapshots: pd.DataFrame, snapshots_path: Pat
         metrics={}, tags=tags, pipeline=fallback, example=model.model_input(latest.head(50), numeric, []),
         metadata=contract.to_metadata(), artifacts={"features": features_report}, model_dir=model_dir)
     # No procedure is judged on a holdout (evaluate judges the fallback on its own feature): no scores.
-    report = {"run_id": registered.run_id, "model_name": registered.name, "model_version": registered.version,
+    report = {"model_name": registered.name, "model_version": registered.version,
               "model_kind": model.FALLBACK_KIND, "fallback_reason": reason, "split": None,
               "deployed_train_cutoffs": [], "metrics": {},
               "holdout_scores_fingerprint": write_holdout_scores(
                   holdout_scores_frame(snapshots.iloc[:0], np.empty(0)), report_path)}
-    io.write_json(report, report_path)
-    return report
+    return _written_train_report(report, report_path, registered)
 
 
 def _require_inputs(*paths: Path) -> None:
@@ -302,6 +314,8 @@ def _judge(params: Params, snapshots_path: Path, model_dir: Path, train_report: 
     if trained.get("model_kind") == model.FALLBACK_KIND:
         return _evaluate_fallback(params, snapshots, trained, metrics_path, headline_path)
     challenger = tracking.load_model(str(model_dir))
+    # The train run, as the registry records it for the version the folder proved to be.
+    trained = {**trained, "run_id": challenger.contract.run_id}
     split = model.TemporalSplit.from_dict(trained["split"])
     holdout = split.holdout_rows(snapshots)
     train_rows = model.rows_at(snapshots, sorted(set(split.train + split.validation)))
@@ -594,9 +608,10 @@ def _report_score_run(job: ScoreJob, engine: str, laps: Laps, scored: Scored, in
     profile = loaded.contract.drift_profile
     # The kind is the scorer's own: a version train registered as the BG/NBD fallback is a baseline too.
     deployment = {**(deployment or {}), "kind": "model" if loaded.contract.model_kind == "temporal" else "baseline"}
+    # No run id: the registry knows the version's run, and an id new in every store would make the
+    # same scores' manifest differ between clones.
     model_info = {"model_uri": job.model_uri, "model_name": loaded.name, "model_version": loaded.version,
-                  "model_run_id": loaded.contract.run_id, "model_kind": loaded.contract.model_kind,
-                  "deployment": deployment}
+                  "model_kind": loaded.contract.model_kind, "deployment": deployment}
     if loaded.contract.model_kind != "temporal":
         log.warning("score: model %s v%s is the %s (%s); its scores are BG/NBD probabilities", loaded.name,
                     loaded.version, loaded.contract.model_kind, loaded.contract.fallback_reason)
@@ -645,15 +660,23 @@ def _report_score_run(job: ScoreJob, engine: str, laps: Laps, scored: Scored, in
                   "not_compared": {name: why for name, why in drift.NOT_COMPARED.items() if name in profile},
                   "rows_compared": len(snapshot)},
         "outputs": {"scores": scored.output, "csv": scored.csv_output, "segment_report": str(report_path)},
-        "timings_seconds": {**laps.timings, "total": round(sum(laps.timings.values()), 3)},
         "churnlens_version": _version(),
     }
     manifest_path = job.manifest_path or job.beside("manifest.json")
     io.write_json(manifest, manifest_path)
+    # The manifest says what was scored with what: the same bytes for the same data, params and
+    # model. How long it took differs from run to run, so it is kept beside it (not DVC-tracked).
+    timings = {**laps.timings, "total": round(sum(laps.timings.values()), 3)}
+    io.write_json(timings, timings_path(manifest_path))
     if job.headline_path is not None:
         io.write_json(score.segment_headline(report), job.headline_path)
-    log.info("scored %d customers in %.1f s", len(scores), manifest["timings_seconds"]["total"])
+    log.info("scored %d customers in %.1f s", len(scores), timings["total"])
     return {**report, "outputs": {**manifest["outputs"], "manifest": str(manifest_path)}}
+
+
+def timings_path(manifest_path: Path | str) -> Path:
+    """Where a scoring run's timings (seconds per step) go: beside its manifest."""
+    return Path(manifest_path).with_name(f"{Path(manifest_path).stem}_timings.json")
 
 
 def _warn_on_value_basis(basis: str, config: ScoreConfig) -> None:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from churnlens import model_folder
 from churnlens.contract import ModelContract
 from churnlens.redaction import DEFAULT_TRACKING_URI, redact, tracking_uri_shown
 
@@ -160,10 +162,11 @@ def _move_into_place(staging: Path, target: Path, metadata: dict) -> None:
 
     from churnlens.io import honour_umask
 
-    model = Model.load(str(staging / "model"))
+    folder = staging / "model"
+    model = Model.load(str(folder))
     model.metadata = {**(model.metadata or {}), **metadata}
-    model.save(str(staging / "model" / "MLmodel"))
-    for path in [staging / "model", *(staging / "model").rglob("*")]:
+    _settle(folder, model.to_dict())
+    for path in [folder, *folder.rglob("*")]:
         honour_umask(path)
     old = target.with_name(f".{target.name}.{os.getpid()}.old")
     if target.exists():
@@ -181,10 +184,28 @@ def save_model_dir(pipeline: object, example: pd.DataFrame, metadata: dict, targ
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _settle(folder: Path, fields: dict) -> None:
+    """Rewrite an MLflow model folder so its bytes depend on the model alone (see
+    :mod:`churnlens.model_folder`): the pipeline's archive canonical, MLmodel without the saving
+    process's id and time."""
+    pipeline = _pipeline_file(folder, fields)
+    pipeline.write_bytes(model_folder.canonical_skops(pipeline.read_bytes()))
+    content = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and path.name != "MLmodel")
+    (folder / "MLmodel").write_text(yaml.safe_dump(model_folder.settled_mlmodel(fields, content),
+                                                   default_flow_style=False))
+
+
+def _pipeline_file(model_dir: Path, fields: dict) -> Path:
+    return model_dir / fields.get("flavors", {}).get("sklearn", {}).get("pickled_model", "model.skops")
+
+
 def model_digest(model_dir: Path) -> str:
-    """sha256 of the serialized pipeline in an MLflow model folder (what the registry records)."""
-    flavor = mlmodel_fields(model_dir).get("flavors", {}).get("sklearn", {})
-    return hashlib.sha256((model_dir / flavor.get("pickled_model", "model.skops")).read_bytes()).hexdigest()
+    """sha256 of the pipeline's canonical archive in an MLflow model folder (what the registry
+    records): the same for every serialization of the same pipeline, the registry's copy included."""
+    file = _pipeline_file(model_dir, mlmodel_fields(model_dir))
+    # A file that is no skops archive (a pickle) is hashed as it is: the loader refuses it, by name.
+    archive = file.read_bytes()
+    return hashlib.sha256(model_folder.canonical_skops(archive) if zipfile.is_zipfile(file) else archive).hexdigest()
 
 
 def check_store() -> None:
@@ -301,7 +322,7 @@ def log_training_run(*, experiment: str, model_name: str, params: dict, metrics:
                 warnings.simplefilter("ignore", UserWarning)
                 info = mlflow.sklearn.log_model(pipeline, name="model", serialization_format="skops",
                                                 **_model_kwargs(pipeline, example, metadata))
-            staging = _staged_model_dir(pipeline, example, {**metadata, "run_id": run.info.run_id}, model_dir)
+            staging = _staged_model_dir(pipeline, example, metadata, model_dir)
             digest = model_digest(staging / "model")
             mlflow.set_tag(MODEL_DIGEST_TAG, digest)
         version = mlflow.register_model(info.model_uri, model_name,
@@ -566,12 +587,13 @@ def resolve_model(uri: str, project_root: Path | None = None) -> ResolvedModel:
     metadata = mlmodel_fields(path).get("metadata") or {}
     name, version = metadata.get("registered_model_name"), metadata.get("registered_version")
     if not (name and version):
-        return ResolvedModel(str(path), path.name, "unregistered", metadata.get("run_id"))
-    _verify_claim(path, str(name), str(version), metadata.get("run_id"))
-    return ResolvedModel(str(path), str(name), str(version), metadata.get("run_id"))
+        return ResolvedModel(str(path), path.name, "unregistered", None)
+    return ResolvedModel(str(path), str(name), str(version), _verified_claim(path, str(name), str(version)))
 
 
-def _verify_claim(path: Path, name: str, version: str, run_id: str | None) -> None:
+def _verified_claim(path: Path, name: str, version: str) -> str:
+    """The run of the registered version a folder claims to be, once the registry's digest of that
+    version matches the folder's."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -585,11 +607,12 @@ def _verify_claim(path: Path, name: str, version: str, run_id: str | None) -> No
             "(`dvc repro --force train`)") from None
     digest = model_digest(path)
     recorded = record.tags.get(MODEL_DIGEST_TAG)
-    if record.run_id != run_id or recorded != digest:
+    if recorded != digest:
         raise UntrustedModelError(
             f"model folder {str(path)!r} claims to be {name} v{version}, but the registry records "
-            f"run {record.run_id} with digest {recorded} and the folder holds run {run_id} with digest "
-            f"{digest}; use models:/{name}/{version}, or retrain (`dvc repro --force train`)")
+            f"digest {recorded} for it and the folder holds digest {digest}; use models:/{name}/{version}, "
+            "or retrain (`dvc repro --force train`)")
+    return record.run_id
 
 
 def _how_to_get_a_model(project_root: Path | None, client: object) -> str:
