@@ -76,6 +76,26 @@ def reviewed_project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {**run, "tracking_uri": uri}
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_store_left_as_found(monkeypatch: pytest.MonkeyPatch):
+    """MLflow keeps its tracking and registry URIs as process globals and writes them into
+    os.environ behind monkeypatch's back: without this, a test's store stays the registry of every
+    later test that opens a client without naming one."""
+    import sys
+
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        if variable in os.environ:
+            monkeypatch.setenv(variable, os.environ[variable])
+        else:
+            monkeypatch.delenv(variable, raising=False)
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
 @pytest.fixture
 def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A real MLflow sqlite store in a temporary folder (artifacts beside it)."""

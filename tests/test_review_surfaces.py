@@ -56,7 +56,7 @@ def _assert_review_shows_the_registrys_champion(notebook, reviewed_project: dict
 
     text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
                      for c in notebook.cells for o in c.get("outputs", []))
-    client = MlflowClient(reviewed_project["tracking_uri"])
+    client = MlflowClient(reviewed_project["tracking_uri"], registry_uri=reviewed_project["tracking_uri"])
     champion = client.get_model_version_by_alias("churnlens", "champion")
     assert f"model under review: churnlens v{champion.version} (champion" in text
     metrics = client.get_run(champion.run_id).data.metrics
