@@ -60,7 +60,7 @@ def _assert_review_shows_the_registrys_champion(notebook, reviewed_project: dict
     champion = client.get_model_version_by_alias("churnlens", "champion")
     assert f"model under review: churnlens v{champion.version} (champion" in text
     metrics = client.get_run(champion.run_id).data.metrics
-    for key in ("holdout/roc_auc", "baseline/recency_rule/roc_auc", "holdout/brier"):
+    for key in ("holdout/roc_auc", "holdout_baseline/recency_rule/roc_auc", "holdout/brier"):
         assert f"{metrics[key]:.4f}" in text, f"{key} of v{champion.version} is not what the notebook shows"
     assert champion.description.splitlines()[0] in text  # the promotion decision, as the registry states it
 
@@ -124,8 +124,8 @@ def test_rest_api_shows_the_latest_run_its_plots_and_the_registered_model(mlflow
     latest = runs[0]
     assert latest["info"]["run_id"] == reviewed_project["trained"]["run_id"]
     metrics = {m["key"] for m in latest["data"]["metrics"]}
-    assert {"validation/logloss", "holdout/roc_auc", "baseline/recency_rule/roc_auc",
-            "backtest/roc_auc_mean"} <= metrics
+    assert {"validation/logloss", "holdout/roc_auc", "holdout_baseline/recency_rule/roc_auc",
+            "rolling_backtest/roc_auc_mean"} <= metrics
     artifacts = _get(f"{api}/artifacts/list?run_id={latest['info']['run_id']}&path=evaluation")["files"]
     pngs = {Path(a["path"]).name for a in artifacts if a["path"].endswith(".png")}
     assert {"roc.png", "calibration.png", "gains.png", "profit.png", "importance.png"} <= pngs
@@ -163,6 +163,21 @@ def test_experiment_landing_page_is_the_runs_table(mlflow_server: str, reviewed_
     assert "churnlens review" in dom, "the experiment's review view (an experiment tag) did not load"
     holdout_auc = run.data.metrics["holdout/roc_auc"]
     assert "holdout/roc_auc" in dom and f"{holdout_auc:.4f}" in dom, "the runs table shows no holdout metric column"
+
+
+def test_run_page_opens_on_the_holdout_figures(mlflow_server: str, reviewed_project: dict, tmp_path: Path) -> None:
+    """The training run's chart sections as the UI draws them: the holdout leads, then the
+    baselines on it; each backtest metric is one chart over the folds, not one chart per fold."""
+    import re
+
+    run = MlflowClient(reviewed_project["tracking_uri"]).get_run(reviewed_project["trained"]["run_id"])
+    dom = _rendered(f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/model-metrics",
+                    tmp_path / "profile")
+    sections = re.findall(r'data-testid="experiment-view-compare-runs-section-header".*?white-space: pre;">([^<]+)<',
+                          dom)
+    groups = list(dict.fromkeys(section.split("/")[0] for section in sections))
+    assert sections[0] == "holdout" and groups[:3] == ["holdout", "holdout_baseline", "rolling_backtest"], sections
+    assert not any("fold1" in key for key in run.data.metrics), "one metric key per fold is back"
 
 
 def test_model_version_page_states_the_promotion(mlflow_server: str, reviewed_project: dict,

@@ -36,8 +36,8 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     # The logged values are the ones the tuning chose (params.yaml's are its trial 0).
     assert run.data.params["train.xgboost.max_depth"] == str(trained["chosen_xgboost"]["max_depth"])
     assert "validation/logloss" in run.data.metrics and "holdout/roc_auc" in run.data.metrics
-    assert "baseline/rfm_logistic/roc_auc" in run.data.metrics
-    assert "baseline/bgnbd_no_purchase/roc_auc" in run.data.metrics
+    assert "holdout_baseline/rfm_logistic/roc_auc" in run.data.metrics
+    assert "holdout_baseline/bgnbd_no_purchase/roc_auc" in run.data.metrics
     per_segment = pipeline_run["evaluated"]["per_segment"]
     assert {"brand_advocate", "brand_user", "brand_comparer"} <= set(per_segment)
     assert sum(v["n"] for v in per_segment.values()) == pipeline_run["evaluated"]["model"]["n"]
@@ -54,10 +54,21 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     snapshots = pd.read_parquet(pipeline_run["root"] / "data/features/snapshots.parquet")
     runnable, skipped = backtest_splits(snapshots, pipeline_run["params"].features, pipeline_run["params"].train)
     folds = len(runnable)
-    assert folds >= 2 and run.data.metrics["backtest/folds"] == folds
-    assert run.data.metrics["backtest/folds_skipped"] == len(skipped) == len(trained["skipped_backtest_folds"])
-    assert f"backtest/fold{folds}/roc_auc" in run.data.metrics
-    assert 0 <= run.data.metrics["backtest/roc_auc_std"] < 0.2
+    assert folds >= 2 and run.data.metrics["rolling_backtest/folds"] == folds
+    assert run.data.metrics["rolling_backtest/folds_skipped"] == len(skipped) == len(trained["skipped_backtest_folds"])
+    # Each metric's folds are one series, fold k at step k: one chart, not one per fold.
+    history = client.get_metric_history(trained["run_id"], "rolling_backtest/fold_roc_auc")
+    assert sorted(point.step for point in history) == list(range(1, folds + 1))
+    assert not any("/fold1/" in key or key.startswith("rolling_backtest/fold1") for key in run.data.metrics)
+    assert 0 <= run.data.metrics["rolling_backtest/roc_auc_std"] < 0.2
+    # The run spans the training (tuning, fits, backtest), not the logging after it: it ends before
+    # its model was logged, and lasts at least the final fit.
+    import mlflow
+
+    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                            filter_string=f"source_run_id = '{trained['run_id']}'")
+    assert run.info.end_time < logged.creation_timestamp
+    assert run.info.end_time - run.info.start_time >= 1000 * run.data.metrics["train/seconds"]
     assert run.data.metrics["holdout/max_expected_profit"] >= 0
     assert str(client.get_model_version_by_alias("churnlens", "challenger").version) == trained["model_version"]
     assert str(client.get_model_version_by_alias("churnlens", "champion").version) == trained["model_version"]

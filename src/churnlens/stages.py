@@ -113,7 +113,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     from churnlens import evaluate as ev
     from churnlens import model
 
-    started = time.perf_counter()
+    started, began_ms = time.perf_counter(), time.time_ns() // 1_000_000
     _require_inputs(snapshots_path, features_report)
     tracking.check_store()  # a broken store should fail now, not after the training
     snapshots = pd.read_parquet(snapshots_path)
@@ -142,6 +142,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     seconds = time.perf_counter() - started
     log.info("train: final model fitted in %.0f s (%d trees); backtest folds next", seconds, fitted.best_iteration)
     folds, skipped_folds = ev.backtest(snapshots, lists.numeric, lists.categorical, params)
+    trained_between = (began_ms, time.time_ns() // 1_000_000)
     log.info("train: logging the run and the model to MLflow")
 
     lineage = {"deployed_train_cutoffs": [c.date().isoformat() for c in deployed.train_cutoffs],
@@ -175,6 +176,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
                                    str(snapshots_path), tags["data_fingerprint"], model.LABEL,
                                    str(deployed_rows["cutoff"].min().date()),
                                    str(deployed_rows["cutoff"].max().date())),
+        trained_between=trained_between,
     )
     report = {"model_name": registered.name, "model_version": registered.version,
               "split": split.as_dict(), **lineage,
@@ -364,8 +366,9 @@ def _judge(params: Params, snapshots_path: Path, model_dir: Path, train_report: 
     io.write_json(payload, metrics_path)
     if headline_path is not None:
         io.write_json(ev.headline_metrics(results), headline_path)
-    # Grouped for the UI's charts: the model on the holdout, each baseline on it, each segment.
-    flat = {f"{'holdout' if name == 'model' else f'baseline/{name}'}/{k}": v
+    # Grouped for the UI's charts, which it orders by group name: the model on the holdout first,
+    # then each baseline on it, then each segment.
+    flat = {f"{'holdout' if name == 'model' else f'{tracking.BASELINE_GROUP}/{name}'}/{k}": v
             for name, values in results.items() for k, v in values.items()}
     flat.update({f"segment/{segment}/{k}": v for segment, values in per_segment.items() for k, v in values.items()})
     tracking.log_evaluation(trained["run_id"], flat, plots_dir)

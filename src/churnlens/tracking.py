@@ -226,16 +226,38 @@ class TrackingStoreError(RuntimeError):
     """The MLflow tracking store is unreachable or corrupt."""
 
 
-def training_metric_key(name: str) -> str:
-    """The MLflow name of a training metric: the UI groups charts on the part before the first
-    '/', so validation, backtest (per fold) and training figures each get one section."""
+# The MLflow UI groups a run's charts on the part of a metric's name before its last '/' and
+# orders the sections by name: these names put the holdout first (evaluate's `holdout/…`), then
+# each baseline on the same holdout, then the rolling-origin backtest, segments, training, validation.
+BASELINE_GROUP = "holdout_baseline"
+BACKTEST_GROUP = "rolling_backtest"
+
+
+def training_metric_key(name: str) -> tuple[str, int]:
+    """The MLflow name and step of a training metric, in its chart group (see BACKTEST_GROUP).
+    Each fold's figure is one step of a series (``rolling_backtest/fold_<metric>``, step k for
+    fold k), so a metric's folds share one chart, the folds along its x axis, not one chart each."""
     fold = re.fullmatch(r"fold(\d+)_(.+)", name)
     if fold:
-        return f"backtest/fold{fold[1]}/{fold[2]}"
-    for group in ("backtest", "validation"):
-        if name.startswith(f"{group}_"):
-            return f"{group}/{name.removeprefix(f'{group}_')}"
-    return f"train/{name.removeprefix('train_')}"
+        return f"{BACKTEST_GROUP}/fold_{fold[2]}", int(fold[1])
+    if name.startswith("backtest_"):
+        return f"{BACKTEST_GROUP}/{name.removeprefix('backtest_')}", 0
+    if name.startswith("validation_"):
+        return f"validation/{name.removeprefix('validation_')}", 0
+    return f"train/{name.removeprefix('train_')}", 0
+
+
+def _log_metrics(run_id: str, points: list[tuple[str, float, int]]) -> None:
+    """Log (key, value, step) points to a run by id, open or not, in batches the API accepts."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, step) for key, value, step in points]
+    for start in range(0, len(metrics), 1000):  # MLflow's per-request limit
+        MlflowClient().log_batch(run_id, metrics=metrics[start:start + 1000])
 
 
 # The MLflow 3 UI keeps a runs-table view (columns, their order, chart sections) in an experiment
@@ -244,7 +266,8 @@ SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 REVIEW_VIEW = "churnlens-review"
 # The columns a reviewer compares runs on, holdout figures first.
 REVIEW_COLUMNS = ("holdout/roc_auc", "holdout/pr_auc", "holdout/brier", "holdout/ece", "holdout/top_decile_lift",
-                  "baseline/rfm_logistic/roc_auc", "backtest/roc_auc_mean", "backtest/roc_auc_std")
+                  f"{BASELINE_GROUP}/rfm_logistic/roc_auc", f"{BACKTEST_GROUP}/roc_auc_mean",
+                  f"{BACKTEST_GROUP}/roc_auc_std")
 
 
 def review_view_state() -> str:
@@ -288,10 +311,12 @@ class TrainingData:
 
 def log_training_run(*, experiment: str, model_name: str, params: dict, metrics: dict[str, float],
                      tags: dict[str, str], pipeline: object, example: pd.DataFrame, metadata: dict,
-                     artifacts: dict[str, Path], model_dir: Path, data: TrainingData | None = None
-                     ) -> RegisteredModel:
+                     artifacts: dict[str, Path], model_dir: Path, data: TrainingData | None = None,
+                     trained_between: tuple[int, int] | None = None) -> RegisteredModel:
     """Log params, metrics, lineage tags, the training data and the model; write the model folder;
-    register it and point ``challenger`` at it.
+    register it and point ``challenger`` at it. ``trained_between`` (epoch milliseconds) is when
+    the training work began and ended: the run spans it, so its duration is the training's, not
+    the logging's that comes after.
 
     Order matters for a run killed half-way: a version is registered only once the run's model
     artifact and the staged model folder are complete, and the alias moves last.
@@ -300,7 +325,7 @@ def log_training_run(*, experiment: str, model_name: str, params: dict, metrics:
     from mlflow import MlflowClient
 
     configure()
-    mlflow.set_experiment(experiment)
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
     # Older MLflow 3 UIs open an experiment in the GenAI view unless told this is model training
     # (newer ones need ?workflowType=machine_learning in the URL: see experiment_url).
     mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
@@ -310,9 +335,10 @@ def log_training_run(*, experiment: str, model_name: str, params: dict, metrics:
         tags["mlflow.source.git.commit"] = tags["git_commit"]
     staging = None
     try:
-        with mlflow.start_run(run_name=run_name("train", params, tags)) as run:
+        with _training_run(experiment_id, run_name("train", params, tags), trained_between) as run:
             mlflow.log_params(flatten(params))
-            mlflow.log_metrics({training_metric_key(name): value for name, value in metrics.items()})
+            _log_metrics(run.info.run_id, [(key, value, step) for name, value in metrics.items()
+                                           for key, step in [training_metric_key(name)]])
             mlflow.set_tags(tags)
             if data is not None:
                 _log_training_data(data)
@@ -325,6 +351,8 @@ def log_training_run(*, experiment: str, model_name: str, params: dict, metrics:
             staging = _staged_model_dir(pipeline, example, metadata, model_dir)
             digest = model_digest(staging / "model")
             mlflow.set_tag(MODEL_DIGEST_TAG, digest)
+        if trained_between is not None:
+            MlflowClient().set_terminated(run.info.run_id, "FINISHED", end_time=trained_between[1])
         version = mlflow.register_model(info.model_uri, model_name,
                                         tags={"run_id": run.info.run_id, MODEL_DIGEST_TAG: digest})
         _move_into_place(staging, model_dir, {"registered_model_name": model_name,
@@ -339,6 +367,17 @@ def log_training_run(*, experiment: str, model_name: str, params: dict, metrics:
     client.set_registered_model_alias(model_name, CHALLENGER, version.version)
     log.info("registered %s version %s as %s", model_name, version.version, CHALLENGER)
     return RegisteredModel(run.info.run_id, model_name, str(version.version), info.model_uri)
+
+
+def _training_run(experiment_id: str, name: str, trained_between: tuple[int, int] | None):
+    """The active run to log the training into, started when the training began if known."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if trained_between is None:
+        return mlflow.start_run(experiment_id=experiment_id, run_name=name)
+    created = MlflowClient().create_run(experiment_id, start_time=trained_between[0], run_name=name)
+    return mlflow.start_run(run_id=created.info.run_id)
 
 
 def register_baseline(*, model_name: str, train_run_id: str, baseline: str, pipeline: object,
@@ -401,13 +440,14 @@ def dataset_schema(frame: pd.DataFrame) -> object:
 
 
 def log_evaluation(run_id: str, metrics: dict[str, float], artifact_dir: Path | None = None) -> None:
-    import mlflow
+    """Add the evaluation to the training run without reopening it: resuming and ending a run
+    restamps its end time, so its duration would become train's and evaluate's together."""
+    from mlflow import MlflowClient
 
     configure()
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(metrics)
-        if artifact_dir is not None and artifact_dir.exists():
-            mlflow.log_artifacts(str(artifact_dir), artifact_path="evaluation")
+    _log_metrics(run_id, [(key, value, 0) for key, value in metrics.items()])
+    if artifact_dir is not None and artifact_dir.exists():
+        MlflowClient().log_artifacts(run_id, str(artifact_dir), artifact_path="evaluation")
 
 
 def run_metrics(run_id: str | None) -> dict[str, float]:
