@@ -67,13 +67,20 @@ def reviewed_project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("reviewed")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        point_mlflow_at(patch, uri)
         patch.chdir(root)
         run = run_small_pipeline(root)
         run_score(ScoreJob(run["params"], root / "data/canonical", "models:/churnlens@champion",
                   root / "data/scores/scores.parquet", root / "reports/segment_report.json",
                   truth=pd.read_parquet(root / "data/truth/ground_truth.parquet")))
     return {**run, "tracking_uri": uri}
+
+
+def point_mlflow_at(patch: pytest.MonkeyPatch, uri: str) -> None:
+    """Both of MLflow's URIs, so that ``patch`` puts both back: the pipeline's own set-up
+    (tracking.configure) writes the registry's into os.environ too."""
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    patch.setenv("MLFLOW_REGISTRY_URI", uri)
 
 
 @pytest.fixture(autouse=True)

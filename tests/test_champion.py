@@ -14,7 +14,7 @@ from churnlens import io, tracking
 from churnlens.config import parse_params
 from churnlens.score import ScoreJob
 from churnlens.stages import run_evaluate, run_features, run_ingest_stage, run_score, run_simulate, run_train
-from conftest import PROJECT_ROOT, small_params_dict
+from conftest import PROJECT_ROOT, point_mlflow_at, small_params_dict
 
 # One tree of depth one, barely trained: on the small data it ranks customers worse than BG/NBD.
 DEGENERATE = {"n_estimators": 1, "max_depth": 1, "early_stopping_rounds": 1, "learning_rate": 0.01}
@@ -25,7 +25,7 @@ def lost(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A fresh registry whose first challenger loses to the BG/NBD baseline on its holdout."""
     root = tmp_path_factory.mktemp("lost")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        point_mlflow_at(patch, f"sqlite:///{root / 'mlflow.db'}")
         patch.chdir(root)
         params = parse_params(small_params_dict(train={"xgboost": DEGENERATE}))
         run_simulate(params, root / "data/raw", root / "data/truth/ground_truth.parquet")

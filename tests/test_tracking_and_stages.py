@@ -16,7 +16,7 @@ from churnlens.config import parse_params
 from churnlens.score import ScoreJob
 from churnlens.stages import run_evaluate, run_score, run_train
 from churnlens.tracking import ModelNotFoundError, load_model
-from conftest import PROJECT_ROOT, active_customers, run_small_pipeline, small_params_dict
+from conftest import PROJECT_ROOT, active_customers, point_mlflow_at, run_small_pipeline, small_params_dict
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
     """One real pipeline run shared by this module's tests (they only read it, or add versions)."""
     tmp_path = tmp_path_factory.mktemp("pipeline")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        point_mlflow_at(patch, f"sqlite:///{tmp_path / 'mlflow.db'}")
         patch.chdir(tmp_path)
         yield run_small_pipeline(tmp_path)
 
@@ -69,6 +69,8 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
                                             filter_string=f"source_run_id = '{trained['run_id']}'")
     assert run.info.end_time < logged.creation_timestamp
     assert run.info.end_time - run.info.start_time >= 1000 * run.data.metrics["train/seconds"]
+    # Made by the client for its start time, it still carries the context start_run would add.
+    assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type"} <= set(run.data.tags)
     assert run.data.metrics["holdout/max_expected_profit"] >= 0
     assert str(client.get_model_version_by_alias("churnlens", "challenger").version) == trained["model_version"]
     assert str(client.get_model_version_by_alias("churnlens", "champion").version) == trained["model_version"]
@@ -446,6 +448,12 @@ def test_a_log_too_young_for_a_temporal_model_gets_the_scored_bgnbd_fallback(tmp
                         tmp_path / "train.json", PROJECT_ROOT)
     assert trained["model_kind"] == "bgnbd_fallback" and "need at least 3" in trained["fallback_reason"]
     assert pd.read_parquet(tmp_path / "train_holdout_scores.parquet").empty  # a dvc output, even with no holdout
+    import mlflow
+
+    run = MlflowClient().get_run(trained["run_id"])  # spans the fallback's fit, not its logging
+    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                            filter_string=f"source_run_id = '{trained['run_id']}'")
+    assert run.info.start_time <= run.info.end_time < logged.creation_timestamp
     evaluated = run_evaluate(params, tmp_path / "snapshots.parquet", tmp_path / "model", tmp_path / "train.json",
                              tmp_path / "metrics.json", tmp_path / "plots")
     assert evaluated["promotion"]["promoted"] and 0.5 < evaluated["model"]["roc_auc"] <= 1

@@ -125,7 +125,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
         _require_both_classes(validation_rows[model.LABEL], "validation cutoffs")
     except model.TemporalModelUnsupported as exc:
         return _train_fallback(params, snapshots, snapshots_path, lists, features_report, model_dir, report_path,
-                               project_root, str(exc))
+                               project_root, str(exc), began_ms)
     # Training takes minutes on real data: say what is running.
     log.info("train: %d training rows, %d validation rows; tuning: %d trials", len(train_rows),
              len(validation_rows), params.train.tuning.n_trials)
@@ -201,7 +201,7 @@ def _written_train_report(report: dict, report_path: Path, registered: tracking.
 
 def _train_fallback(params: Params, snapshots: pd.DataFrame, snapshots_path: Path, lists: FeatureLists,
                     features_report: Path, model_dir: Path, report_path: Path, project_root: Path,
-                    reason: str) -> dict:
+                    reason: str, began_ms: int) -> dict:
     """Register the BG/NBD model as the churn model when the data cannot support a temporal one,
     so that scoring still works, its scores labelled as coming from the fallback."""
     from churnlens import model
@@ -214,6 +214,7 @@ def _train_fallback(params: Params, snapshots: pd.DataFrame, snapshots_path: Pat
                 "cutoffs are labelled to get the temporal model.", reason, params.features.horizon_days)
     latest = snapshots[snapshots["cutoff"] == snapshots["cutoff"].max()]
     fallback = model.bgnbd_fallback_model(latest, params.train.probability_floor)
+    trained_between = (began_ms, time.time_ns() // 1_000_000)
     numeric = [model.FALLBACK_FEATURE]
     contract = ModelContract(numeric, [], model_kind=model.FALLBACK_KIND, fallback_reason=reason,
                              drift_profile=drift.drift_profile(latest, numeric, []))
@@ -223,7 +224,8 @@ def _train_fallback(params: Params, snapshots: pd.DataFrame, snapshots_path: Pat
         experiment=params.train.experiment_name, model_name=params.train.registered_model_name,
         params={"features": params.features.model_dump(mode="json"), "model_kind": model.FALLBACK_KIND},
         metrics={}, tags=tags, pipeline=fallback, example=model.model_input(latest.head(50), numeric, []),
-        metadata=contract.to_metadata(), artifacts={"features": features_report}, model_dir=model_dir)
+        metadata=contract.to_metadata(), artifacts={"features": features_report}, model_dir=model_dir,
+        trained_between=trained_between)
     # No procedure is judged on a holdout (evaluate judges the fallback on its own feature): no scores.
     report = {"model_name": registered.name, "model_version": registered.version,
               "model_kind": model.FALLBACK_KIND, "fallback_reason": reason, "split": None,

@@ -248,16 +248,14 @@ def training_metric_key(name: str) -> tuple[str, int]:
 
 
 def _log_metrics(run_id: str, points: list[tuple[str, float, int]]) -> None:
-    """Log (key, value, step) points to a run by id, open or not, in batches the API accepts."""
+    """Log (key, value, step) points to a run by id, open or not (the client splits large batches)."""
     import time
 
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(value), now, step) for key, value, step in points]
-    for start in range(0, len(metrics), 1000):  # MLflow's per-request limit
-        MlflowClient().log_batch(run_id, metrics=metrics[start:start + 1000])
+    MlflowClient().log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value, step in points])
 
 
 # The MLflow 3 UI keeps a runs-table view (columns, their order, chart sections) in an experiment
@@ -370,14 +368,21 @@ def log_training_run(*, experiment: str, model_name: str, params: dict, metrics:
 
 
 def _training_run(experiment_id: str, name: str, trained_between: tuple[int, int] | None):
-    """The active run to log the training into, started when the training began if known."""
+    """The active run to log the training into, started when the training began if known. Made
+    by the client (start_run cannot take a start time) with the context tags start_run would add:
+    user, source, git."""
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.tracking.context.registry import resolve_tags
 
-    if trained_between is None:
-        return mlflow.start_run(experiment_id=experiment_id, run_name=name)
-    created = MlflowClient().create_run(experiment_id, start_time=trained_between[0], run_name=name)
-    return mlflow.start_run(run_id=created.info.run_id)
+    client = MlflowClient()
+    created = client.create_run(experiment_id, start_time=trained_between[0] if trained_between else None,
+                                tags=resolve_tags(), run_name=name)
+    try:
+        return mlflow.start_run(run_id=created.info.run_id)
+    except Exception:
+        client.set_terminated(created.info.run_id, "FAILED")  # never left RUNNING
+        raise
 
 
 def register_baseline(*, model_name: str, train_run_id: str, baseline: str, pipeline: object,
