@@ -29,6 +29,15 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
         yield run_small_pipeline(tmp_path)
 
 
+def _logged_model(run):
+    """The one model a training run logged (MLflow 3's LoggedModel), with its creation time."""
+    import mlflow
+
+    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                            filter_string=f"source_run_id = '{run.info.run_id}'")
+    return logged
+
+
 def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     client = MlflowClient()
     trained = pipeline_run["trained"]
@@ -63,11 +72,7 @@ def test_training_run_is_complete_in_mlflow(pipeline_run) -> None:
     assert 0 <= run.data.metrics["rolling_backtest/roc_auc_std"] < 0.2
     # The run spans the training (tuning, fits, backtest), not the logging after it: it ends before
     # its model was logged, and lasts at least the final fit.
-    import mlflow
-
-    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
-                                            filter_string=f"source_run_id = '{trained['run_id']}'")
-    assert run.info.end_time < logged.creation_timestamp
+    assert run.info.end_time < _logged_model(run).creation_timestamp
     assert run.info.end_time - run.info.start_time >= 1000 * run.data.metrics["train/seconds"]
     # Made by the client for its start time, it still carries the context start_run would add.
     assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type"} <= set(run.data.tags)
@@ -448,12 +453,8 @@ def test_a_log_too_young_for_a_temporal_model_gets_the_scored_bgnbd_fallback(tmp
                         tmp_path / "train.json", PROJECT_ROOT)
     assert trained["model_kind"] == "bgnbd_fallback" and "need at least 3" in trained["fallback_reason"]
     assert pd.read_parquet(tmp_path / "train_holdout_scores.parquet").empty  # a dvc output, even with no holdout
-    import mlflow
-
     run = MlflowClient().get_run(trained["run_id"])  # spans the fallback's fit, not its logging
-    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
-                                            filter_string=f"source_run_id = '{trained['run_id']}'")
-    assert run.info.start_time <= run.info.end_time < logged.creation_timestamp
+    assert run.info.start_time <= run.info.end_time < _logged_model(run).creation_timestamp
     evaluated = run_evaluate(params, tmp_path / "snapshots.parquet", tmp_path / "model", tmp_path / "train.json",
                              tmp_path / "metrics.json", tmp_path / "plots")
     assert evaluated["promotion"]["promoted"] and 0.5 < evaluated["model"]["roc_auc"] <= 1
