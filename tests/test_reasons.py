@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnlens.features import feature_definitions
+from churnlens.features import SeasonWindow, feature_definitions
 from churnlens.reasons import feature_phrases, plain_reasons
 
 WINDOWS = (30, 90, 365)
@@ -19,11 +19,12 @@ FORBIDDEN = ("`", "/", "+ 1", "P(", "ln(", "log of", "cutoff", "label horizon", 
              "none recorded")
 DIRECTIONS = (" (raises the risk)", " (lowers the risk)")
 # Every feature's column name, internal building blocks included.
-COLUMN_NAME = re.compile(r"\b(" + "|".join(re.escape(f.name) for f in feature_definitions(WINDOWS)) + r")\b")
+SEASON = SeasonWindow(horizon_days=90)
+COLUMN_NAME = re.compile(r"\b(" + "|".join(re.escape(f.name) for f in feature_definitions(WINDOWS, SEASON)) + r")\b")
 
 
 def model_features(windows: tuple[int, ...] = WINDOWS) -> list[str]:
-    return [f.name for f in feature_definitions(windows) if not f.internal and f.for_model]
+    return [f.name for f in feature_definitions(windows, SEASON) if not f.internal and f.for_model]
 
 
 def reasons_of(features: dict, contributions: dict, k: int = 3) -> list[str]:
@@ -67,6 +68,9 @@ def test_a_feature_without_a_phrase_is_refused() -> None:
      "no spend in the last 90 days against 480 in the 90 before"),
     ({"btyd_p_no_purchase_horizon": 0.8}, "btyd_p_no_purchase_horizon",
      "likely to have stopped buying, by the purchase-pattern model: 80%"),
+    ({"purchases_same_season_last_year": 3.0}, "purchases_same_season_last_year",
+     "3 purchases in the same weeks of the year a year ago"),
+    ({"season_month": 11.0}, "season_month", "the time of year: the coming weeks centre on November"),
     ({"complaints_90d": 2.0}, "complaints_90d", "2 complaints in the last 90 days"),
     ({"complaints_90d": 1.0}, "complaints_90d", "1 complaint in the last 90 days"),
     ({"visits_30d": 0.0}, "visits_30d", "no visit in the last 30 days"),

@@ -417,7 +417,7 @@ def test_cli_scores_as_of_a_date_and_writes_the_catalog(pipeline_run) -> None:
     from typer.testing import CliRunner
 
     from churnlens.cli import app
-    from churnlens.features import feature_catalog_markdown, feature_definitions
+    from churnlens.features import definitions_for, feature_catalog_markdown
 
     root, runner = pipeline_run["root"], CliRunner()
     snapshots = pd.read_parquet(root / "data/features/snapshots.parquet")
@@ -429,8 +429,7 @@ def test_cli_scores_as_of_a_date_and_writes_the_catalog(pipeline_run) -> None:
     assert (dated["as_of"] == pd.Timestamp(day, tz="UTC")).all() and len(dated) > 0
     catalog = runner.invoke(app, ["catalog", "--output", str(root / "features.md"), "--scores", str(root / "s.md")])
     assert catalog.exit_code == 0, catalog.output
-    windows = pipeline_run["params"].features.windows_days
-    assert (root / "features.md").read_text() == feature_catalog_markdown(feature_definitions(windows))
+    assert (root / "features.md").read_text() == feature_catalog_markdown(definitions_for(pipeline_run["params"].features))
 
 
 def test_a_log_too_young_for_a_temporal_model_gets_the_scored_bgnbd_fallback(tmp_path: Path, monkeypatch) -> None:

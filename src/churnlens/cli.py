@@ -353,11 +353,11 @@ def catalog(output: Annotated[Path, typer.Option()] = Path("docs/features.md"),
             scores: Annotated[Path, typer.Option(help="the scores file's data dictionary")] = Path("docs/scores.md"),
             ) -> None:
     """Regenerate the feature catalog and the scores dictionary from their definitions."""
-    from churnlens.features import feature_catalog_markdown, feature_definitions
+    from churnlens.features import definitions_for, feature_catalog_markdown
     from churnlens.io import atomic_path
     from churnlens.score import scores_dictionary_markdown
 
-    texts = {output: feature_catalog_markdown(feature_definitions(_params(params).features.windows_days)),
+    texts = {output: feature_catalog_markdown(definitions_for(_params(params).features)),
              scores: scores_dictionary_markdown()}
     for target, text in texts.items():
         with atomic_path(target) as temporary:

@@ -82,6 +82,22 @@ class MonthlyChurnHazard(_Section):
     brand_comparer: float = Field(0.025, ge=0, le=1)
 
 
+class Seasonality(_Section):
+    """When in the calendar year the simulated customers buy. The default is a gift shop's mild
+    pre-Christmas peak; ``seasonal_shopper_share`` > 0 makes some customers buy mostly before it,
+    so a label window's churn rate depends on its season (a test bed for the seasonal features)."""
+
+    peak_day_of_year: int = Field(340, ge=0, le=364, description="the peak's day of the calendar year (0 = 1 Jan)")
+    peak_width_days: float = Field(15.0, gt=0, description="width of everyone's peak (a Gaussian's scale)")
+    peak_uplift: float = Field(0.35, ge=0, description="everyone's buying rate at the peak is 1 + this")
+    seasonal_shopper_share: float = Field(0.0, ge=0, le=1, description="share of customers who buy mostly in "
+                                          "the weeks before the peak, rarely at other times")
+    seasonal_shopper_width_days: float = Field(45.0, gt=0, description="width of their buying season")
+    seasonal_shopper_purchases_per_year: float = Field(4.0, gt=0, description="their mean purchases a year")
+    seasonal_shopper_off_season: float = Field(0.1, ge=0, le=1, description="their buying rate off season, "
+                                               "relative to in season")
+
+
 class SimulateConfig(_Section):
     seed: int = Field(42, ge=0)
     n_customers: int = Field(20_000, ge=10)
@@ -95,6 +111,7 @@ class SimulateConfig(_Section):
     price_shocks_per_year: float = Field(3.0, ge=0, description="competitor price moves comparers react to")
     price_shock_churn_probability: float = Field(0.08, ge=0, le=1)
     latent_period_days: tuple[int, int] = (30, 120)
+    seasonality: Seasonality = Seasonality()
     customers_per_chunk: int = Field(5_000, ge=100, description="memory bound of the generator")
     tables: tuple[Literal["transactions", "interactions", "customers"], ...] = Field(
         ("transactions", "interactions", "customers"),

@@ -63,6 +63,7 @@ class Feature:
     categorical: bool = False
     internal: bool = False
     for_model: bool = True
+    seasonal: bool = False  # a model input only where the coming season was labelled a year earlier (seasonal_gap)
 
 
 def _days(a: str, b: str) -> str:
@@ -90,8 +91,9 @@ def _sum(name: str, family: Family, source: EventSource, measure: str, window: i
                    internal=internal)
 
 
-def _derived(name: str, family: Family, expression: str, description: str, for_model: bool = True) -> Feature:
-    return Feature(name, family, "derived", expression, description, for_model=for_model)
+def _derived(name: str, family: Family, expression: str, description: str, for_model: bool = True,
+             seasonal: bool = False) -> Feature:
+    return Feature(name, family, "derived", expression, description, for_model=for_model, seasonal=seasonal)
 
 
 PURCHASED = "NOT is_return"
@@ -104,8 +106,29 @@ BELOW_USUAL = 0.95  # paid at least 5% under the product's usual price: a price 
 DISCOUNTED = "NOT is_return AND list_price > unit_price"
 
 
-def feature_definitions(windows: tuple[int, ...] = (30, 90, 365)) -> list[Feature]:
-    """The full catalogue; ``windows`` expands the per-window templates."""
+def definitions_for(config: FeaturesConfig) -> list[Feature]:
+    """The catalogue a features config computes: its windows, and the seasonal features of its label window."""
+    return feature_definitions(config.windows_days, SeasonWindow(config.horizon_days, config.lead_days))
+
+
+@dataclass(frozen=True)
+class SeasonWindow:
+    """The label window after a cutoff, (cutoff + lead, cutoff + lead + horizon], in days."""
+
+    horizon_days: int
+    lead_days: int = 0
+
+    @property
+    def year_earlier_offset(self) -> int | None:
+        """Days from the cutoff back to the end of the same window a year earlier; None where that
+        window would end after the cutoff (lead + horizon over a year), which no feature may read."""
+        offset = YEAR_DAYS - self.lead_days - self.horizon_days
+        return offset if offset >= 0 else None
+
+
+def feature_definitions(windows: tuple[int, ...] = (30, 90, 365), season: SeasonWindow | None = None) -> list[Feature]:
+    """The full catalogue; ``windows`` expands the per-window templates, ``season`` adds the
+    seasonal features of that label window."""
     long = max(windows)
     pf, it, em, ec, df_, sc = FAMILIES
     features: list[Feature] = [
@@ -223,6 +246,7 @@ def feature_definitions(windows: tuple[int, ...] = (30, 90, 365)) -> list[Featur
         *loyalty_features(),
     ]
     features += btyd_definitions()
+    features += seasonal_definitions(season) if season else []
     names = [f.name for f in features]
     duplicated = {n for n in names if names.count(n) > 1}
     if duplicated:
@@ -285,6 +309,33 @@ def loyalty_features() -> list[Feature]:
 
 
 LIFETIME_DAYS = 36_500  # a 'distinct' window that holds every event of the data
+YEAR_DAYS = 365
+
+
+def seasonal_definitions(season: SeasonWindow) -> list[Feature]:
+    """What the same season a year earlier says about the window ahead (DOMAIN.md: a gift shop's
+    autumn is not its summer). Given to the model only where the coming season's window a year
+    before the scoring date is labelled (:func:`seasonal_gap`): in a shorter log no label shows
+    that season, so a season input could only extrapolate."""
+    pf = "purchase_frequency"
+    offset = season.year_earlier_offset
+    middle = season.lead_days + season.horizon_days // 2
+    month = Feature("season_month", pf, "history", f"month(cutoff + INTERVAL {middle} DAY)",
+                    f"Calendar month (1-12) of the middle of the label window after the cutoff (day {middle} of it): "
+                    "the season the churn risk is about.", seasonal=True)
+    if offset is None:
+        return [month]
+    return [
+        _sum("_purchases_same_window_last_year", pf, "orders", "1", season.horizon_days, offset=offset, internal=True),
+        _derived("purchases_same_season_last_year", pf,
+                 f"CASE WHEN days_since_first_purchase >= {YEAR_DAYS - season.lead_days} "
+                 "THEN _purchases_same_window_last_year END",
+                 f"Purchases in the label window's days a year earlier ({season.horizon_days} days ending "
+                 f"{offset} days before the cutoff); null unless the customer's first purchase is before that "
+                 "window, so a customer the log did not yet show is never read as one who did not buy.",
+                 seasonal=True),
+        month,
+    ]
 
 
 def btyd_definitions() -> list[Feature]:
@@ -313,9 +364,12 @@ def feature_catalog_markdown(features: list[Feature]) -> str:
     for family in FAMILIES:
         lines += [f"## {family.replace('_', ' ')}", "", "| feature | kind | window | meaning |", "|---|---|---|---|"]
         for f in (f for f in features if f.family == family and not f.internal):
-            window = ("all history" if f.kind in ("history", "btyd") or f.window_days == LIFETIME_DAYS
+            window = ("calendar" if f.kind == "history" and f.seasonal
+                      else "all history" if f.kind in ("history", "btyd") or f.window_days == LIFETIME_DAYS
                       else f"{f.window_days} d" if f.window_days else "")
-            meaning = f.description + ("" if f.for_model else " *Segments only: not a churn-model input.*")
+            meaning = (f.description + ("" if f.for_model else " *Segments only: not a churn-model input.*")
+                       + (" *A churn-model input only where the coming season was labelled a year earlier.*"
+                          if f.seasonal else ""))
             lines.append(f"| `{f.name}` | {f.kind} | {window} | {meaning} |")
         lines.append("")
     return "\n".join(lines)
@@ -341,8 +395,14 @@ class FeaturePlan:
 
     @property
     def model_names(self) -> list[str]:
-        """What the churn model is given: the public features except the segments-only ones."""
+        """What the churn model can be given: the public features except the segments-only ones."""
         return [f.name for f in self.public if f.for_model]
+
+    def model_inputs(self, seasonal_gap: str | None) -> tuple[list[str], dict[str, str]]:
+        """The churn model's inputs, and the model features left out of it with why: the seasonal
+        ones where ``seasonal_gap`` (from :func:`seasonal_gap`) says the log is too short."""
+        left_out = {f.name: seasonal_gap for f in self.public if f.for_model and f.seasonal and seasonal_gap}
+        return [n for n in self.model_names if n not in left_out], left_out
 
     def families(self) -> dict[str, list[str]]:
         return {family: [f.name for f in self.public if f.family == family] for family in FAMILIES}
@@ -409,6 +469,23 @@ def cutoff_grid(config: FeaturesConfig, data_start: pd.Timestamp, data_end: pd.T
         # (training rows are weighted per customer, so repeated customers do not dominate).
         step = min(step, grid.short_history_every_days)
     return list(pd.date_range(start, end, freq=f"{step}D"))
+
+
+def seasonal_gap(config: FeaturesConfig, cutoffs: list[pd.Timestamp], data_end: pd.Timestamp) -> str | None:
+    """None where the coming season's label window a year earlier is labelled: a labelled cutoff of
+    the grid lies at most one grid step after the scoring date's anniversary a year before (a
+    grid that began a few days late still shows that season); else why the seasonal features
+    stay out of the model. With the default 60 days of history before the first cutoff that takes
+    about 14 months of log; a year plus the label window always suffices."""
+    scoring = scoring_cutoff(config, data_end)
+    anniversary = scoring - pd.Timedelta(days=YEAR_DAYS)
+    labelled = [c for c in cutoffs if config.label_complete(c, data_end)]
+    latest_start = anniversary + pd.Timedelta(days=config.cutoffs.every_days)
+    if labelled and min(labelled) <= latest_start:
+        return None
+    first = f"the first labelled cutoff is {min(labelled).date()}" if labelled else "no cutoff is labelled"
+    return (f"needs a labelled cutoff by {latest_start.date()}, a year (and one grid step) before the scoring date "
+            f"{scoring.date()}, so the coming season's window a year earlier is labelled; {first}")
 
 
 def scoring_cutoff(config: FeaturesConfig, data_end: pd.Timestamp) -> pd.Timestamp:

@@ -18,6 +18,7 @@ The next feature by contribution takes its place.
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -215,6 +216,10 @@ def _price_against_typical(ratio: float) -> str:
     return f"paid on average {abs(off)}% {'above' if off > 0 else 'below'} the typical price in their categories"
 
 
+def _month_name(month: float) -> str:
+    return calendar.month_name[int(month)]
+
+
 def _contract(kind: str) -> str:
     return "no contract" if kind.strip().lower() == "none" else f"{kind.replace('_', ' ')} contract"
 
@@ -282,6 +287,9 @@ def feature_phrases(windows_days: tuple[int, ...]) -> Mapping[str, Phrase]:
         "btyd_expected_purchases_horizon": Phrase(
             lambda days: f"expected to buy on {days:.1f} days in the coming period, {PHRASE_MODEL}"),
         "btyd_p_no_purchase_horizon": Phrase(_share(f"likely to have stopped buying, {PHRASE_MODEL}: {{}}")),
+        "purchases_same_season_last_year": Phrase(
+            _counted("purchase", "purchases", "in the same weeks of the year a year ago")),
+        "season_month": Phrase(lambda month: f"the time of year: the coming weeks centre on {_month_name(month)}"),
         # ---- economic
         "avg_order_value_365d": Phrase(lambda value: f"average order of {_amount(value)} in the last 365 days"),
         "spend_trend_90d": Phrase(_spend_against_before, ("spend_90d", "spend_prior_90d")),

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from churnlens.config import PERSONAS, SimulateConfig
+from churnlens.config import PERSONAS, Seasonality, SimulateConfig
 
 CATEGORIES = (
     "signature", "premium_care", "limited_edition",  # distinctive lines advocates favour
@@ -231,10 +231,14 @@ def _purchase_days(config: SimulateConfig, attributes: pd.DataFrame, alive: np.n
     # Individual rhythm: each customer's own rate around the persona's mean.
     base_rate = _profile_array(attributes, "purchase_rate") * rng.gamma(4.0, 1 / 4.0, size=size)
     regular = _profile_array(attributes, "cadence_regularity")
+    seasonality = config.seasonality
     day_of_year = (np.arange(config.n_days) + config.start_date.timetuple().tm_yday) % 365
-    season = 1.0 + 0.35 * np.exp(-(((day_of_year - 340) / 15.0) ** 2))  # pre-Christmas peak
+    to_peak = (day_of_year - seasonality.peak_day_of_year) / seasonality.peak_width_days
+    season = 1.0 + seasonality.peak_uplift * np.exp(-(to_peak ** 2))
     staying = alive * (1.0 - 0.8 * progress)
     rate = ((1.0 - regular) * base_rate)[:, None] * season[None, :] * staying
+    if seasonality.seasonal_shopper_share > 0:  # drawn only when asked: the default data stays as it was
+        rate, regular = _with_seasonal_shoppers(seasonality, day_of_year, staying, rate, regular, rng)
     rows, days = _events(rate.astype(np.float32), rng)
     cycle = np.maximum(np.round(1.0 / base_rate), 3).astype(np.int64)
     phase = rng.integers(0, cycle)
@@ -245,6 +249,23 @@ def _purchase_days(config: SimulateConfig, attributes: pd.DataFrame, alive: np.n
     rows, days = np.concatenate([rows, cycle_rows]), np.concatenate([days, cycle_days])
     order = np.lexsort((days, rows))
     return rows[order], days[order]
+
+
+def _with_seasonal_shoppers(seasonality: Seasonality, day_of_year: np.ndarray, staying: np.ndarray,
+                            rate: np.ndarray, regular: np.ndarray, rng: np.random.Generator
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """A share of the customers buy at random times, mostly in the weeks up to the peak (gifts bought
+    before it, not after: the season ends at the peak's day in the calendar year) and at
+    ``seasonal_shopper_off_season`` of that rate otherwise, ``seasonal_shopper_purchases_per_year``
+    on average."""
+    shopper = rng.random(len(regular)) < seasonality.seasonal_shopper_share
+    to_peak = (day_of_year - seasonality.peak_day_of_year) / seasonality.seasonal_shopper_width_days
+    in_season = np.where(to_peak <= 0, np.exp(-(to_peak ** 2)), 0.0)
+    profile = seasonality.seasonal_shopper_off_season + (1 - seasonality.seasonal_shopper_off_season) * in_season
+    daily = seasonality.seasonal_shopper_purchases_per_year / 365 * profile / profile.mean()
+    rate = rate.copy()
+    rate[shopper] = daily[None, :] * staying[shopper]
+    return rate, np.where(shopper, 0.0, regular)
 
 
 def _products(attributes: pd.DataFrame, line_rows: np.ndarray, line_weeks: np.ndarray, line_progress: np.ndarray,

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from churnlens.config import FeaturesConfig, memory_bytes
 from churnlens.engines.duckdb import register_sources
-from churnlens.features import Feature, FeaturePlan, feature_definitions, plan_features, with_fitted_features
+from churnlens.features import Feature, FeaturePlan, definitions_for, plan_features, with_fitted_features
 from churnlens.sql import POOLED_STEPS, assembly_sql, event_steps, has_cancellations, last_columns
 from churnlens.sqltext import quote_name
 
@@ -177,7 +177,7 @@ def compute_snapshot(tables: dict[str, pd.DataFrame | str | None], cutoff: pd.Ti
                         "preserve_insertion_order = false"):
             con.execute(f"SET {setting}")
         available = register_sources(con, tables, prefix=WHOLE)
-        definitions = features if features is not None else feature_definitions(config.windows_days)
+        definitions = features if features is not None else definitions_for(config)
         plan = plan_features(definitions, available)
         con.execute(f"CREATE TEMP TABLE as_of AS SELECT TIMESTAMP '{instant.isoformat(sep=' ')}' AS cutoff")
         try:

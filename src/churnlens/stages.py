@@ -59,7 +59,8 @@ def run_features(params: Params, canonical_dir: Path | str, snapshots_path: Path
         data_start, data_end = engine.data_span(tables)
         cutoffs, complete = _cutoffs(params.features, data_start, data_end)
         plan, per_cutoff = engine.write_snapshots(tables, cutoffs, params.features, str(snapshots_path), data_end)
-    return _features_report(data_start, data_end, cutoffs, complete, plan, per_cutoff, report_path)
+    model_inputs = plan.model_inputs(ft.seasonal_gap(params.features, cutoffs, data_end))
+    return _features_report(data_start, data_end, cutoffs, complete, plan, model_inputs, per_cutoff, report_path)
 
 
 def _cutoffs(config: FeaturesConfig, data_start: pd.Timestamp, data_end: pd.Timestamp) -> tuple[list[pd.Timestamp], dict]:
@@ -73,14 +74,15 @@ def _cutoffs(config: FeaturesConfig, data_start: pd.Timestamp, data_end: pd.Time
 
 
 def _features_report(data_start: pd.Timestamp, data_end: pd.Timestamp, cutoffs: list[pd.Timestamp], complete: dict,
-                     plan: ft.FeaturePlan, per_cutoff: list[tuple], report_path: Path) -> dict:
+                     plan: ft.FeaturePlan, model_inputs: tuple[list[str], dict[str, str]], per_cutoff: list[tuple],
+                     report_path: Path) -> dict:
     report = {
         "data_start": data_start.isoformat(), "data_end": data_end.isoformat(),
         "rows": int(sum(n for _, n, _ in per_cutoff)), "cutoffs": len(cutoffs),
         "complete_cutoffs": int(sum(complete.values())),
-        "features": plan.names, "categorical": plan.categorical, "model_features": plan.model_names,
+        "features": plan.names, "categorical": plan.categorical, "model_features": model_inputs[0],
         "families": plan.families(),
-        "left_out": plan.left_out,
+        "left_out": plan.left_out, "left_out_of_model": model_inputs[1],
         "per_cutoff": {pd.Timestamp(c).date().isoformat(): {"customers": int(n), "churn_rate": float(rate),
                                                               "label_complete": complete[pd.Timestamp(c)]}
                        for c, n, rate in per_cutoff},
@@ -156,7 +158,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
             "data_fingerprint": io.file_fingerprint(snapshots_path), "holdout_cutoff": split.as_dict()["holdout"]}
     catalog = report_path.with_name("feature_catalog.md")
     with io.atomic_path(catalog) as temporary:
-        used = [f for f in ft.feature_definitions(params.features.windows_days)
+        used = [f for f in ft.definitions_for(params.features)
                 if f.name in set(lists.numeric + lists.categorical)]
         temporary.write_text(ft.feature_catalog_markdown(used), encoding="utf-8")
     example = model.model_input(deployed_rows.head(50), lists.numeric, lists.categorical)

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from churnlens.config import FeaturesConfig
 from churnlens.engines import timegrid
-from churnlens.features import Feature, FeaturePlan, feature_definitions, fit_columns, plan_features, with_fitted_features
+from churnlens.features import Feature, FeaturePlan, definitions_for, fit_columns, plan_features, with_fitted_features
 from churnlens.schemas import CANONICAL_TABLES
 from churnlens.sql import (
     EVENT_RELATIONS,
@@ -118,7 +118,7 @@ class _Engine:
                         "preserve_insertion_order = true"):
             self.con.execute(f"SET {setting}")
         self.available = register_sources(self.con, tables)
-        definitions = features if features is not None else feature_definitions(config.windows_days)
+        definitions = features if features is not None else definitions_for(config)
         self.plan = plan_features(definitions, self.available)
         self.config = config
         self.cutoffs = np.array(sorted({pd.Timestamp(c).value // 1000 for c in cutoffs}), dtype=np.int64)
@@ -387,7 +387,7 @@ def reference_snapshots(tables: Tables, cutoffs: list, config: FeaturesConfig, w
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         available = register_sources(con, tables)
-        plan = plan_features(feature_definitions(config.windows_days), available)
+        plan = plan_features(definitions_for(config), available)
         con.register("cutoff_frame", pd.DataFrame({"cutoff": pd.to_datetime(pd.Series(cutoffs)).astype("datetime64[us]")}))
         con.execute("CREATE TEMP TABLE cutoffs AS SELECT CAST(cutoff AS TIMESTAMP) AS cutoff FROM cutoff_frame")
         frame = con.sql(snapshot_sql(plan, config, available, with_labels)).df()

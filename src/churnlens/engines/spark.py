@@ -29,7 +29,7 @@ from churnlens import tracking
 from churnlens.config import EngineConfig, FeaturesConfig, Params
 from churnlens.engines import Laps, Scored
 from churnlens.schemas import CANONICAL_TABLES
-from churnlens.features import FeaturePlan, feature_definitions, fit_columns, plan_features, with_fitted_features
+from churnlens.features import FeaturePlan, definitions_for, fit_columns, plan_features, with_fitted_features
 from churnlens.sql import snapshot_query, to_dialect
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ def assembled_snapshot(spark: SparkSession, tables: dict[str, DataFrame], cutoff
                        config: FeaturesConfig, with_labels: bool) -> tuple[DataFrame, FeaturePlan]:
     """The snapshot query's result before the per-cutoff BTYD fits (its reused steps cached)."""
     available = _register(spark, tables, cutoffs)
-    plan = plan_features(feature_definitions(config.windows_days), available)
+    plan = plan_features(definitions_for(config), available)
     query = snapshot_query(plan, config, available, with_labels)
     # The views below replace those of any earlier computation: drop its cached steps too, or
     # they would pin storage memory that Spark never evicts for execution.
