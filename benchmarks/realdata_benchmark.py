@@ -16,6 +16,7 @@ last lines are one table over all dates and the points won / tied / lost on AUC 
     .venv/bin/python benchmarks/realdata_benchmark.py --first-year          # the first export alone
     .venv/bin/python benchmarks/realdata_benchmark.py --simulated           # the default simulated data
     .venv/bin/python benchmarks/realdata_benchmark.py --dates 2011-06-01 --bootstrap 200
+    .venv/bin/python benchmarks/realdata_benchmark.py --params my_overlay.yaml   # other params, same dates
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
@@ -392,6 +393,8 @@ def main() -> None:
     parser.add_argument("--dates", nargs="+", help="scoring dates (default: every two months of the two-year log)")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap rounds for the intervals")
     parser.add_argument("--log", type=Path, default=RETAIL_LOG, help="the first export (Online Retail II, Parquet)")
+    parser.add_argument("--params", type=Path, nargs="+", default=[],
+                        help="overlays on the case's params, e.g. to judge another train.selection")
     parser.add_argument("--keep", type=Path, help="keep each date's pipeline outputs in KEEP/<date> (default: discarded)")
     parser.add_argument("--second-log", type=Path, default=RETAIL_SECOND_YEAR,
                         help="the second export (Online Retail, Parquet)")
@@ -408,6 +411,7 @@ def main() -> None:
             with workspace(args.keep, date) as workdir:
                 case = (simulated_case(workdir) if args.simulated else retail_case(args.log) if args.first_year
                         else two_year_retail_case(args.log, args.second_log))
+                case = replace(case, overlays=[*case.overlays, *(path.resolve() for path in args.params)])
                 if full is None or args.simulated:  # the simulator writes its raw data into each workdir
                     full = full_log(case, workdir if args.simulated else Path(truth_folder))
                 horizon = load_params(ROOT / "params.yaml", *case.overlays).features.horizon_days

@@ -101,13 +101,16 @@ def test_the_model_gets_the_seasonal_features_only_where_the_coming_season_was_l
 
     # Scored 2024-01-31: a year earlier is 2023-01-31, and the first cutoff is within a 30-day step of it.
     assert gap("2024-01-30 23:59:59") is None
-    inputs, left_out = plan.model_inputs(None)
+    inputs, left_out = plan.model_inputs(None, calendar_season=True)
     assert {"purchases_same_season_last_year", "season_month"} <= set(inputs) and not left_out
+    inputs, left_out = plan.model_inputs(None)  # the month only when asked for
+    assert "purchases_same_season_last_year" in inputs and set(left_out) == {"season_month"}
+    assert "calendar_season" in left_out["season_month"]
 
     # A day earlier the first cutoff is 31 days after the anniversary.
     reason = gap("2024-01-29 23:59:59")
     assert reason is not None and "2024-01-30" in reason and "2023-03-02" in reason
-    inputs, left_out = plan.model_inputs(reason)
+    inputs, left_out = plan.model_inputs(reason, calendar_season=True)
     assert set(left_out) == {"purchases_same_season_last_year", "season_month"}
     assert set(inputs) == set(plan.model_names) - set(left_out)
     # A denser grid needs the anniversary closer to the first cutoff.
@@ -137,7 +140,8 @@ def seasonal_world() -> tuple[pd.DataFrame, FeaturesConfig, dict[str, list[str]]
     # As the log stood at the scoring date: a label is known only if its window closed by then.
     snapshots["label_complete"] = snapshots["cutoff"] + pd.Timedelta(config.label_end) <= SCORED_AT
     assert seasonal_gap(config, cutoffs, SCORED_AT - SECOND) is None
-    inputs = {"seasonal": plan.model_inputs(None)[0], "without": plan.model_inputs("not asked for")[0]}
+    inputs = {"seasonal": plan.model_inputs(None, calendar_season=True)[0],
+              "without": plan.model_inputs("not asked for")[0]}
     return snapshots, config, inputs
 
 

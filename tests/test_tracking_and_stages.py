@@ -152,7 +152,9 @@ def test_segments_only_features_are_published_but_never_model_inputs(pipeline_ru
     contract = load_model("models:/churnlens@champion").contract
     inputs = set(contract.numeric_features + contract.categorical_features)
     assert not inputs & segments_only
-    assert inputs == set(report["features"]) - segments_only  # every other published feature is an input
+    # Every other published feature is an input, or left out of the model with the reason.
+    assert inputs == set(report["features"]) - segments_only - set(report["left_out_of_model"])
+    assert all(report["left_out_of_model"].values())
 
 
 def test_score_writes_one_row_per_active_customer(pipeline_run) -> None:
@@ -287,11 +289,15 @@ def test_holdout_figures_are_the_procedures_trained_strictly_before_the_holdout(
     written = procedure_holdout_scores(root / "reports/train.json", trained, holdout)
     deployed = load_model(str(root / "models/churn_model"))
     numeric, categorical = deployed.contract.numeric_features, deployed.contract.categorical_features
+    layer = trained["holdout_probability_layer"]  # chosen on the backtest folds alone
     chosen = params.train.model_copy(
-        update={"xgboost": params.train.xgboost.model_copy(update=trained["chosen_xgboost"])})
-    procedure = model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
-                                              numeric, categorical, chosen)
-    np.testing.assert_array_equal(written, model.churn_probability(procedure.pipeline, holdout, numeric, categorical))
+        update={"xgboost": params.train.xgboost.model_copy(update=trained["chosen_xgboost"]),
+                "calibration": layer["calibration"]})
+    validation = split.validation_rows(snapshots)
+    procedure = model.with_probability_layer(
+        model.fit_with_early_stopping(split.train_rows(snapshots), validation, numeric, categorical, chosen).pipeline,
+        layer["btyd_weight"], validation, numeric, categorical, chosen.probability_floor)
+    np.testing.assert_array_equal(written, model.churn_probability(procedure, holdout, numeric, categorical))
     assert not np.array_equal(written, model.churn_probability(deployed.pipeline, holdout, numeric, categorical))
     y = holdout[model.LABEL].to_numpy(dtype=int)
     assert pipeline_run["evaluated"]["model"]["roc_auc"] == pytest.approx(roc_auc_score(y, written))

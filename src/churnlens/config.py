@@ -262,6 +262,8 @@ class FeaturesConfig(_Section):
         365, ge=1, description="a customer with no purchase in this many days is already lost"
     )
     windows_days: tuple[int, ...] = (30, 90, 365)
+    calendar_season: bool = Field(False, description="give the model the label window's calendar month (where "
+                                  "the coming season was labelled a year earlier)")
     memory_limit: str = Field("1GB", pattern=MEMORY_SIZE, description="DuckDB memory cap; spills beyond")
 
     @field_validator("windows_days")
@@ -310,6 +312,26 @@ class TuningConfig(_Section):
     }
 
 
+Calibration = Literal["trees", "auto", "isotonic", "sigmoid", "none"]
+
+
+class SelectionConfig(_Section):
+    """How the trees' scores become the deployed probability, chosen out of time (churnlens.selection):
+    every calibration x every weight of the model in a pool with BG/NBD, judged on out-of-time cutoffs."""
+
+    calibrations: tuple[Calibration, ...] = Field(("trees", "sigmoid"), min_length=1)
+    btyd_weights: tuple[float, ...] = Field(
+        (1.0, 0.75, 0.5, 0.25, 0.0), min_length=1,
+        description="the model's weight w in p = w * model + (1 - w) * BG/NBD's P(no purchase); 1 = the model alone")
+
+    @field_validator("btyd_weights")
+    @classmethod
+    def _weights(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 <= w <= 1 for w in value) or len(set(value)) != len(value):
+            raise ValueError(f"expected distinct weights in [0, 1], got {list(value)}")
+        return value
+
+
 class TrainConfig(_Section):
     seed: int = Field(7, ge=0)
     experiment_name: str = "churnlens"
@@ -320,11 +342,12 @@ class TrainConfig(_Section):
     backtest_folds: int = Field(3, ge=0, description="expanding-window folds before the holdout (0 = none)")
     xgboost: XGBoostParams = XGBoostParams()
     tuning: TuningConfig = TuningConfig()
-    calibration: Literal["trees", "auto", "isotonic", "sigmoid", "none"] = Field(
-        "trees", description="trees = the trees' own probabilities within the floor; the others are fitted out of "
-        "time, on cutoffs whose rows never trained the trees: auto = isotonic from 1000 calibration rows, sigmoid "
-        "below; none = raw trees, no floor"
+    calibration: Calibration = Field(
+        "trees", description="where no backtest fold can choose (selection): trees = the trees' own probabilities "
+        "within the floor; the others are fitted out of time, on cutoffs whose rows never trained the trees: auto = "
+        "isotonic from 1000 calibration rows, sigmoid below; none = raw trees, no floor"
     )
+    selection: SelectionConfig = SelectionConfig()
     class_weight: Literal["none", "balanced"] = Field(
         "none", description="balanced = weight churners by negatives/positives (scale_pos_weight)"
     )

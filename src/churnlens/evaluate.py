@@ -19,7 +19,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from churnlens.config import EvaluateConfig, Params, SegmentRules
-from churnlens.model import LABEL
+from churnlens.model import LABEL, FittedModel
+from churnlens.selection import BTYD_INPUT, FoldScores, ProbabilityLayer
 from churnlens.portable import settled
 
 log = logging.getLogger(__name__)
@@ -311,23 +312,49 @@ BACKTEST_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile
 
 
 def backtest(snapshots: pd.DataFrame, numeric: list[str], categorical: list[str], params: Params
-             ) -> tuple[dict[str, float], list[dict]]:
-    """Per-fold metrics of the expanding-window backtest, with their mean and spread, and the
-    folds that could not be run, each with its reason."""
+             ) -> tuple[list[FoldScores], list[dict]]:
+    """The expanding-window backtest: each fold's test-cutoff scores under every calibration the
+    selection may choose (its trees, early stopping and calibration fitted before that cutoff),
+    and the folds that could not be run, each with its reason."""
     from churnlens import model
 
-    per_fold = []
+    scores = []
     folds, skipped = model.backtest_splits(snapshots, params.features, params.train)
-    for number, split in enumerate(folds, start=1):
-        fitted = model.fit_with_early_stopping(split.train_rows(snapshots), split.validation_rows(snapshots),
-                                               numeric, categorical, params.train)
-        test = split.holdout_rows(snapshots)
-        probability = model.churn_probability(fitted.pipeline, test, numeric, categorical)
-        per_fold.append(classification_metrics(test[LABEL].to_numpy(dtype=int), probability,
-                                               params.evaluate.top_fraction))
-        log.info("backtest fold %d (test cutoff %s): ROC AUC %.3f", number, split.holdout.date(),
-                 per_fold[-1]["roc_auc"])
+    uncalibrated = params.train.model_copy(update={"calibration": "none"})
+    for split in folds:
+        validation = split.validation_rows(snapshots)
+        # One fit of the trees per fold; each calibration is fitted on its validation rows.
+        trees = model.fit_with_early_stopping(split.train_rows(snapshots), validation, numeric, categorical, uncalibrated)
+        scores.append(fold_scores(trees, validation, split.holdout_rows(snapshots), split.holdout, numeric,
+                                  categorical, params))
     for fold in skipped:
         log.warning("backtest fold at %s skipped: %s", fold.test_cutoff.date(), fold.reason)
-    return (backtest_summary(per_fold, len(skipped)),
-            [{"test_cutoff": f.test_cutoff.date().isoformat(), "reason": f.reason} for f in skipped])
+    return scores, [{"test_cutoff": f.test_cutoff.date().isoformat(), "reason": f.reason} for f in skipped]
+
+
+def fold_scores(trees: FittedModel, validation: pd.DataFrame, test: pd.DataFrame, test_cutoff: pd.Timestamp,
+                numeric: list[str], categorical: list[str], params: Params) -> FoldScores:
+    """Uncalibrated ``trees`` (never trained on ``validation`` nor ``test``) scored on ``test``
+    under every calibration the selection may choose, each fitted on ``validation``."""
+    from churnlens import model
+
+    by_calibration = {
+        method: model.churn_probability(
+            model.with_calibration(trees, validation, numeric, categorical,
+                                   params.train.model_copy(update={"calibration": method})).pipeline,
+            test, numeric, categorical)
+        for method in params.train.selection.calibrations}
+    return FoldScores(test_cutoff, test[LABEL].to_numpy(dtype=int),
+                      test[BTYD_INPUT].to_numpy(dtype=float) if BTYD_INPUT in numeric else None, by_calibration)
+
+
+def backtest_metrics(folds: list[FoldScores], layer: ProbabilityLayer, skipped: int, params: Params) -> dict[str, float]:
+    """The backtest figures of the chosen probability layer (chosen on these folds: the holdout is
+    the figure the choice never saw)."""
+    per_fold = []
+    for number, fold in enumerate(folds, start=1):
+        per_fold.append(classification_metrics(fold.y, fold.probability(layer, params.train.probability_floor),
+                                               params.evaluate.top_fraction))
+        log.info("backtest fold %d (test cutoff %s): ROC AUC %.3f", number, fold.test_cutoff.date(),
+                 per_fold[-1]["roc_auc"])
+    return backtest_summary(per_fold, skipped)

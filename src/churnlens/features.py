@@ -310,6 +310,12 @@ def loyalty_features() -> list[Feature]:
 
 LIFETIME_DAYS = 36_500  # a 'distinct' window that holds every event of the data
 YEAR_DAYS = 365
+CALENDAR_SEASON = "season_month"
+# A month is one level per season, learnt from the one year of labels a short log holds: where that
+# year is the log's first, its level is the young log's as much as the season's.
+CALENDAR_SEASON_OFF = ("features.calendar_season is false: on the shared two-year retail log the month carried "
+                       "the first year's lower churn level into the second (ECE .051 -> .141 at 2011-06-01; "
+                       "benchmarks/realdata_benchmark.py); set it true for a log whose years are alike")
 
 
 def seasonal_definitions(season: SeasonWindow) -> list[Feature]:
@@ -320,7 +326,7 @@ def seasonal_definitions(season: SeasonWindow) -> list[Feature]:
     pf = "purchase_frequency"
     offset = season.year_earlier_offset
     middle = season.lead_days + season.horizon_days // 2
-    month = Feature("season_month", pf, "history", f"month(cutoff + INTERVAL {middle} DAY)",
+    month = Feature(CALENDAR_SEASON, pf, "history", f"month(cutoff + INTERVAL {middle} DAY)",
                     f"Calendar month (1-12) of the middle of the label window after the cutoff (day {middle} of it): "
                     "the season the churn risk is about.", seasonal=True)
     if offset is None:
@@ -398,10 +404,13 @@ class FeaturePlan:
         """What the churn model can be given: the public features except the segments-only ones."""
         return [f.name for f in self.public if f.for_model]
 
-    def model_inputs(self, seasonal_gap: str | None) -> tuple[list[str], dict[str, str]]:
+    def model_inputs(self, seasonal_gap: str | None, calendar_season: bool = False) -> tuple[list[str], dict[str, str]]:
         """The churn model's inputs, and the model features left out of it with why: the seasonal
-        ones where ``seasonal_gap`` (from :func:`seasonal_gap`) says the log is too short."""
+        ones where ``seasonal_gap`` (from :func:`seasonal_gap`) says the log is too short, and the
+        calendar month unless ``calendar_season``."""
         left_out = {f.name: seasonal_gap for f in self.public if f.for_model and f.seasonal and seasonal_gap}
+        if not calendar_season and CALENDAR_SEASON in self.model_names and CALENDAR_SEASON not in left_out:
+            left_out[CALENDAR_SEASON] = CALENDAR_SEASON_OFF
         return [n for n in self.model_names if n not in left_out], left_out
 
     def families(self) -> dict[str, list[str]]:

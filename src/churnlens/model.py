@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import VotingClassifier
 from sklearn.frozen import FrozenEstimator
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
@@ -350,8 +351,10 @@ def deployed_model(snapshots: pd.DataFrame, split: TemporalSplit, evaluated: Fit
     return DeployedModel(model, cutoffs, latest)
 
 
-def tree_pipeline(model: Pipeline | CalibratedClassifierCV) -> Pipeline:
-    """The preprocessing + XGBoost pipeline inside a (possibly calibrated) model."""
+def tree_pipeline(model: Pipeline | CalibratedClassifierCV | VotingClassifier) -> Pipeline:
+    """The preprocessing + XGBoost pipeline inside a (possibly calibrated, possibly pooled) model."""
+    if isinstance(model, VotingClassifier):  # pooled with BG/NBD: the trees are the model's side
+        model = model.estimators_[0].estimator
     if isinstance(model, CalibratedClassifierCV):
         return model.calibrated_classifiers_[0].estimator.estimator
     return model
@@ -452,6 +455,17 @@ def bgnbd_fallback_model(rows: pd.DataFrame, floor: float) -> Pipeline:
     identity.classes_, identity.coef_, identity.intercept_ = np.array([0, 1]), np.array([[1.0, -1.0]]), np.zeros(1)
     identity.n_features_in_ = 2
     return Pipeline([("preprocess", preprocess), ("classifier", identity)])
+
+
+def with_probability_layer(pipeline: Pipeline | CalibratedClassifierCV, btyd_weight: float, rows: pd.DataFrame,
+                           numeric: list[str], categorical: list[str], floor: float) -> object:
+    """``pipeline`` (calibrated as chosen) pooled with BG/NBD at the model weight ``btyd_weight``
+    (:mod:`churnlens.selection`); ``rows``: any labelled rows, to build the BG/NBD scorer's inputs."""
+    from churnlens import selection
+
+    btyd = bgnbd_fallback_model(rows, floor) if btyd_weight < 1 else None
+    return selection.pooled_model(pipeline, btyd, btyd_weight, model_input(rows, numeric, categorical),
+                                  rows[LABEL].astype(int))
 
 
 def mean_abs_contributions(model: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame, numeric: list[str],

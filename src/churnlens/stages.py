@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from churnlens import features as ft
-from churnlens import drift, io, playbook, score, segments, tracking
+from churnlens import drift, io, playbook, score, segments, selection, tracking
 from churnlens.config import FeaturesConfig, Params, ScoreConfig
 from churnlens.contract import ModelContract
 from churnlens.engines import Laps, Scored, engine_for
@@ -59,7 +59,8 @@ def run_features(params: Params, canonical_dir: Path | str, snapshots_path: Path
         data_start, data_end = engine.data_span(tables)
         cutoffs, complete = _cutoffs(params.features, data_start, data_end)
         plan, per_cutoff = engine.write_snapshots(tables, cutoffs, params.features, str(snapshots_path), data_end)
-    model_inputs = plan.model_inputs(ft.seasonal_gap(params.features, cutoffs, data_end))
+    model_inputs = plan.model_inputs(ft.seasonal_gap(params.features, cutoffs, data_end),
+                                     params.features.calendar_season)
     return _features_report(data_start, data_end, cutoffs, complete, plan, model_inputs, per_cutoff, report_path)
 
 
@@ -115,7 +116,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     from churnlens import evaluate as ev
     from churnlens import model
 
-    started, began_ms = time.perf_counter(), time.time_ns() // 1_000_000
+    began_ms = time.time_ns() // 1_000_000
     _require_inputs(snapshots_path, features_report)
     tracking.check_store()  # a broken store should fail now, not after the training
     snapshots = pd.read_parquet(snapshots_path)
@@ -133,19 +134,39 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
              len(validation_rows), params.train.tuning.n_trials)
     tuned = model.tune(train_rows, validation_rows, lists.numeric, lists.categorical, params.train)
     params = params.model_copy(update={"train": tuned.config})
+    # Out-of-time scores choose how the trees' scores become a probability (churnlens.selection):
+    # the evaluated procedure's on the backtest folds alone, so that the holdout judges a choice it
+    # never made; the deployed model's on the folds and the holdout, as its trees see every label.
+    log.info("train: backtest folds, to choose the calibration and the pool with BG/NBD")
+    folds, skipped_folds = ev.backtest(snapshots, lists.numeric, lists.categorical, params)
+    floor = params.train.probability_floor
+    layers = selection.candidates(params.train.selection, selection.BTYD_INPUT in lists.numeric)
+    fallback = selection.ProbabilityLayer(params.train.calibration)
+    holdout = split.holdout_rows(snapshots)
+    chosen = selection.choose(folds, layers, fallback, floor)
+    latest = ev.fold_scores(tuned.fitted, validation_rows, holdout, split.holdout, lists.numeric, lists.categorical,
+                            params)
+    chosen_to_deploy = selection.choose([*folds, latest], layers, fallback, floor)
+    log.info("train: probability layer %s for the holdout (%s), %s deployed (%s)", chosen.chosen.name, chosen.reason,
+             chosen_to_deploy.chosen.name, chosen_to_deploy.reason)
     # The evaluated procedure (trained strictly before the holdout, the best trial's trees) fixes
     # the number of trees and gives the out-of-time scores the deployed refit is calibrated on.
-    fitted = model.with_calibration(tuned.fitted, validation_rows, lists.numeric, lists.categorical, params.train)
-    holdout = split.holdout_rows(snapshots)
+    fitted = model.with_calibration(tuned.fitted, validation_rows, lists.numeric, lists.categorical,
+                                    params.train.model_copy(update={"calibration": chosen.chosen.calibration}))
+    procedure = model.with_probability_layer(fitted.pipeline, chosen.chosen.btyd_weight, validation_rows,
+                                             lists.numeric, lists.categorical, floor)
     holdout_scores = holdout_scores_frame(
-        holdout, model.churn_probability(fitted.pipeline, holdout, lists.numeric, lists.categorical))
-    deployed = model.deployed_model(snapshots, split, fitted, lists.numeric, lists.categorical, params.train)
+        holdout, model.churn_probability(procedure, holdout, lists.numeric, lists.categorical))
+    to_deploy = params.train.model_copy(update={"calibration": chosen_to_deploy.chosen.calibration})
+    deployed = model.deployed_model(snapshots, split, fitted, lists.numeric, lists.categorical, to_deploy)
     deployed_rows = model.rows_at(snapshots, deployed.train_cutoffs)
-    seconds = time.perf_counter() - started
-    log.info("train: final model fitted in %.0f s (%d trees); backtest folds next", seconds, fitted.best_iteration)
-    folds, skipped_folds = ev.backtest(snapshots, lists.numeric, lists.categorical, params)
+    deployed_pipeline = model.with_probability_layer(deployed.pipeline, chosen_to_deploy.chosen.btyd_weight,
+                                                     deployed_rows, lists.numeric, lists.categorical, floor)
+    # The run's span and train/seconds are one measurement: the training (tuning, backtest, fits).
     trained_between = (began_ms, time.time_ns() // 1_000_000)
-    log.info("train: logging the run and the model to MLflow")
+    seconds = (trained_between[1] - trained_between[0]) / 1000
+    log.info("train: backtest and final model in %.0f s (%d trees); logging the run and the model to MLflow",
+             seconds, fitted.best_iteration)
 
     lineage = {"deployed_train_cutoffs": [c.date().isoformat() for c in deployed.train_cutoffs],
                "deployed_calibration_cutoffs": [c.date().isoformat() for c in deployed.calibration_cutoffs]}
@@ -153,7 +174,8 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
                "train_rows": len(train_rows), "validation_rows": len(validation_rows),
                "deployed_train_rows": len(deployed_rows),
                "train_churn_rate": float(train_rows[model.LABEL].mean()), "train_seconds": seconds,
-               "tuning_trials": len(tuned.trials), **folds}
+               "tuning_trials": len(tuned.trials),
+               **ev.backtest_metrics(folds, chosen.chosen, len(skipped_folds), params)}
     tags = {**tracking.git_commit(project_root), **tracking.dvc_lock_hashes(project_root, "train"),
             "data_fingerprint": io.file_fingerprint(snapshots_path), "holdout_cutoff": split.as_dict()["holdout"]}
     catalog = report_path.with_name("feature_catalog.md")
@@ -170,8 +192,9 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
     registered = tracking.log_training_run(
         experiment=params.train.experiment_name, model_name=params.train.registered_model_name,
         params={"features": params.features.model_dump(mode="json"), "train": params.train.model_dump(mode="json"),
-                "split": split.as_dict(), **lineage},
-        metrics=metrics, tags=tags, pipeline=deployed.pipeline, example=example, metadata=contract.to_metadata(),
+                "split": split.as_dict(), "probability_layer": chosen_to_deploy.chosen.as_dict(),
+                "holdout_probability_layer": chosen.chosen.as_dict(), **lineage},
+        metrics=metrics, tags=tags, pipeline=deployed_pipeline, example=example, metadata=contract.to_metadata(),
         artifacts={"features": features_report, "features/catalog": catalog}, model_dir=model_dir,
         data=tracking.TrainingData(model.model_input(deployed_rows, lists.numeric, lists.categorical)
                                    .assign(**{model.LABEL: deployed_rows[model.LABEL].to_numpy()}),
@@ -184,6 +207,7 @@ def run_train(params: Params, snapshots_path: Path, features_report: Path, model
               "split": split.as_dict(), **lineage,
               "metrics": {name: value for name, value in metrics.items() if name not in RUN_ONLY_METRICS},
               "tuning_trials": tuned.trials, "skipped_backtest_folds": skipped_folds,
+              "probability_layer": chosen_to_deploy.as_dict(), "holdout_probability_layer": chosen.as_dict(),
               "chosen_xgboost": params.train.xgboost.model_dump(),
               "holdout_scores_fingerprint": write_holdout_scores(holdout_scores, report_path)}
     return _written_train_report(report, report_path, registered)
