@@ -127,7 +127,7 @@ SCORED_AT = pd.Timestamp("2025-09-01")  # its window (Sep-Nov) is the season; Ju
 @pytest.fixture(scope="module")
 def seasonal_world() -> tuple[pd.DataFrame, FeaturesConfig, dict[str, list[str]]]:
     """Snapshots of a simulated shop where 40% of the customers buy mostly before Christmas, every
-    14 days, and the model inputs with and without the seasonal features."""
+    14 days, and the model inputs with the seasonal features (the calendar month asked for) and without."""
     from churnlens.config import SimulateConfig
     from churnlens.features import cutoff_grid
     from churnlens.simulate import simulate
@@ -156,7 +156,9 @@ def _deployed_at_the_scoring_date(snapshots: pd.DataFrame, features: FeaturesCon
     return deployed_model(history, split, evaluated, inputs, [], config).pipeline
 
 
-def test_on_a_seasonal_simulator_the_season_a_year_earlier_sets_the_level(seasonal_world) -> None:
+def test_on_a_seasonal_simulator_the_calendar_month_sets_the_seasons_level(seasonal_world) -> None:
+    """With ``features.calendar_season`` the trees learn each season's churn level from the year
+    before; without, the scoring window gets the level of the cutoffs around it."""
     from sklearn.metrics import roc_auc_score
 
     from churnlens.evaluate import expected_calibration_error
