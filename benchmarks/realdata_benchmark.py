@@ -171,6 +171,7 @@ def canonical_tables(folder: Path) -> dict[str, str | None]:
 
 def full_log(case: Case, workdir: Path) -> tuple[dict[str, str | None], list[Path]]:
     """The whole log ingested once (the truth's source for every date), and its overlays."""
+    workdir.mkdir(parents=True, exist_ok=True)
     overlays = [*case.overlays, overlay_for(case, {n: [s.path for s in sources] for n, sources in case.tables.items()},
                                             workdir, "truth")]
     run_command(workdir, "ingest", "--canonical-dir", "full_canonical", "--quarantine-dir", "full_quarantine",
