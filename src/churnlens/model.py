@@ -18,6 +18,7 @@ from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 from xgboost import XGBClassifier
 
 from churnlens.config import FeaturesConfig, TrainConfig
+from churnlens.portable import settled
 
 log = logging.getLogger(__name__)
 LABEL = "churned"
@@ -361,7 +362,9 @@ def tree_pipeline(model: Pipeline | CalibratedClassifierCV | VotingClassifier) -
 
 
 def churn_probability(pipeline: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> np.ndarray:
-    return pipeline.predict_proba(model_input(frame, numeric, categorical))[:, 1]
+    # Settled: a sigmoid calibration and the BG/NBD side of a pool end in numpy's exp, whose last
+    # bits depend on the CPU's vector unit (churnlens.portable); the trees' own float32 do not.
+    return settled(pipeline.predict_proba(model_input(frame, numeric, categorical))[:, 1])
 
 
 def contributions(model: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame, numeric: list[str],
