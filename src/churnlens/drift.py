@@ -34,6 +34,8 @@ NOT_COMPARED = {
     "tenure_days": "grows one day per day for every customer; the windowed counts are checked instead",
     "purchases_lifetime": "a count over all history, which grows with the log; purchases_30d/90d/365d are "
                           "checked instead",
+    "season_month": "the calendar month of the label window: the same for every customer, and another at every "
+                    "scoring date than at the latest training cutoff",
 }
 SHARE_FLOOR = 1e-4  # an empty bin would make ln() infinite; treat it as nearly empty instead
 

@@ -314,8 +314,9 @@ CALENDAR_SEASON = "season_month"
 # A month is one level per season, learnt from the one year of labels a short log holds: where that
 # year is the log's first, its level is the young log's as much as the season's.
 CALENDAR_SEASON_OFF = ("features.calendar_season is false: on the shared two-year retail log the month carried "
-                       "the first year's lower churn level into the second (ECE .051 -> .141 at 2011-06-01; "
-                       "benchmarks/realdata_benchmark.py); set it true for a log whose years are alike")
+                       "the first year's lower churn level into the second (with the trees' own probabilities, "
+                       "ECE .051 -> .141 at 2011-06-01; benchmarks/realdata_benchmark.py); set it true for a log "
+                       "whose years are alike")
 
 
 def seasonal_definitions(season: SeasonWindow) -> list[Feature]:
@@ -327,7 +328,7 @@ def seasonal_definitions(season: SeasonWindow) -> list[Feature]:
     offset = season.year_earlier_offset
     middle = season.lead_days + season.horizon_days // 2
     month = Feature(CALENDAR_SEASON, pf, "history", f"month(cutoff + INTERVAL {middle} DAY)",
-                    f"Calendar month (1-12) of the middle of the label window after the cutoff (day {middle} of it): "
+                    f"Calendar month (1-12) of the middle of the label window after the cutoff ({middle} days after it): "
                     "the season the churn risk is about.", seasonal=True)
     if offset is None:
         return [month]

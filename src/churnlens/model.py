@@ -374,7 +374,9 @@ def contributions(model: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame,
     O(trees x depth) per row instead of O(trees x leaves x depth^2). Both add up, with the bias,
     to the model's margin.
 
-    Calibration is monotone, so the trees' contributions still explain the ranking.
+    Calibration is monotone, so the trees' contributions still explain their ranking. In a pool
+    with BG/NBD (churnlens.selection) they explain the trees' share; BG/NBD's share moves with its
+    own input, which is itself one of the trees' inputs. BG/NBD alone is explained by that input.
     """
     from xgboost import DMatrix
 
