@@ -288,3 +288,23 @@ def test_a_seasonal_peak_in_the_latest_labels_is_not_carried_into_every_score() 
         probability = churn_probability(deployed.pipeline, scored, ["x", "noise"], [])
         error[method] = abs(probability.mean() - scored["churned"].mean())
     assert error["trees"] < 0.06 < error["isotonic"]
+
+
+def test_platts_sigmoid_is_the_same_whatever_order_the_sums_run_in() -> None:
+    """A CPU with other vector units adds in another order; so does a shuffle. The fitted (A, B)
+    must not move with it (the same-bytes rule), and must be scikit-learn's optimum."""
+    from sklearn.calibration import _sigmoid_calibration
+
+    from churnlens.model import platt_sigmoid
+
+    rng = np.random.default_rng(12)
+    scores = rng.uniform(0, 1, 20000).astype(np.float32)  # the trees' float32 probabilities
+    y = (rng.random(20000) < 0.2 + 0.5 * scores).astype(int)
+    fitted = platt_sigmoid(scores, y)
+    order = rng.permutation(len(y))
+    shuffled = platt_sigmoid(scores[order], y[order])
+    assert (fitted.a_, fitted.b_) == (shuffled.a_, shuffled.b_)
+    a, b = _sigmoid_calibration(scores.astype(np.float64), y)
+    assert fitted.a_ == pytest.approx(a, rel=1e-4) and fitted.b_ == pytest.approx(b, rel=1e-4)
+    probability = fitted.predict(scores)
+    assert abs(probability.mean() - y.mean()) < 0.01  # Platt's smoothed targets keep the level

@@ -297,9 +297,8 @@ def calibrated(pipeline: Pipeline, rows: pd.DataFrame, numeric: list[str], categ
     method = calibration_method(config.calibration, len(rows))
     y = rows[LABEL].astype(int)
     if method == "sigmoid":
-        return CalibratedClassifierCV(FrozenEstimator(pipeline), method="sigmoid").fit(
-            model_input(rows, numeric, categorical), y)
-    if method == "trees":
+        calibrator = platt_sigmoid(pipeline.predict_proba(model_input(rows, numeric, categorical))[:, 1], y.to_numpy())
+    elif method == "trees":
         calibrator = identity_within(floor)
     else:
         calibrator = IsotonicRegression(y_min=floor, y_max=1 - floor, out_of_bounds="clip").fit(
@@ -309,10 +308,44 @@ def calibrated(pipeline: Pipeline, rows: pd.DataFrame, numeric: list[str], categ
     # the rows are scored at most once (``trees``: never).
     one_per_class = np.sort(np.unique(y.to_numpy(), return_index=True)[1])
     both = np.arange(len(one_per_class))
-    model = CalibratedClassifierCV(FrozenEstimator(pipeline), method="isotonic", cv=[(both, both)]).fit(
-        model_input(rows.iloc[one_per_class], numeric, categorical), y.iloc[one_per_class])
+    model = CalibratedClassifierCV(FrozenEstimator(pipeline), method="sigmoid" if method == "sigmoid" else "isotonic",
+                                   cv=[(both, both)]).fit(model_input(rows.iloc[one_per_class], numeric, categorical),
+                                                          y.iloc[one_per_class])
     model.calibrated_classifiers_[0].calibrators[0] = calibrator
     return model
+
+
+PLATT_DIGITS = 10  # far below any decision, far above the last bits a CPU's vector unit leaves
+
+
+def platt_sigmoid(scores: np.ndarray, y: np.ndarray) -> object:
+    """scikit-learn's sigmoid calibrator (Platt 2000: p = 1 / (1 + exp(A x score + B)), fitted on
+    Platt's smoothed targets) with (A, B) the same on every machine: scikit-learn's L-BFGS fit on
+    float32 scores stops wherever its last-bit arithmetic takes it, so Newton's method on the same
+    loss in float64 takes it to the optimum, and (A, B) are kept to PLATT_DIGITS significant digits
+    (as the BG/NBD fit is, churnlens.bgnbd)."""
+    from scipy.special import expit
+    from sklearn.calibration import _sigmoid_calibration, _SigmoidCalibration
+
+    from churnlens.portable import significant
+
+    f = np.asarray(scores, dtype=np.float64)
+    positives = float(np.sum(y > 0))
+    negatives = len(y) - positives
+    target = np.where(y > 0, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+    a, b = (float(v) for v in _sigmoid_calibration(f, y))
+    for _ in range(100):
+        p = expit(-(a * f + b))  # the calibrated probability of churn
+        residual, curvature = target - p, p * (1 - p)
+        gradient = np.array([residual @ f, residual.sum()])
+        hessian = np.array([[curvature @ (f * f), curvature @ f], [curvature @ f, curvature.sum()]])
+        step = np.linalg.solve(hessian, gradient)
+        a, b = a - step[0], b - step[1]
+        if np.all(np.abs(step) <= 1e-15 * (1 + np.abs([a, b]))):
+            break
+    calibrator = _SigmoidCalibration()
+    calibrator.a_, calibrator.b_ = significant(a, PLATT_DIGITS), significant(b, PLATT_DIGITS)
+    return calibrator
 
 
 @dataclass(frozen=True)
