@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from churnlens import features as ft
-from churnlens import drift, io, playbook, score, segments, selection, tracking
+from churnlens import drift, io, playbook, score, segments, tracking
 from churnlens.config import FeaturesConfig, Params, ScoreConfig
 from churnlens.contract import ModelContract
 from churnlens.engines import Laps, Scored, engine_for
@@ -114,7 +114,7 @@ class FeatureLists:
 def run_train(params: Params, snapshots_path: Path, features_report: Path, model_dir: Path, report_path: Path,
               project_root: Path) -> dict:
     from churnlens import evaluate as ev
-    from churnlens import model
+    from churnlens import model, selection
 
     began_ms = time.time_ns() // 1_000_000
     _require_inputs(snapshots_path, features_report)
