@@ -306,13 +306,19 @@ def calibrated(pipeline: Pipeline, rows: pd.DataFrame, numeric: list[str], categ
     # scikit-learn's wrapper only exists once fitted: fit it on one row of each class, as a single
     # split (its default 5 folds need 5 rows a class), then put in the calibrator built above, so
     # the rows are scored at most once (``trees``: never).
-    one_per_class = np.sort(np.unique(y.to_numpy(), return_index=True)[1])
+    one_per_class = one_row_per_class(y)
     both = np.arange(len(one_per_class))
     model = CalibratedClassifierCV(FrozenEstimator(pipeline), method="sigmoid" if method == "sigmoid" else "isotonic",
                                    cv=[(both, both)]).fit(model_input(rows.iloc[one_per_class], numeric, categorical),
                                                           y.iloc[one_per_class])
     model.calibrated_classifiers_[0].calibrators[0] = calibrator
     return model
+
+
+def one_row_per_class(labels: pd.Series) -> np.ndarray:
+    """Positions of the first row of each class, in row order: what a scikit-learn wrapper around
+    frozen scorers is fitted on, so that it learns the class labels and nothing else."""
+    return np.sort(np.unique(labels.to_numpy(), return_index=True)[1])
 
 
 PLATT_DIGITS = 10  # far below any decision, far above the last bits a CPU's vector unit leaves
@@ -502,8 +508,9 @@ def with_probability_layer(pipeline: Pipeline | CalibratedClassifierCV, btyd_wei
     from churnlens import selection
 
     btyd = bgnbd_fallback_model(rows, floor) if btyd_weight < 1 else None
-    return selection.pooled_model(pipeline, btyd, btyd_weight, model_input(rows, numeric, categorical),
-                                  rows[LABEL].astype(int))
+    two = rows.iloc[one_row_per_class(rows[LABEL])]
+    return selection.pooled_model(pipeline, btyd, btyd_weight, model_input(two, numeric, categorical),
+                                  two[LABEL].astype(int))
 
 
 def mean_abs_contributions(model: Pipeline | CalibratedClassifierCV, frame: pd.DataFrame, numeric: list[str],

@@ -113,13 +113,12 @@ def choose(folds: list[FoldScores], layers: list[ProbabilityLayer], fallback: Pr
 
 def pooled_model(model: object, btyd: object, weight: float, rows_x: pd.DataFrame, rows_y: pd.Series) -> object:
     """The deployed scorer of weight ``weight``: ``model`` alone (1), the BG/NBD scorer ``btyd``
-    alone (0), else scikit-learn's soft vote of the two, frozen (``rows_x``/``rows_y``: any rows with
-    both classes, which fit nothing but the vote's class labels)."""
+    alone (0), else scikit-learn's soft vote of the two, frozen (``rows_x``/``rows_y``: a row of
+    each class, which fit nothing but the vote's class labels)."""
     if weight == 1:
         return model
     if weight == 0:
         return btyd
-    one_per_class = np.sort(np.unique(rows_y.to_numpy(), return_index=True)[1])
     vote = VotingClassifier([("model", FrozenEstimator(model)), ("bgnbd", FrozenEstimator(btyd))], voting="soft",
                             weights=[weight, 1 - weight])
-    return vote.fit(rows_x.iloc[one_per_class], rows_y.iloc[one_per_class])
+    return vote.fit(rows_x, rows_y)
