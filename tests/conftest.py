@@ -62,17 +62,24 @@ def reviewed_project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A finished small project (data, reports, scores, models, an MLflow store) for the review
     surfaces: notebooks, the MLflow server and its UI. Read it, do not change it."""
     from churnlens.score import ScoreJob
-    from churnlens.stages import run_score
+    from churnlens.stages import run_monitor, run_score
 
     root = tmp_path_factory.mktemp("reviewed")
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    runs = root / "data/scores/runs"
     with pytest.MonkeyPatch.context() as patch:
         point_mlflow_at(patch, uri)
         patch.chdir(root)
         run = run_small_pipeline(root)
+        # An earlier run, whose label window has closed, and today's, as the pipeline keeps them.
+        run_score(ScoreJob(run["params"], root / "data/canonical", "models:/churnlens@champion",
+                  root / "data/scores/earlier.parquet", root / "reports/earlier_segments.json",
+                  as_of=pd.Timestamp("2024-03-01"), archive_dir=runs))
         run_score(ScoreJob(run["params"], root / "data/canonical", "models:/churnlens@champion",
                   root / "data/scores/scores.parquet", root / "reports/segment_report.json",
-                  truth=pd.read_parquet(root / "data/truth/ground_truth.parquet")))
+                  truth=pd.read_parquet(root / "data/truth/ground_truth.parquet"), archive_dir=runs))
+        run_monitor(run["params"], runs, root / "data/canonical", root / "reports/monitor.json",
+                    root / "reports/monitor.png")
     return {**run, "tracking_uri": uri}
 
 

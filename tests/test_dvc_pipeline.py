@@ -18,7 +18,7 @@ from churnlens.cli import app
 from conftest import OTHER_VECTOR_UNIT, PROJECT_ROOT, active_customers, small_params_dict
 from stage_code import load_package, module_path, stage_use
 
-STAGES = ["simulate", "ingest", "features", "train", "evaluate", "score"]
+STAGES = ["simulate", "ingest", "features", "train", "evaluate", "score", "monitor"]
 
 
 def test_dvc_yaml_matches_cli_and_params() -> None:
@@ -161,14 +161,14 @@ def test_dvc_repro_end_to_end(repo, monkeypatch) -> None:
     (workspace,) = json.loads(_run(["dvc", "metrics", "show", "--json"], root, env, stderr=False)).values()
     numbers = [v for file in workspace["data"].values() for v in file["data"].values()]
     assert 0.5 < workspace["data"]["metrics/evaluate.json"]["data"]["roc_auc"] <= 1
-    assert len(numbers) <= 8
+    assert len(numbers) <= 11  # evaluate 6, score 2, monitor up to 3
 
 
 @pytest.mark.e2e
 def test_an_experiment_reruns_train_and_after_and_compares_with_main(repo, tmp_path) -> None:
     root, env, _ = repo
     ran = _run(["dvc", "exp", "run", "-n", "shallow", "-S", "train.xgboost.max_depth=1"], root, env)
-    assert [stage for stage in STAGES if f"Running stage '{stage}'" in ran] == ["train", "evaluate", "score"]
+    assert [stage for stage in STAGES if f"Running stage '{stage}'" in ran] == ["train", "evaluate", "score", "monitor"]
 
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], root, env, stderr=False))
     rows = {_experiment_name(entry): entry for entry in _experiment_rows(shown)}

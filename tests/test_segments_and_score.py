@@ -166,6 +166,7 @@ def test_priority_and_budget_by_hand(score_config) -> None:
         "customer_value": [100.0, 1000.0, 400.0, 50.0],
         "segment": ["brand_comparer", "brand_user", "brand_advocate", "brand_comparer"],
         "risk_tier": ["high", "medium", "high", "low"],
+        "as_of": pd.Timestamp("2024-06-01", tz="UTC"),  # the control group's draw is keyed by the scoring date
     })
     # b's contract shows (the user/medium offer presumes one); nobody answered a survey.
     premises = pd.DataFrame({"contract": [False, True, False, False], "survey": [False] * 4})

@@ -137,11 +137,15 @@ def simulate(
     raw_dir: Annotated[Path, typer.Option(help="where the raw tables go")] = Path("data/raw"),
     truth: Annotated[Path, typer.Option(help="ground truth (persona, churn date); evaluation only")] = Path(
         "data/truth/ground_truth.parquet"),
+    campaign: Annotated[Path | None, typer.Option(
+        help="a scoring run `churnlens score --archive-dir` kept: simulate the world in which its campaign treated "
+             "the customers it selected and did not hold out (simulate.campaign_effects), to check what "
+             "`churnlens monitor` measures")] = None,
 ) -> None:
     """Generate the embedded default data set (seeded)."""
     from churnlens.stages import run_simulate
 
-    counts = run_simulate(_params(params), raw_dir, truth)
+    counts = run_simulate(_params(params), raw_dir, truth, campaign)
     log.info("simulated %s", counts)
 
 
@@ -291,6 +295,8 @@ def score(
     outcomes: Annotated[Path | None, typer.Option(
         help="canonical transactions of a later extract: report how each segment behaved in the "
              "features.horizon_days after the as-of date (construct validity)")] = None,
+    archive_dir: Annotated[Path | None, typer.Option(
+        help="keep this run (its scores and manifest) in a folder of its own here, for `churnlens monitor`")] = None,
     engine: EngineOption = None,
     spark_master: SparkMasterOption = None,
 ) -> None:
@@ -318,13 +324,39 @@ def score(
         result = run_score(ScoreJob(loaded_params, canonical_dir, model or loaded_params.score.model_uri, output, report,
                            pd.Timestamp(as_of) if as_of else None, csv, Path.cwd(), previous=previous,
                            manifest_path=manifest, truth=known, show_progress=sys.stderr.isatty(),
-                           headline_path=headline, outcomes=outcomes), deployed)
+                           headline_path=headline, outcomes=outcomes, archive_dir=archive_dir), deployed)
     except (ModelNotFoundError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     log.info("scored %d customers as of %s with %s v%s; campaign: %d customers, expected value saved %.0f",
              result["customers"], result["as_of"], result["model_name"], result["model_version"],
              result["campaign_customers"], result["campaign_expected_value_saved"])
     log.info("wrote %s", ", ".join(str(path) for path in result["outputs"].values() if path))
+
+
+@app.command()
+def monitor(
+    params: ParamsOption = DEFAULT_PARAMS,
+    runs: Annotated[Path, typer.Option(help="the folder `churnlens score --archive-dir` keeps runs in")
+                    ] = Path("data/scores/runs"),
+    canonical_dir: CanonicalDirOption = "data/canonical",
+    report: Annotated[Path, typer.Option(help="the scorecards (JSON)")] = Path("reports/monitor.json"),
+    plot: Annotated[Path, typer.Option(help="figures over scoring dates (PNG)")] = Path("reports/monitor.png"),
+    headline: Annotated[Path | None, typer.Option(help="the newest closed run's figures (JSON) that DVC compares")
+                        ] = None,
+) -> None:
+    """Scorecards of earlier scoring runs against newer data: realised figures once a label window
+    closes (interim before), the label-free estimate beside them, treated against control, and a
+    retrain recommendation; logged to MLflow on the model version that scored."""
+    from churnlens.stages import run_monitor
+
+    loaded_params = _params(params)
+    try:
+        result = run_monitor(loaded_params, runs, Path(canonical_dir), report, plot, headline)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(exc) from None
+    closed = sum(card["status"] == "closed" for card in result["runs"])
+    log.info("monitored %d scoring runs (%d with a closed window); wrote %s and %s", len(result["runs"]), closed,
+             report, plot)
 
 
 def _check_score_paths(engine: str, output: str, csv: str | None, report: Path | None, manifest: Path | None,

@@ -116,6 +116,11 @@ class SimulateConfig(_Section):
     tables: tuple[Literal["transactions", "interactions", "customers"], ...] = Field(
         ("transactions", "interactions", "customers"),
         description="tables written; a bare purchase log is [transactions] (set ingest.<table>: null for the rest)")
+    campaign_effects: dict[Literal["brand_advocate", "brand_user", "brand_comparer"],
+                           Annotated[float, Field(ge=0, le=1)]] = Field(
+        {"brand_advocate": 0.3, "brand_user": 0.45, "brand_comparer": 0.15},
+        description="simulate.with_campaign: per persona, the share of treated customers who would have churned "
+        "in the label window that the action keeps (they buy in it), the playbook's success rate")
 
     @field_validator("tables")
     @classmethod
@@ -458,6 +463,11 @@ class ScoreConfig(_Section):
     drift_warning_psi: float = Field(
         0.25, gt=0, description="warn when a feature's population stability index vs training exceeds this"
     )
+    control_share: float = Field(
+        0.1, ge=0, lt=1, description="share of the campaign held out untreated (control_group in the scores), "
+        "so `churnlens monitor` can measure what the actions did; 0 = no control group")
+    control_seed: int = Field(0, ge=0, description="seed of the control-group draw (with the customer id and "
+                              "the scoring date: a rerun holds out the same customers)")
 
     @model_validator(mode="after")
     def _complete_playbook(self) -> ScoreConfig:
@@ -493,6 +503,21 @@ class EngineConfig(_Section):
     )
 
 
+class MonitorConfig(_Section):
+    """How `churnlens monitor` judges earlier scoring runs against what happened after them."""
+
+    metric: Literal["roc_auc", "pr_auc"] = Field(
+        "roc_auc", description="the figure the retrain recommendation compares with the version's holdout figure")
+    retrain_tolerance: float = Field(
+        0.05, ge=0, le=1, description="recommend retraining when a closed window's realised figure is below the "
+        "version's holdout figure by more than this")
+    min_group_customers: int = Field(
+        30, ge=1, description="a segment, risk tier or campaign arm with fewer customers gets counts, no figures")
+    estimate_draws: int = Field(
+        200, ge=10, description="label sets drawn from the probabilities for the label-free estimate (CBPE)")
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of the treated-vs-control intervals")
+
+
 class Params(_Section):
     engine: EngineConfig = EngineConfig()
     simulate: SimulateConfig = SimulateConfig()
@@ -501,6 +526,7 @@ class Params(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     score: ScoreConfig
+    monitor: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
     def _yearly_window_for_value_and_baselines(self) -> Params:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -81,4 +82,36 @@ def importance_plot(importance: pd.DataFrame, target: Path, top: int = 20) -> Pa
     figure, axis = _subplots(figsize=(7, 0.3 * len(shown) + 1.5))
     axis.barh(shown["feature"], shown["mean_abs_shap"], color="#4C72B0")
     axis.set(title="What drives churn risk (holdout)", xlabel="Mean |SHAP value| (log-odds of churn)")
+    return _save(figure, target)
+
+
+def monitor_plot(cards: list[dict], target: Path) -> Path:
+    """ROC AUC and Brier score over scoring dates: realised (closed windows), interim (open ones,
+    hollow) and the label-free estimate written at scoring time, with its 5-95% spread."""
+    from churnlens.monitor import model_figures
+
+    figure, (left, right) = _subplots(1, 2, figsize=(11, 4))
+    dates = [pd.Timestamp(card["as_of"]).tz_localize(None) for card in cards]
+    shown_figures = [model_figures(card) for card in cards]
+
+    def series(values: list) -> list[float]:
+        return [float("nan") if value is None else value for value in values]
+
+    for axis, name, title in ((left, "roc_auc", "ROC AUC"), (right, "brier", "Brier score (lower is better)")):
+        estimated = np.array(series([estimate.get(name) for _, estimate in shown_figures]))
+        # The spread of the label draws (5-95%); the Brier score's estimate is exact, it has none.
+        low = np.array(series([estimate.get(f"{name}_p05", estimate.get(name)) for _, estimate in shown_figures]))
+        high = np.array(series([estimate.get(f"{name}_p95", estimate.get(name)) for _, estimate in shown_figures]))
+        axis.errorbar(dates, estimated, yerr=[estimated - low, high - estimated], color="grey", linestyle="--",
+                      marker=".", capsize=3, label="estimated at scoring (CBPE, 5-95%)")
+        for status, style in (("closed", {"marker": "o", "color": "#4C72B0", "label": "realised"}),
+                              ("interim", {"marker": "o", "markerfacecolor": "none", "color": "#DD8452",
+                                           "label": "interim (window open)"})):
+            points = [(date, figures.get(name)) for date, card, (figures, _) in zip(dates, cards, shown_figures)
+                      if card["status"] == status and figures.get(name) is not None]
+            if points:
+                axis.plot(*zip(*points), linestyle="-" if status == "closed" else "none", **style)
+        axis.set(title=f"{title}, customers no action touched", xlabel="Scoring date")
+        axis.tick_params(axis="x", labelrotation=30)
+        axis.legend(loc="best", fontsize=8)
     return _save(figure, target)

@@ -29,6 +29,7 @@ OUTPUTS = {
     "scores": ("score", "--output", "data/scores/scores.parquet"),
     "segment_report": ("score", "--report", "reports/segment_report.json"),
     "score_manifest": ("score", "--manifest", "reports/score_manifest.json"),
+    "monitor_report": ("monitor", "--report", "reports/monitor.json"),
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from churnlens import playbook
+from churnlens import control, playbook
 from churnlens.config import PERSONAS, Params, ScoreConfig
 from churnlens.reasons import feature_phrases, plain_reasons
 
@@ -39,6 +39,7 @@ class ScoreJob:
     show_progress: bool = False
     headline_path: Path | None = None
     outcomes: Path | str | None = None
+    archive_dir: Path | str | None = None  # keep the run (scores, manifest) there for `churnlens monitor`
 
     def beside(self, suffix: str) -> Path:
         """Where a side file goes unless told: next to a local output (so a run outside DVC never
@@ -119,6 +120,11 @@ SCORE_COLUMN_DEFINITIONS = (
     ScoreColumn("in_campaign", "true / false",
                 "Chosen for this run's campaign: positive priority, taken in priority order while the summed "
                 "action cost stays within `score.campaign_budget`."),
+    ScoreColumn("control_group", "true / false",
+                "Held out of the campaign: in_campaign, but not to be treated, so `churnlens monitor` can measure what "
+                "the actions do (treated against control, once the label window closes). A `score.control_share` "
+                "of the campaign, drawn from the customer id, the scoring date and `score.control_seed`: a rerun "
+                "holds out the same customers. Treat the rows with in_campaign true and control_group false."),
     ScoreColumn("model_name", "text", "Registered model that produced the probability."),
     ScoreColumn("model_version", "text", "Its registry version (`local` for a model folder outside the registry)."),
 )
@@ -238,12 +244,16 @@ def plan_actions(scored: pd.DataFrame, config: ScoreConfig, premises: pd.DataFra
 
 def select_campaign(planned: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
     """Rank by priority and take customers while it is positive and the summed action cost stays
-    within ``campaign_budget``. Ties are broken by customer id so reruns rank identically."""
+    within ``campaign_budget``, then hold out ``control_share`` of them (:mod:`churnlens.control`).
+    Ties are broken by customer id so reruns rank identically."""
     out = planned.sort_values(["priority", "customer_id"], ascending=[False, True], kind="stable")
     out = out.reset_index(drop=True)
     worthwhile = (out["priority"] > 0) & (out["action_cost"] <= config.campaign_budget)
     spent = out["action_cost"].where(worthwhile, 0.0).cumsum()
     out["in_campaign"] = worthwhile & (spent <= config.campaign_budget)
+    as_of = out["as_of"].iloc[0] if len(out) else pd.Timestamp(0)
+    out["control_group"] = out["in_campaign"] & control.held_out(out["customer_id"], as_of, config.control_share,
+                                                                 config.control_seed)
     return out
 
 
@@ -318,8 +328,7 @@ def segment_report(scores: pd.DataFrame, previous: pd.DataFrame | None = None) -
               **({"customer_value_basis": str(scores["customer_value_basis"].iloc[0])}
                  if "customer_value_basis" in scores and total else {}),
               "campaign_customers": int(scores["in_campaign"].sum()),
-              "campaign_cost": float(scores.loc[scores["in_campaign"], "action_cost"].sum()),
-              "campaign_expected_value_saved": float(scores.loc[scores["in_campaign"], "priority"].sum())}
+              **campaign_figures(scores)}
     if previous is not None:
         both = scores[["customer_id", "segment"]].merge(previous[["customer_id", "segment"]], on="customer_id",
                                                          suffixes=("", "_previous"))
@@ -327,6 +336,16 @@ def segment_report(scores: pd.DataFrame, previous: pd.DataFrame | None = None) -
                                "changed_segment": int((both["segment"] != both["segment_previous"]).sum())}
     return report
 
+
+
+def campaign_figures(scores: pd.DataFrame) -> dict:
+    """The campaign's control group, and its cost and expected value saved: the treated rows only,
+    as the control group is neither contacted nor kept by an action."""
+    arm = control.arms(scores)
+    treated = arm == "treated"
+    return {"campaign_control_customers": int((arm == "control").sum()),
+            "campaign_cost": float(scores.loc[treated, "action_cost"].sum()),
+            "campaign_expected_value_saved": float(scores.loc[treated, "priority"].sum())}
 
 
 def segment_headline(report: dict) -> dict[str, float]:

@@ -518,3 +518,66 @@ def simulate(config: SimulateConfig, workers: int = 1) -> SimulatedData:
         customers=combine([c.customers for c in chunks], ["customer_id"]),
         ground_truth=combine([c.ground_truth for c in chunks], ["customer_id"]),
     )
+
+
+def with_campaign(data: SimulatedData, treated: Iterable[str], as_of: pd.Timestamp, config: SimulateConfig,
+                  lead_days: int, horizon_days: int) -> SimulatedData:
+    """The same world after a retention campaign at ``as_of`` that treated ``treated``: each
+    treated customer who would have churned in the label window (as_of + lead, + horizon] (no
+    purchase in it, or a cancellation in or after it) is kept with the chance
+    ``config.campaign_effects`` gives their persona: a copy of their last order before ``as_of``
+    falls on a random day of the window, and the cancellation is withdrawn. Nothing up to
+    ``as_of`` changes, so a run scored then stands; the untreated (the control group, everyone
+    not selected) are untouched. The ground truth records who was treated, who would have churned
+    and who was kept, so a test knows the campaign's true effect."""
+    as_of = pd.Timestamp(as_of).tz_localize(None) if pd.Timestamp(as_of).tzinfo else pd.Timestamp(as_of)
+    start, end = as_of + pd.Timedelta(days=lead_days), as_of + pd.Timedelta(days=lead_days + horizon_days)
+    tx, truth = data.transactions, data.ground_truth
+    treated_ids = np.array(sorted(set(treated)), dtype=object)
+    purchase = tx["quantity"] > 0
+    bought_in_window = set(tx.loc[purchase & (tx["timestamp"] > start) & (tx["timestamp"] <= end), "customer_id"])
+    cancellation = data.customers.set_index("customer_id")["cancellation_date"] if len(data.customers) else None
+    cancels = (set(cancellation.index[(cancellation > start) & (cancellation <= end)]) if cancellation is not None
+               else set())
+    persona = truth.set_index("customer_id")["persona"]
+    rng = np.random.default_rng([config.seed, int((as_of - pd.Timestamp(0)).days)])
+    would_churn = np.array([c not in bought_in_window or c in cancels for c in treated_ids], dtype=bool)
+    effect = persona.reindex(treated_ids).map(config.campaign_effects).fillna(0.0).to_numpy(dtype=float)
+    kept = would_churn & (rng.random(len(treated_ids)) < effect)
+    kept_ids = treated_ids[kept]
+    before = tx[purchase & (tx["timestamp"] <= as_of) & tx["customer_id"].isin(kept_ids)]
+    last_order = before.sort_values(["timestamp", "order_id"]).groupby("customer_id")["order_id"].last()
+    copies = before[before["order_id"].isin(last_order.to_numpy())].copy()
+    day = pd.Series(rng.integers(0, horizon_days, size=len(kept_ids)), index=kept_ids)
+    copies["timestamp"] = (start + pd.to_timedelta(day.reindex(copies["customer_id"]).to_numpy(), unit="D")
+                           + pd.Timedelta(hours=11)).astype(tx["timestamp"].dtype)
+    order_number = tx["order_id"].str[1:].astype(np.int64).max() + 1
+    new_orders = {old: f"O{order_number + k}" for k, old in enumerate(sorted(copies["order_id"].unique()))}
+    copies["order_id"] = copies["order_id"].map(new_orders)
+    copies["transaction_id"] = np.arange(len(copies)) + tx["transaction_id"].max() + 1
+    transactions = pd.concat([tx, copies], ignore_index=True).sort_values(
+        ["customer_id", "timestamp", "order_id"], kind="stable").reset_index(drop=True)
+    customers = data.customers
+    if cancellation is not None:
+        withdrawn = customers["customer_id"].isin(kept_ids) & (customers["cancellation_date"] > start)
+        customers = customers.assign(cancellation_date=customers["cancellation_date"].mask(withdrawn))
+    outcome = pd.DataFrame({"customer_id": treated_ids, "campaign_would_churn": would_churn, "campaign_kept": kept})
+    truth = truth.merge(outcome, on="customer_id", how="left")
+    truth["campaign_as_of"] = as_of.to_datetime64()
+    truth["campaign_treated"] = truth["customer_id"].isin(treated_ids)
+    truth[["campaign_would_churn", "campaign_kept"]] = truth[["campaign_would_churn", "campaign_kept"]].fillna(False)
+    return replace(data, transactions=transactions, customers=customers, ground_truth=truth)
+
+
+def extract_until(data: SimulatedData, until: pd.Timestamp) -> SimulatedData:
+    """The tables as an extract taken at ``until`` holds them: the events up to it (a run scored
+    as of ``until`` reads the same), the customers signed up by then, and no cancellation not yet
+    made (the ground truth stays whole)."""
+    until = pd.Timestamp(until)
+    customers = data.customers[data.customers["signup_date"] <= until]
+    return replace(
+        data,
+        transactions=data.transactions[data.transactions["timestamp"] <= until].reset_index(drop=True),
+        interactions=data.interactions[data.interactions["timestamp"] <= until].reset_index(drop=True),
+        customers=customers.assign(cancellation_date=customers["cancellation_date"].where(
+            customers["cancellation_date"] <= until)).reset_index(drop=True))

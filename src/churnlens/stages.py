@@ -33,8 +33,22 @@ log = logging.getLogger(__name__)
 HOLDOUT_KEYS = ["customer_id", "cutoff"]  # a snapshot row: the holdout scores train hands to evaluate
 
 
-def run_simulate(params: Params, raw_dir: Path, truth_path: Path) -> dict[str, int]:
+def run_simulate(params: Params, raw_dir: Path, truth_path: Path, campaign: Path | None = None) -> dict[str, int]:
+    """The simulated tables and their ground truth; with ``campaign`` (a run `churnlens score
+    --archive-dir` kept) the world in which that run's campaign treated who it selected and did
+    not hold out, over its label window (:func:`churnlens.simulate.with_campaign`)."""
     data = simulate(params.simulate, workers=worker_count(params.simulate))
+    if campaign is not None:
+        from churnlens import control
+        from churnlens.simulate import with_campaign
+
+        scores = pd.read_parquet(Path(campaign) / "scores.parquet", columns=["customer_id", "in_campaign",
+                                                                             "control_group"])
+        manifest = io.read_json(Path(campaign) / "manifest.json")
+        treated = scores.loc[control.arms(scores) == "treated", "customer_id"]
+        as_of = pd.Timestamp(manifest["as_of"]).tz_convert("UTC").tz_localize(None)
+        data = with_campaign(data, treated, as_of, params.simulate, manifest["label"]["lead_days"],
+                             manifest["label"]["horizon_days"])
     counts = {}
     for name in CANONICAL_TABLES:
         target = raw_dir / f"{name}.parquet"
@@ -687,6 +701,10 @@ def _report_score_run(job: ScoreJob, engine: str, laps: Laps, scored: Scored, in
         "segment_evidence": report.get("segment_evidence", {}),
         "customer_value_basis": sorted(set(scores["customer_value_basis"])) if "customer_value_basis" in scores else [],
         "reasons": config.reasons,
+        "label": label_definition(job.params.features),
+        "control": {"share": config.control_share, "seed": config.control_seed,
+                    "customers": report["campaign_control_customers"]},
+        "expected_performance": expected_performance(scores, loaded, job.params, sorted(drifted)),
         "drift": {"threshold": config.drift_warning_psi, "psi": stability, "warnings": sorted(drifted),
                   "not_compared": {name: why for name, why in drift.NOT_COMPARED.items() if name in profile},
                   "rows_compared": len(snapshot)},
@@ -701,8 +719,50 @@ def _report_score_run(job: ScoreJob, engine: str, laps: Laps, scored: Scored, in
     io.write_json(timings, timings_path(manifest_path))
     if job.headline_path is not None:
         io.write_json(score.segment_headline(report), job.headline_path)
+    if job.archive_dir is not None:
+        archive_run(scored, manifest, Path(job.archive_dir))
     log.info("scored %d customers in %.1f s", len(scores), timings["total"])
     return {**report, "outputs": {**manifest["outputs"], "manifest": str(manifest_path)}}
+
+
+def label_definition(config: FeaturesConfig) -> dict:
+    """What a run's probabilities predict, kept with the run so a later scorecard reads the
+    label the model was trained for, whatever params.yaml says by then."""
+    return {"label": config.label, "lead_days": config.lead_days, "horizon_days": config.horizon_days,
+            "partial_churn_below": config.partial_churn_below}
+
+
+def expected_performance(scores: pd.DataFrame, loaded: tracking.LoadedModel, params: Params,
+                         drift_warnings: list[str]) -> dict:
+    """The label-free estimate of the run's figures (:mod:`churnlens.estimate`), with where its
+    assumptions are known to fail; rounded, so the manifest is the same bytes on every machine."""
+    from churnlens import estimate, portable
+
+    # A model folder outside the registry scores without MLflow: its calibration is then unknown.
+    registered = loaded.version not in UNREGISTERED
+    holdout_ece = tracking.run_metrics(loaded.contract.run_id).get("holdout/ece") if registered else None
+    return {"method": "CBPE: the mean over label sets drawn from the probabilities (p05/p95: their spread)",
+            "draws": params.monitor.estimate_draws,
+            "figures": expected_estimate(scores["churn_probability"].to_numpy(dtype=float),
+                                         params.monitor.estimate_draws, params),
+            "holdout_ece": None if holdout_ece is None else portable.significant(holdout_ece, 6),
+            "caveats": estimate.caveats(holdout_ece, drift_warnings)}
+
+
+def archive_run(scored: Scored, manifest: dict, archive_dir: Path) -> Path:
+    """Keep this run for `churnlens monitor`: its scores' rows and its manifest in a folder of its
+    own, named by the scoring day and the model version (a rerun of both replaces it)."""
+    day = pd.Timestamp(manifest["as_of"]).strftime("%Y-%m-%d")
+    folder = archive_dir / f"{day}_{manifest['model_name']}_v{manifest['model_version']}"
+    rows = pd.read_parquet(scored.output, columns=list(MONITORED_COLUMNS))
+    io.write_parquet(rows, folder / "scores.parquet")
+    io.write_json(manifest, folder / "manifest.json")
+    return folder
+
+
+# What a scorecard reads of a run's scores (the rest is for the people acting on them).
+MONITORED_COLUMNS = ("customer_id", "as_of", "churn_probability", "risk_tier", "segment", "action",
+                     "action_success_rate", "in_campaign", "control_group", "model_name", "model_version")
 
 
 def timings_path(manifest_path: Path | str) -> Path:
@@ -759,3 +819,247 @@ def _version() -> str:
     import importlib.metadata
 
     return importlib.metadata.version("churnlens")
+
+
+@dataclass(frozen=True)
+class ScoringRun:
+    """One earlier scoring run, as `churnlens score --archive-dir` kept it."""
+
+    folder: Path
+    scores: pd.DataFrame
+    manifest: dict
+
+    @property
+    def as_of(self) -> pd.Timestamp:
+        return score.utc(self.manifest["as_of"]).tz_localize(None)
+
+
+# A run scored by a model folder outside the registry has no version to log its scorecard on.
+UNREGISTERED = ("local", "unregistered")
+
+
+def scoring_runs(runs_dir: Path) -> list[ScoringRun]:
+    """Every run kept under ``runs_dir`` (a folder holding scores.parquet and manifest.json), oldest first."""
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"monitor: {runs_dir}: no such folder; score with `churnlens score --archive-dir "
+                                f"{runs_dir}` (the pipeline's score stage does) to keep runs to monitor")
+    runs = [ScoringRun(folder, pd.read_parquet(folder / "scores.parquet"), io.read_json(folder / "manifest.json"))
+            for folder in sorted(runs_dir.iterdir())
+            if (folder / "scores.parquet").is_file() and (folder / "manifest.json").is_file()]
+    if not runs:
+        raise FileNotFoundError(f"monitor: {runs_dir} holds no scoring run (a folder with scores.parquet and "
+                                "manifest.json); score with `churnlens score --archive-dir` first")
+    return sorted(runs, key=lambda run: (run.as_of, run.folder.name))
+
+
+def run_monitor(params: Params, runs_dir: Path, canonical_dir: Path, report_path: Path, plot_path: Path,
+                headline_path: Path | None = None, log_to_mlflow: bool = True) -> dict:
+    """The scorecard of every earlier scoring run against the newer canonical data
+    (:mod:`churnlens.monitor`), logged on the model version that scored; a report, a plot of the
+    figures over scoring dates and, optionally, the headline numbers of the newest closed run."""
+    from churnlens import monitor, plots
+    from churnlens.engines.duckdb import DuckDBEngine, data_span
+
+    runs = scoring_runs(Path(runs_dir))
+    tables = DuckDBEngine().tables(str(canonical_dir))
+    data_start, data_end = data_span(tables)
+    cards = [scorecard_of(run, tables, data_start, data_end, params) for run in runs]
+    plots.monitor_plot(cards, plot_path)
+    for card in cards:
+        if card["status"] in ("closed", "interim") and card["model_version"] not in UNREGISTERED:
+            points = monitor_points(card)
+            logged = tracking.log_monitoring(card["model_name"], card["model_version"], points, plot_path,
+                                             card["recommendation"]) if log_to_mlflow else None
+            card["mlflow_run_id"] = logged
+    report = {"data": {"canonical_dir": str(canonical_dir), "first_event": data_start.isoformat(),
+                       "last_event": data_end.isoformat()},
+              "runs": cards, "markdown": monitor_markdown(cards), "campaign_markdown": campaign_markdown(cards)}
+    log.info("monitor: %d scoring runs against data up to %s:\n%s", len(cards), data_end, report["markdown"])
+    if any(card.get("campaign") for card in cards):
+        log.info("monitor: treated against control, once the window closed:\n%s", report["campaign_markdown"])
+    for card in cards:
+        if card["recommendation"].get("retrain"):
+            log.warning("monitor: %s v%s: %s", card["model_name"], card["model_version"], card["recommendation"]["why"])
+    io.write_json(report, report_path)
+    if headline_path is not None:
+        io.write_json(monitor_headline(cards), headline_path)
+    return report
+
+
+def scorecard_of(run: ScoringRun, tables: dict, data_start: pd.Timestamp, data_end: pd.Timestamp,
+                 params: Params) -> dict:
+    """One run's scorecard: closed, interim, waiting (no day of its window seen yet), or
+    unmeasurable (the data ends before the run or starts after it), with the reason."""
+    from churnlens import control, monitor
+
+    manifest = run.manifest
+    label = {**label_definition(params.features), **manifest.get("label", {})}
+    config = params.features.model_copy(update=label)
+    window = monitor.label_window(run.as_of, config, data_end)
+    estimate = manifest.get("expected_performance", {}).get("figures", {})
+    card = {"run": run.folder.name, "as_of": score.utc(run.as_of).isoformat(), "model_name": manifest["model_name"],
+            "model_version": str(manifest["model_version"]), "customers": len(run.scores), "label": label,
+            "window": {"start": window.start.isoformat(), "end": window.end.isoformat(),
+                       "elapsed_days": window.elapsed_days, "share_elapsed": round(window.share_elapsed, 4)},
+            "estimate": estimate}
+    if data_end < run.as_of:
+        return {**card, "status": "unmeasurable", "recommendation": {"retrain": False},
+                "why": (f"the transactions in {tables['transactions']} end {data_end}, before this run's scoring date "
+                        f"{run.as_of}: that extract is older than the run; ingest a later one to monitor it")}
+    if data_start >= run.as_of:
+        return {**card, "status": "unmeasurable", "recommendation": {"retrain": False},
+                "why": (f"the transactions start {data_start}, after this run's scoring date {run.as_of}: monitor "
+                        "needs the history up to the run too (a full extract, not only the new rows)")}
+    if window.elapsed_days == 0:
+        return {**card, "status": "waiting", "recommendation": {"retrain": False},
+                "why": f"no day of the label window (from {window.start}) is in the data yet"}
+    churned, missing = outcomes_of(run, tables, monitor.labels_as_of_elapsed(config, window))
+    if missing:
+        log.warning("monitor: %d of the %d customers run %s scored are not active at %s in %s: the extract lacks "
+                    "their history; they are left out of its figures", missing, len(run.scores), run.folder.name,
+                    run.as_of, tables["transactions"])
+    known = churned.notna().to_numpy()
+    scores, labels = run.scores[known].reset_index(drop=True), churned[known].reset_index(drop=True)
+    figures = monitor.scorecard(scores, labels, params.monitor, params.evaluate.top_fraction)
+    status = "closed" if window.closed else "interim"
+    registered = card["model_version"] not in UNREGISTERED
+    holdout = (tracking.run_metrics(tracking.version_run_id(card["model_name"], card["model_version"]))
+               .get(f"holdout/{params.monitor.metric}") if registered else None)
+    # The model predicts churn without an action: its own figures are the untreated customers'. Their
+    # estimate is the scoring-time one on their rows (label-free, from the run's probabilities).
+    untreated = (control.arms(scores) != "treated").to_numpy()
+    estimate_untreated = (estimate if untreated.all() else
+                          expected_estimate(scores["churn_probability"].to_numpy()[untreated],
+                                            manifest.get("expected_performance", {}).get(
+                                                "draws", params.monitor.estimate_draws), params))
+    card.update({"status": status, "customers_not_in_data": missing, "figures": figures,
+                 "estimate_untreated": estimate_untreated,
+                 "estimate_vs_figures": {
+                     "all": monitor.estimate_beside_realised(estimate, figures["overall"]),
+                     "untreated": monitor.estimate_beside_realised(estimate_untreated, figures["untreated"])},
+                 "recommendation": monitor.recommendation(figures["untreated"], holdout, params.monitor,
+                                                          window.closed)})
+    if window.closed:
+        card["campaign"] = control.campaign_effects(scores, labels, params.monitor.min_group_customers,
+                                                    params.monitor.confidence)
+    return card
+
+
+def expected_estimate(probability: np.ndarray, draws: int, params: Params) -> dict:
+    """:func:`churnlens.estimate.expected_metrics` as a scoring run computes it, to 6 significant
+    digits: the same bytes on every machine."""
+    from churnlens import estimate, portable
+
+    figures = estimate.expected_metrics(probability, params.evaluate.top_fraction, draws)
+    return {name: portable.significant(value, 6) for name, value in figures.items()}
+
+
+def outcomes_of(run: ScoringRun, tables: dict, label_config: FeaturesConfig) -> tuple[pd.Series, int]:
+    """Each scored customer's label after the run (aligned with its scores; missing where the
+    data does not show the customer active at the run's date), and how many are missing."""
+    from churnlens.engines.duckdb import compute_snapshots
+
+    # The population and the label, by the rule every engine computes; one feature, as a snapshot has one.
+    recency = [feature for feature in ft.definitions_for(label_config) if feature.name == "days_since_last_purchase"]
+    labels, _ = compute_snapshots(tables, [run.as_of], label_config, with_labels=True, features=recency)
+    churned = run.scores[["customer_id"]].merge(labels[["customer_id", "churned"]], on="customer_id", how="left")
+    return churned["churned"].astype("boolean"), int(churned["churned"].isna().sum())
+
+
+# MLflow draws one chart section per key prefix (up to the last "/"), sorted by name: one section for
+# each kind of figure, named to follow the training run's holdout, baseline and backtest sections.
+SCORECARD_SECTIONS = {"closed": "scorecard", "interim": "scorecard_interim", "estimated": "scorecard_estimated",
+                      "campaign": "scorecard_campaign"}
+
+
+def monitor_points(card: dict) -> list[tuple[str, float, int, int]]:
+    """A scorecard as MLflow points (key, value, step, timestamp ms): the scoring date is the
+    step; realised figures at the scoring date's time, interim ones at the window's elapsed day."""
+    from churnlens import monitor
+
+    step = monitor.step_of(pd.Timestamp(card["as_of"]))
+    as_of_ms = int(pd.Timestamp(card["as_of"]).timestamp() * 1000)
+    section = SCORECARD_SECTIONS[card["status"]]
+    # Interim figures change as the window fills: each elapsed day is its own point.
+    stamp = as_of_ms if card["status"] == "closed" else as_of_ms + card["window"]["elapsed_days"] * 86_400_000
+    groups = [("", card["figures"]["overall"]), ("untreated.", card["figures"]["untreated"])]
+    for kind in ("segment", "risk_tier"):
+        groups += [(f"{kind}.{name}.", figures) for name, figures in card["figures"][f"per_{kind}"].items()]
+    points = [(f"{section}/{prefix}{name}", value, step, stamp) for prefix, figures in groups
+              for name, value in figures.items() if name in monitor.FIGURES and value is not None]
+    points.append((f"{section}/window_elapsed", card["window"]["share_elapsed"], step, stamp))
+    estimated = SCORECARD_SECTIONS["estimated"]
+    points += [(f"{estimated}/{prefix}{name}", value, step, as_of_ms)
+               for prefix, estimate in (("", card["estimate"]), ("untreated.", card["estimate_untreated"]))
+               for name, value in estimate.items() if name in monitor.FIGURES]
+    for effect in card.get("campaign", []):
+        if effect.get("success_rate") is not None:
+            points.append((f"{SCORECARD_SECTIONS['campaign']}/{effect['segment']}.{effect['action']}.success_rate",
+                           effect["success_rate"], step, as_of_ms))
+    return points
+
+
+def monitor_markdown(cards: list[dict]) -> str:
+    """One line per run: its window, the model's realised (or interim) figures on the customers
+    no action touched, and the estimate beside them."""
+    from churnlens import monitor
+
+    lines = ["| scored as of | model | customers | window | ROC AUC, all | untreated: ROC AUC | est. AUC | PR AUC | "
+             "Brier | est. Brier | ECE | lift | retrain |", "|---" * 13 + "|"]
+
+    def shown(value: object) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else "–"
+
+    for card in cards:
+        figures, estimate = monitor.model_figures(card)
+        window = ("closed" if card["status"] == "closed" else
+                  f"{card['status']} {100 * card['window']['share_elapsed']:.0f}%")
+        retrain = {True: "yes", False: "no"}[bool(card["recommendation"].get("retrain"))]
+        lines.append(f"| {card['as_of'][:10]} | {card['model_name']} v{card['model_version']} | {card['customers']} | "
+                     f"{window} | {shown(card.get('figures', {}).get('overall', {}).get('roc_auc'))} | "
+                     f"{shown(figures.get('roc_auc'))} | {shown(estimate.get('roc_auc'))} | "
+                     f"{shown(figures.get('pr_auc'))} | {shown(figures.get('brier'))} | "
+                     f"{shown(estimate.get('brier'))} | {shown(figures.get('ece'))} | "
+                     f"{shown(figures.get('top_decile_lift'))} | {retrain} |")
+    return "\n".join(lines)
+
+
+def campaign_markdown(cards: list[dict]) -> str:
+    """Per closed run, segment and action: treated against control, the measured success rate
+    beside the playbook's assumed one."""
+    lines = ["| scored as of | segment | action | treated | control | churn treated | churn control | "
+             "difference [interval] | success rate measured [interval] | assumed |", "|---" * 10 + "|"]
+
+    def rate(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    for card in cards:
+        for row in card.get("campaign", []):
+            if "difference" not in row:
+                lines.append(f"| {card['as_of'][:10]} | {row['segment']} | {row['action']} | {row['treated']} | "
+                             f"{row['control']} | – | – | {row['note']} | – | {rate(row['assumed_success_rate'])} |")
+                continue
+            low, high = row["difference_interval"]
+            measured = ("–" if row["success_rate"] is None else f"{row['success_rate']:.3f} "
+                        f"[{row['success_rate_interval'][0]:.3f}, {row['success_rate_interval'][1]:.3f}]")
+            lines.append(f"| {card['as_of'][:10]} | {row['segment']} | {row['action']} | {row['treated']} | "
+                         f"{row['control']} | {row['churn_rate_treated']:.3f} | {row['churn_rate_control']:.3f} | "
+                         f"{row['difference']:+.3f} [{low:+.3f}, {high:+.3f}] | {measured} | "
+                         f"{rate(row['assumed_success_rate'])} |")
+    return "\n".join(lines)
+
+
+def monitor_headline(cards: list[dict]) -> dict:
+    """The DVC metrics of monitoring, a few numbers: how many runs have a closed window and, for
+    the newest, the model's realised ROC AUC and how far the label-free estimate was from it."""
+    from churnlens import monitor
+
+    closed = [card for card in cards if card["status"] == "closed"]
+    headline: dict = {"closed_runs": len(closed)}
+    if closed:
+        figures, estimate = monitor.model_figures(closed[-1])
+        if figures.get("roc_auc") is not None:
+            headline["newest_closed_roc_auc"] = round(figures["roc_auc"], 4)
+            if "roc_auc" in estimate:
+                headline["newest_closed_estimate_gap"] = round(figures["roc_auc"] - estimate["roc_auc"], 4)
+    return headline

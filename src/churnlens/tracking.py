@@ -469,6 +469,45 @@ def run_metrics(run_id: str | None) -> dict[str, float]:
         return {}
 
 
+def version_run_id(model_name: str, version: str) -> str | None:
+    """The run that trained a registered version (None when the registry does not know it)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure()
+    try:
+        return MlflowClient().get_model_version(model_name, version).run_id
+    except MlflowException:
+        return None
+
+
+def log_monitoring(model_name: str, version: str, points: list[tuple[str, float, int, int]],
+                   plot: Path | None, recommendation: dict) -> str | None:
+    """A scorecard on the version that scored: (key, value, step, timestamp ms) points on its
+    training run (the scoring date as the step), the plot of performance over scoring dates as an
+    artifact, and the retrain recommendation as version tags. None when the version is unknown."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    run_id = version_run_id(model_name, version)
+    if run_id is None:
+        return None
+    client = MlflowClient()
+    # A point already logged (the same key, step, time and value: a rerun over the same data) is
+    # not logged twice.
+    logged = {(m.key, m.step, m.timestamp, m.value) for key in {k for k, *_ in points}
+              for m in client.get_metric_history(run_id, key)}
+    fresh = [Metric(key, float(value), timestamp, step) for key, value, step, timestamp in points
+             if (key, step, timestamp, float(value)) not in logged]
+    if fresh:
+        client.log_batch(run_id, metrics=fresh)
+    if plot is not None and plot.exists():
+        client.log_artifact(run_id, str(plot), artifact_path="monitor")
+    client.set_model_version_tag(model_name, version, "monitor.retrain", str(recommendation["retrain"]).lower())
+    client.set_model_version_tag(model_name, version, "monitor.why", recommendation["why"])
+    return run_id
+
+
 def record_promotion(model_name: str, version: str, promotion: dict, results: dict[str, dict],
                      holdout_cutoff: str) -> None:
     """State the promotion decision on the model version, with its figures: the challenger, the

@@ -275,7 +275,7 @@ def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: object, params:
     each Arrow batch, with the pipeline the driver loaded. It travels inside this function's
     closure, so executors never resolve registry URIs nor read the driver's files, and no
     ``sparkContext`` is needed (Spark Connect has none; classic Spark broadcasts a large closure)."""
-    from churnlens import model, score, segments
+    from churnlens import control, model, score, segments
 
     config = params.score
     for batch in batches:
@@ -284,7 +284,11 @@ def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: object, params:
         reasons = score.customer_reasons(pipeline, batch, probability, numeric, categorical, config,
                                          params.features.windows_days)
         assigned = segments.assign_segments(batch, config.segments)
-        yield score.score_rows(batch, probability, assigned, config, pd.Timestamp(as_of), name, version, reasons)
+        rows = score.score_rows(batch, probability, assigned, config, pd.Timestamp(as_of), name, version, reasons)
+        # Held out if selected: the draw is the customer's own, so any partition draws the same.
+        rows["_held_out"] = control.held_out(rows["customer_id"], pd.Timestamp(as_of), config.control_share,
+                                             config.control_seed)
+        yield rows
 
 
 def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp, params: Params,
@@ -315,6 +319,7 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
         T.StructField("model_version", T.StringType()), T.StructField("action", T.StringType()),
         T.StructField("action_cost", T.DoubleType()), T.StructField("action_success_rate", T.DoubleType()),
         T.StructField("action_premise_missing", T.StringType()), T.StructField("priority", T.DoubleType()),
+        T.StructField("_held_out", T.BooleanType()),
     ])
     # The validated params travel pickled with the function: no partition parses them again.
     arguments = (loaded.pipeline, params, pd.Timestamp(as_of).isoformat(),
@@ -328,7 +333,8 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
     ranked = (rows.withColumn("_worthwhile", worthwhile)
               .withColumn("_spent", F.sum(F.when(F.col("_worthwhile"), F.col("action_cost")).otherwise(0.0))
                           .over(ranking))
-              .withColumn("in_campaign", F.col("_worthwhile") & (F.col("_spent") <= budget)))
+              .withColumn("in_campaign", F.col("_worthwhile") & (F.col("_spent") <= budget))
+              .withColumn("control_group", F.col("in_campaign") & F.col("_held_out")))
     scores = ranked.select(*single_machine.SCORE_COLUMNS).orderBy(F.col("priority").desc(), F.col("customer_id"))
     return scores, snapshot, loaded
 
@@ -369,7 +375,7 @@ class SparkEngine:
         laps.lap("features_score_and_write")
         # Everything the segment report and the manifest read (score.segment_report, playbook.actions_replaced).
         needed = ["customer_id", "segment", "low_confidence", "segment_evidence", "churn_probability", "risk_tier",
-                  "customer_value", "customer_value_basis", "in_campaign", "action_cost", "action_premise_missing",
+                  "customer_value", "customer_value_basis", "in_campaign", "control_group", "action_cost", "action_premise_missing",
                   "priority", "top_reasons"]
         local_scores = self.session.read.parquet(output).select(*needed).toPandas()
         total = len(local_scores)

@@ -1,0 +1,124 @@
+"""The scorecard of an earlier scoring run: how its probabilities did, once the data shows it.
+
+A run scored customers as of a date; a later extract of the log says who churned in the label
+window after it. Before the window closes, the figures are interim: a label read as of the end
+of the data ("no purchase yet" counts as churn, as a window ending there would), with the share
+of the window elapsed; they become the realised figures when the window closes. Beside them:
+the label-free estimate written at scoring time (:mod:`churnlens.estimate`) and, for the
+campaign, the treated against the control group (:mod:`churnlens.control`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from churnlens.config import FeaturesConfig, MonitorConfig
+
+# The figures of a scorecard, as classification_metrics names them.
+FIGURES = ("roc_auc", "pr_auc", "brier", "ece", "top_decile_lift", "churn_rate")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A run's label window against the data: how many of its days the data has seen."""
+
+    start: pd.Timestamp  # the window is (start, end]
+    end: pd.Timestamp
+    elapsed_days: int
+    horizon_days: int
+
+    @property
+    def share_elapsed(self) -> float:
+        return self.elapsed_days / self.horizon_days
+
+    @property
+    def closed(self) -> bool:
+        return self.elapsed_days >= self.horizon_days
+
+
+def label_window(as_of: pd.Timestamp, config: FeaturesConfig, data_end: pd.Timestamp) -> Window:
+    """The run's label window (as_of + lead, as_of + lead + horizon] and how much of it data
+    ending at ``data_end`` covers: the days begun by the last event count (an extract covers the
+    day of its last event)."""
+    start = as_of + pd.Timedelta(days=config.lead_days)
+    end = start + pd.Timedelta(days=config.horizon_days)
+    seen = np.ceil((data_end - start) / pd.Timedelta(days=1))
+    return Window(start, end, int(min(max(seen, 0), config.horizon_days)), config.horizon_days)
+
+
+def labels_as_of_elapsed(config: FeaturesConfig, window: Window) -> FeaturesConfig:
+    """The label rule with its window cut to the days seen: the interim label (``features.label``
+    read over the elapsed days; the partial-churn spend compares like lengths, as the rule does)."""
+    return config.model_copy(update={"horizon_days": window.elapsed_days})
+
+
+def scorecard(scores: pd.DataFrame, churned: pd.Series, config: MonitorConfig, top_fraction: float) -> dict:
+    """The run's figures overall, on the untreated (the control group and everyone the campaign did
+    not select: what the model predicts, churn without an action), per segment and per risk tier
+    (``churned`` aligned with ``scores``); a group smaller than ``min_group_customers`` or with
+    one class gets counts only."""
+    from churnlens import evaluate
+
+    y = churned.astype(int).to_numpy()
+    probability = scores["churn_probability"].to_numpy(dtype=float)
+
+    def figures(mask: np.ndarray) -> dict:
+        n = int(mask.sum())
+        out = {"n": n, "churn_rate": float(y[mask].mean()) if n else None,
+               "mean_probability": float(probability[mask].mean()) if n else None}
+        if n >= config.min_group_customers and 0 < y[mask].sum() < n:
+            metrics = evaluate.classification_metrics(y[mask], probability[mask], top_fraction)
+            out.update({name: metrics[name] for name in FIGURES})
+        return out
+
+    from churnlens import control
+
+    everyone = np.ones(len(y), dtype=bool)
+    untreated = (control.arms(scores) != "treated").to_numpy()
+    return {"overall": figures(everyone), "untreated": figures(untreated),
+            "per_segment": {str(s): figures((scores["segment"] == s).to_numpy()) for s in sorted(scores["segment"].unique())},
+            "per_risk_tier": {str(t): figures((scores["risk_tier"] == t).to_numpy())
+                              for t in sorted(scores["risk_tier"].unique())}}
+
+
+def recommendation(realised: dict, holdout: float | None, config: MonitorConfig, closed: bool) -> dict:
+    """Retrain when a closed window's figure is below the version's holdout figure by more than
+    the tolerance; interim figures and an unknown holdout figure recommend nothing."""
+    metric = config.metric
+    value = realised.get(metric)
+    base = {"metric": metric, "tolerance": config.retrain_tolerance, "holdout": holdout, "realised": value}
+    if not closed:
+        return {**base, "retrain": False, "why": "the label window has not closed: interim figures decide nothing"}
+    if holdout is None or value is None:
+        return {**base, "retrain": False,
+                "why": "no holdout figure on record for this version" if holdout is None else f"no realised {metric}"}
+    shortfall = holdout - value
+    retrain = shortfall > config.retrain_tolerance
+    return {**base, "retrain": bool(retrain), "shortfall": shortfall,
+            "why": (f"realised {metric} {value:.3f} is {shortfall:.3f} below the holdout's {holdout:.3f}, more than "
+                    f"the tolerance {config.retrain_tolerance}: retrain on the newer data") if retrain else
+                   f"realised {metric} {value:.3f} against the holdout's {holdout:.3f}: within the tolerance"}
+
+
+def estimate_beside_realised(estimate: dict, realised: dict) -> dict:
+    """Each estimated figure, the realised one, and the gap (realised - estimated)."""
+    return {name: {"estimated": estimate[name], "realised": realised.get(name),
+                   "gap": None if realised.get(name) is None else realised[name] - estimate[name]}
+            for name in FIGURES if name in estimate}
+
+
+def model_figures(card: dict) -> tuple[dict, dict]:
+    """A scorecard's figures of the model itself and their estimate: the untreated customers'
+    (an action changes the outcome it predicts), else everyone's (a run without a campaign)."""
+    figures = card.get("figures", {})
+    return (figures.get("untreated") or figures.get("overall") or {},
+            card.get("estimate_untreated") or card.get("estimate") or {})
+
+
+def step_of(as_of: pd.Timestamp) -> int:
+    """A scoring date as an MLflow step: days since 1970-01-01, so steps are spaced like the dates."""
+    return int((pd.Timestamp(as_of).tz_localize(None).normalize() - pd.Timestamp(0)).days)
+
