@@ -97,11 +97,14 @@ def simulated_case(workdir: Path) -> Case:
                 | {"customers": [Source(raw / "customers.parquet", "")]})
 
 
-def run_command(workdir: Path, command: str, *args: str, overlays: list[Path] = ()) -> None:
+def run_command(workdir: Path, command: str, *args: str, overlays: list[Path] = (), store: Path | None = None
+                ) -> None:
+    """A churnlens command in ``workdir``, with MLflow's store there unless ``store`` names one."""
     params = ["--params", str(ROOT / "params.yaml")]
     for overlay in overlays:
         params += ["--params", str(overlay)]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "DVC_NO_ANALYTICS": "1"}
+    store = store or workdir / "mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}", "DVC_NO_ANALYTICS": "1"}
     subprocess.run([sys.executable, "-m", "churnlens", command, *params, *args], cwd=workdir, env=env, check=True)
 
 
@@ -127,8 +130,11 @@ def cut_raw(case: Case, date: pd.Timestamp, target: Path) -> dict[str, list[Path
     return paths
 
 
-def overlay_for(case: Case, paths: dict[str, list[Path]], workdir: Path, name: str) -> Path:
-    """An overlay pointing every table (each export of it) at ``paths``, the rest as the case has it."""
+def overlay_for(case: Case, paths: dict[str, list[Path]], workdir: Path, name: str, model_name: str | None = None
+                ) -> Path:
+    """An overlay ``workdir/<name>.yaml`` pointing every table (each export of it) at ``paths``, the
+    rest as the case has it; the model registered as ``model_name`` (default: ``name``)."""
+    model_name = model_name or name
     params = load_params(ROOT / "params.yaml", *case.overlays)
     ingest = {}
     for table, files in paths.items():
@@ -141,17 +147,31 @@ def overlay_for(case: Case, paths: dict[str, list[Path]], workdir: Path, name: s
     # A cut export can have more lines without a customer id than the whole one: 37.2% of the second
     # export's lines before 2011-02-01 (its first two months) have none, against 24.9% of all of them.
     overlay = {"ingest": {**ingest, "max_quarantine_share": QUARANTINE_SHARE_OF_CUT_LOGS},
-               "train": {"experiment_name": f"benchmark-{name}", "registered_model_name": name},
-               "score": {"model_uri": f"models:/{name}@champion"}}
+               "train": {"experiment_name": f"benchmark-{model_name}", "registered_model_name": model_name},
+               "score": {"model_uri": f"models:/{model_name}@champion"}}
     target = workdir / f"{name}.yaml"
     target.write_text(yaml.safe_dump(overlay), encoding="utf-8")
     return target
 
 
-def run_pipeline(case: Case, date: pd.Timestamp, workdir: Path) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Monitoring:
+    """Every date's scoring run kept in ``runs`` and its model registered in one MLflow ``store``,
+    so `churnlens monitor` can judge them all against the full log at the end."""
+
+    runs: Path
+    store: Path
+
+
+def run_pipeline(case: Case, date: pd.Timestamp, workdir: Path, monitoring: Monitoring | None = None
+                 ) -> pd.DataFrame:
     """The pipeline's own commands on the cut log; returns its scores as of ``date``."""
-    overlays = [*case.overlays, overlay_for(case, cut_raw(case, date, workdir / "raw"), workdir, "benchmark")]
-    run = lambda command, *args: run_command(workdir, command, *args, overlays=overlays)  # noqa: E731
+    # Models of all dates share the monitoring store: each date registers a model of its own.
+    model_name = f"benchmark_{date:%Y%m%d}" if monitoring else "benchmark"
+    overlays = [*case.overlays, overlay_for(case, cut_raw(case, date, workdir / "raw"), workdir, "benchmark",
+                                            model_name)]
+    store = monitoring.store if monitoring else None
+    run = lambda command, *args: run_command(workdir, command, *args, overlays=overlays, store=store)  # noqa: E731
     run("ingest", "--canonical-dir", "canonical", "--quarantine-dir", "quarantine", "--report", "ingest.json")
     run("features", "--canonical-dir", "canonical", "--output", "snapshots.parquet", "--report", "features.json")
     run("train", "--snapshots", "snapshots.parquet", "--features-report", "features.json", "--model-dir", "model",
@@ -159,8 +179,9 @@ def run_pipeline(case: Case, date: pd.Timestamp, workdir: Path) -> pd.DataFrame:
     run("evaluate", "--snapshots", "snapshots.parquet", "--model-dir", "model", "--train-report", "train.json",
         "--metrics", "metrics.json", "--plots-dir", "plots")
     # The deployed model scores, whether or not the gate promoted it: that is what is judged here.
+    archive = ["--archive-dir", str(monitoring.runs)] if monitoring else []
     run("score", "--canonical-dir", "canonical", "--model", "model", "--as-of", str(date.date()), "--output",
-        "scores.parquet", "--report", "segments.json", "--manifest", "manifest.json")
+        "scores.parquet", "--report", "segments.json", "--manifest", "manifest.json", *archive)
     return pd.read_parquet(workdir / "scores.parquet")
 
 
@@ -306,8 +327,8 @@ class DateResult:
 
 
 def benchmark(case: Case, date: pd.Timestamp, workdir: Path, full: tuple[dict, list[Path]], rounds: int,
-              horizon_days: int) -> DateResult:
-    scores = run_pipeline(case, date, workdir)
+              horizon_days: int, monitoring: Monitoring | None = None) -> DateResult:
+    scores = run_pipeline(case, date, workdir, monitoring)
     truth = truth_at(full, date)
     judged = scores[["customer_id", "churn_probability"]].merge(truth, on="customer_id", how="inner")
     y = judged[LABEL].to_numpy(dtype=int)
@@ -374,6 +395,31 @@ def summary(results: list[DateResult]) -> str:
     return "\n".join(lines)
 
 
+def monitored_runs(full: tuple[dict, list[Path]], monitoring: Monitoring) -> str:
+    """`churnlens monitor` over every kept run against the full log, as a user would run it after
+    ingesting the later extract; its table of runs and its campaign tables, in Markdown."""
+    tables, overlays = full
+    folder = monitoring.runs.parent
+    run_command(folder, "monitor", "--runs", str(monitoring.runs), "--canonical-dir",
+                str(Path(tables["transactions"]).parent), "--report", "monitor.json", "--plot", "monitor.png",
+                overlays=overlays, store=monitoring.store)
+    report = json.loads((folder / "monitor.json").read_text())
+    lines = ["## Scorecards of every date's run (`churnlens monitor` against the full log)", "", report["markdown"], "",
+             "Treated against control, the campaign as a whole (no action was taken on this log: an A/A check)", "",
+             "| scored as of | treated | control | churn treated | churn control | difference [95%] |", "|---" * 6 + "|"]
+    for card in report["runs"]:
+        whole = next((row for row in card.get("campaign", []) if row["segment"] == "all"), None)
+        if whole and "difference" in whole:
+            low, high = whole["difference_interval"]
+            lines.append(f"| {card['as_of'][:10]} | {whole['treated']} | {whole['control']} | "
+                         f"{whole['churn_rate_treated']:.3f} | {whole['churn_rate_control']:.3f} | "
+                         f"{whole['difference']:+.3f} [{low:+.3f}, {high:+.3f}] |")
+        elif whole:
+            lines.append(f"| {card['as_of'][:10]} | {whole['treated']} | {whole['control']} | – | – | {whole['note']} |")
+    lines.append(f"\nMLflow store: {monitoring.store}; plot: {folder / 'monitor.png'}")
+    return "\n".join(lines)
+
+
 @contextmanager
 def workspace(keep: Path | None, date: str) -> Iterator[Path]:
     """A fresh folder for one date's run: KEEP/<date> (emptied first) or a temporary one."""
@@ -399,6 +445,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep each date's pipeline outputs in KEEP/<date> (default: discarded)")
     parser.add_argument("--second-log", type=Path, default=RETAIL_SECOND_YEAR,
                         help="the second export (Online Retail, Parquet)")
+    parser.add_argument("--monitor", type=Path,
+                        help="keep every date's scoring run and model (one MLflow store) in MONITOR, then run "
+                             "`churnlens monitor` over them against the full log: MONITOR/monitor.json and .png")
     args = parser.parse_args()
     needed = [] if args.simulated else [args.log] if args.first_year else [args.log, args.second_log]
     for path in needed:
@@ -406,6 +455,11 @@ def main() -> None:
             raise SystemExit(f"{path}: not found; pass --log / --second-log, or use --simulated")
     default_dates = SIMULATED_DATES if args.simulated else FIRST_YEAR_DATES if args.first_year else TWO_YEAR_DATES
     results = []
+    monitoring = None
+    if args.monitor is not None:
+        shutil.rmtree(args.monitor, ignore_errors=True)
+        args.monitor.mkdir(parents=True)
+        monitoring = Monitoring(args.monitor.resolve() / "runs", args.monitor.resolve() / "mlflow.db")
     with tempfile.TemporaryDirectory(prefix="churnlens-benchmark-truth-") as truth_folder:
         full, case = None, None
         for date in args.dates or default_dates:
@@ -416,8 +470,10 @@ def main() -> None:
                 if full is None or args.simulated:  # the simulator writes its raw data into each workdir
                     full = full_log(case, workdir if args.simulated else Path(truth_folder))
                 horizon = load_params(ROOT / "params.yaml", *case.overlays).features.horizon_days
-                results.append(benchmark(case, pd.Timestamp(date), workdir, full, args.bootstrap, horizon))
+                results.append(benchmark(case, pd.Timestamp(date), workdir, full, args.bootstrap, horizon, monitoring))
                 print(results[-1].table, "", targets_line(results[-1]), sep="\n", flush=True)
+        if monitoring is not None:
+            print(monitored_runs(full, monitoring))
     print("\n\n".join(f"{r.table}\n\n{targets_line(r)}" for r in results))
     print(f"\n## {case.name}: all dates\n")
     print(summary(results))
