@@ -14,20 +14,19 @@ AS_OF = pd.Timestamp("2024-06-01", tz="UTC")
 IDS = pd.Series([f"C{i:08d}" for i in range(20_000)])
 
 
-def test_the_control_draw_is_each_customers_own_so_reruns_and_batches_agree() -> None:
-    held = control.held_out(IDS, AS_OF, 0.1, seed=0)
-    assert np.array_equal(held, control.held_out(IDS, AS_OF, 0.1, seed=0))
+def test_the_control_draw_is_each_customers_own_in_every_run_batch_and_order() -> None:
+    held = control.held_out(IDS, 0.1, seed=0)
+    assert np.array_equal(held, control.held_out(IDS, 0.1, seed=0))
     shuffled = IDS.sample(frac=1.0, random_state=3)
-    assert np.array_equal(control.held_out(shuffled, AS_OF, 0.1, seed=0), held[shuffled.index])
-    assert np.array_equal(control.held_out(IDS[:500], AS_OF, 0.1, seed=0), held[:500])
-    # About the share asked for (4 binomial standard deviations), and another run draws anew.
+    assert np.array_equal(control.held_out(shuffled, 0.1, seed=0), held[shuffled.index])
+    assert np.array_equal(control.held_out(IDS[:500], 0.1, seed=0), held[:500])
+    # About the share asked for (4 binomial standard deviations); another seed draws anew.
     assert abs(held.mean() - 0.1) < 4 * np.sqrt(0.1 * 0.9 / len(IDS))
-    other_day = control.held_out(IDS, AS_OF + pd.Timedelta(days=1), 0.1, seed=0)
-    other_seed = control.held_out(IDS, AS_OF, 0.1, seed=1)
-    for other in (other_day, other_seed):
-        both = (held & other).mean()
-        assert abs(both - 0.01) < 4 * np.sqrt(0.01 * 0.99 / len(IDS))
-    assert not control.held_out(IDS, AS_OF, 0.0, seed=0).any()
+    both = (held & control.held_out(IDS, 0.1, seed=1)).mean()
+    assert abs(both - 0.01) < 4 * np.sqrt(0.01 * 0.99 / len(IDS))
+    # A larger share holds out the same customers and more: raising it never treats a control customer.
+    assert (held <= control.held_out(IDS, 0.2, seed=0)).all()
+    assert not control.held_out(IDS, 0.0, seed=0).any()
 
 
 def test_the_control_group_is_a_share_of_the_campaign_only(small_params) -> None:
@@ -55,6 +54,13 @@ def test_treated_against_control_measures_the_share_of_churners_kept() -> None:
     assert halved["difference_interval"][1] < 0
     same = control.treatment_effect(150, 1000, 150, 1000, confidence=0.95)
     assert same["success_rate"] == 0 and same["success_rate_interval"][0] < 0 < same["success_rate_interval"][1]
+    # Every treated customer kept: the rate is 1 and its interval holds it.
+    everyone_kept = control.treatment_effect(0, 50, 10, 50, confidence=0.95)
+    low, high = everyone_kept["success_rate_interval"]
+    assert everyone_kept["success_rate"] == 1 and low < 1 <= high + 1e-9
+    # Newcombe's hybrid score interval, his 1998 example (56/70 against 48/80): [0.0524, 0.3339].
+    newcombe = control.treatment_effect(56, 70, 48, 80, confidence=0.95)["difference_interval"]
+    assert newcombe == pytest.approx([0.0524, 0.3339], abs=1e-4)
     nobody_churned = control.treatment_effect(0, 100, 0, 100, confidence=0.95)
     assert nobody_churned["success_rate"] is None and "no churner" in nobody_churned["success_rate_note"]
 
@@ -71,7 +77,7 @@ def test_each_label_sets_figures_equal_the_evaluation_metrics_ties_included() ->
     rng = np.random.default_rng(1)
     p = np.round(rng.beta(2, 3, 3000), 2)  # many ties
     labels = rng.random((4, 3000)) < p
-    figures = estimate.label_set_figures(labels, p, top_fraction=0.1, bins=10)
+    figures = estimate.label_set_figures(labels, estimate.Ranking.of(p, top_fraction=0.1, bins=10))
     for k in range(4):
         metrics = classification_metrics(labels[k], p, 0.1)
         for name in ("roc_auc", "pr_auc", "top_decile_lift", "ece"):

@@ -466,8 +466,8 @@ class ScoreConfig(_Section):
     control_share: float = Field(
         0.1, ge=0, lt=1, description="share of the campaign held out untreated (control_group in the scores), "
         "so `churnlens monitor` can measure what the actions did; 0 = no control group")
-    control_seed: int = Field(0, ge=0, description="seed of the control-group draw (with the customer id and "
-                              "the scoring date: a rerun holds out the same customers)")
+    control_seed: int = Field(0, ge=0, description="seed of the control-group draw (with the customer id: the "
+                              "same customers are held out in every run until it changes)")
 
     @model_validator(mode="after")
     def _complete_playbook(self) -> ScoreConfig:

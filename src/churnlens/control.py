@@ -14,24 +14,26 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-# A draw is a customer's own: the same customer, date and seed give the same draw on any machine,
-# in any batch or Spark partition, so a rerun (or another engine) holds out the same customers.
+# A draw is a customer's own: the same customer and seed give the same draw on any machine, in any
+# batch or Spark partition, and in every run. Keyed by the run, a customer held out on one date could
+# be treated by the next run inside the first one's label window (monthly runs, 90-day windows),
+# which pulls the measured effect towards zero; so the control group persists across runs until
+# score.control_seed changes.
 _DRAW_BITS = 53
 
 
-def control_draw(customer_ids: pd.Series | np.ndarray, as_of: pd.Timestamp, seed: int) -> np.ndarray:
-    """A uniform number in [0, 1) per customer, from a hash of (seed, scoring day, customer id)."""
-    day = pd.Timestamp(as_of).strftime("%Y-%m-%d")
-    draws = [int.from_bytes(hashlib.blake2b(f"{seed}|{day}|{customer}".encode(), digest_size=8).digest(), "big")
+def control_draw(customer_ids: pd.Series | np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per customer, from a hash of (seed, customer id)."""
+    draws = [int.from_bytes(hashlib.blake2b(f"{seed}|{customer}".encode(), digest_size=8).digest(), "big")
              >> (64 - _DRAW_BITS) for customer in np.asarray(customer_ids, dtype=object)]
     return np.asarray(draws, dtype=np.float64) / float(2 ** _DRAW_BITS)
 
 
-def held_out(customer_ids: pd.Series | np.ndarray, as_of: pd.Timestamp, share: float, seed: int) -> np.ndarray:
-    """Per customer: would it be in the control group if the campaign selected it."""
+def held_out(customer_ids: pd.Series | np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Per customer: is it in the control group whenever a campaign selects it."""
     if share <= 0:
         return np.zeros(len(customer_ids), dtype=bool)
-    return control_draw(customer_ids, as_of, seed) < share
+    return control_draw(customer_ids, seed) < share
 
 
 def arms(scores: pd.DataFrame) -> pd.Series:
@@ -46,8 +48,9 @@ def arms(scores: pd.DataFrame) -> pd.Series:
 def treatment_effect(churned_treated: int, treated: int, churned_control: int, control: int,
                      confidence: float) -> dict:
     """Treated against control: each arm's churn rate, the difference (treated - control) with a
-    Newcombe interval, and the success rate 1 - churn(treated)/churn(control) with the interval of
-    the risk ratio (log, adjusted); statsmodels' two-sample proportion intervals."""
+    Newcombe interval, and the success rate 1 - churn(treated)/churn(control) with the score
+    interval of the risk ratio (it holds a rate of 0 or 1, where a log interval does not);
+    statsmodels' two-sample proportion intervals."""
     from statsmodels.stats.proportion import confint_proportions_2indep
 
     alpha = 1 - confidence
@@ -61,8 +64,8 @@ def treatment_effect(churned_treated: int, treated: int, churned_control: int, c
         result.update(success_rate=None, success_rate_interval=None,
                       success_rate_note="no churner in the control group: nothing for an action to keep")
         return result
-    low, high = confint_proportions_2indep(churned_treated, treated, churned_control, control, method="log-adjusted",
-                                           compare="ratio", alpha=alpha)
+    low, high = np.real(confint_proportions_2indep(churned_treated, treated, churned_control, control,
+                                                   method="score", compare="ratio", alpha=alpha))
     result["success_rate"] = 1 - result["churn_rate_treated"] / result["churn_rate_control"]
     result["success_rate_interval"] = [float(1 - high), float(1 - low)]
     return result

@@ -19,6 +19,8 @@ so how far to trust it is measured, not assumed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -38,11 +40,12 @@ def expected_metrics(probability: np.ndarray, top_fraction: float, draws: int, s
     if n < 2:
         return {}
     rng = np.random.default_rng(seed)
+    ranking = Ranking.of(p, top_fraction, bins)
     samples: dict[str, list[np.ndarray]] = {}
     block = max(1, _BLOCK_CELLS // n)
     for start in range(0, draws, block):
         labels = rng.random((min(block, draws - start), n)) < p  # one label set per row
-        for name, values in label_set_figures(labels, p, top_fraction, bins).items():
+        for name, values in label_set_figures(labels, ranking).items():
             samples.setdefault(name, []).append(values)
     result = {"churn_rate": float(p.mean()), "brier": float(np.mean(p * (1 - p)))}
     for name, parts in samples.items():
@@ -53,32 +56,47 @@ def expected_metrics(probability: np.ndarray, top_fraction: float, draws: int, s
     return result
 
 
-def label_set_figures(labels: np.ndarray, probability: np.ndarray, top_fraction: float, bins: int
-                      ) -> dict[str, np.ndarray]:
-    """ROC AUC, PR AUC, top-fraction lift and ECE of ``probability`` against each row of
+@dataclass(frozen=True)
+class Ranking:
+    """What every label set's figures read of the probabilities, computed once."""
+
+    probability: np.ndarray
+    ranks: np.ndarray  # ties share a rank, as in roc_auc_score
+    order: np.ndarray  # highest first, stable
+    distinct_end: np.ndarray  # in that order, the last row of each run of equal scores
+    top: int  # rows in the top fraction
+    bucket: np.ndarray  # the calibration bin of each row
+    expected_in_bucket: np.ndarray  # the probabilities' sum per bin
+
+    @classmethod
+    def of(cls, probability: np.ndarray, top_fraction: float, bins: int) -> Ranking:
+        p = np.asarray(probability, dtype=np.float64)
+        n = len(p)
+        order = np.argsort(-p, kind="stable")
+        bucket = np.clip(np.digitize(p, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+        return cls(p, rankdata(p), order, np.r_[np.flatnonzero(np.diff(p[order])), n - 1],
+                   max(1, round(n * top_fraction)), bucket, np.bincount(bucket, weights=p, minlength=bins))
+
+
+def label_set_figures(labels: np.ndarray, ranking: Ranking) -> dict[str, np.ndarray]:
+    """ROC AUC, PR AUC, top-fraction lift and ECE of the probabilities against each row of
     ``labels`` (label sets x customers), as :func:`churnlens.evaluate.classification_metrics`
     computes them for one; rows of a single class are dropped."""
-    p = probability
-    n = len(p)
+    n = len(ranking.probability)
     positives = labels.sum(axis=1)
     labels = labels[(positives > 0) & (positives < n)]
     positives = labels.sum(axis=1).astype(np.float64)
-    ranks = rankdata(p)  # ties share a rank, as in roc_auc_score
-    auc = ((labels * ranks).sum(axis=1) - positives * (positives + 1) / 2) / (positives * (n - positives))
+    auc = (labels @ ranking.ranks - positives * (positives + 1) / 2) / (positives * (n - positives))
     # Average precision as scikit-learn computes it: the precision at each distinct threshold,
     # weighted by the recall gained there.
-    order = np.argsort(-p, kind="stable")
-    distinct_end = np.r_[np.flatnonzero(np.diff(p[order])), n - 1]  # the last row of each run of equal scores
-    ranked = labels[:, order]
-    true_positives = np.cumsum(ranked, axis=1)[:, distinct_end]
+    ranked = labels[:, ranking.order]
+    true_positives = np.cumsum(ranked, axis=1, dtype=np.int64)[:, ranking.distinct_end]
     gained = np.diff(true_positives, axis=1, prepend=0)
-    average_precision = (gained * true_positives / (distinct_end + 1)).sum(axis=1) / positives
-    top = max(1, round(n * top_fraction))
-    lift = ranked[:, :top].mean(axis=1) / (positives / n)
-    bucket = np.clip(np.digitize(p, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
-    in_bucket = np.zeros((n, bins))
-    in_bucket[np.arange(n), bucket] = 1.0
-    ece = np.abs(labels @ in_bucket - np.bincount(bucket, weights=p, minlength=bins)).sum(axis=1) / n
+    average_precision = (gained * true_positives / (ranking.distinct_end + 1)).sum(axis=1) / positives
+    lift = ranked[:, :ranking.top].mean(axis=1) / (positives / n)
+    bins = len(ranking.expected_in_bucket)
+    churners_in_bucket = np.array([np.bincount(ranking.bucket, weights=row, minlength=bins) for row in labels])
+    ece = np.abs(churners_in_bucket - ranking.expected_in_bucket).sum(axis=1) / n if len(labels) else np.zeros(0)
     return {"roc_auc": auc, "pr_auc": average_precision, "top_decile_lift": lift, "ece": ece}
 
 

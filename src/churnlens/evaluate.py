@@ -35,41 +35,54 @@ def rfm_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in RFM_FEATURES if c != MONETARY or c in frame.columns]
 
 
-def top_fraction_lift(y_true: np.ndarray, score: np.ndarray, fraction: float) -> float:
-    """Churn rate among the highest-scored ``fraction`` of customers divided by the overall rate."""
-    n_top = max(1, round(len(score) * fraction))
+def top_fraction_lift(y_true: np.ndarray, score: np.ndarray, fraction: float,
+                      sample_weight: np.ndarray | None = None) -> float:
+    """Churn rate among the highest-scored ``fraction`` of customers divided by the overall rate
+    (with ``sample_weight``, of the weighted customers: the top rows holding that share of the weight)."""
     order = np.argsort(-score, kind="stable")
-    base = y_true.mean()
-    return float(y_true[order[:n_top]].mean() / base) if base > 0 else float("nan")
+    if sample_weight is None:
+        n_top = max(1, round(len(score) * fraction))
+        base = y_true.mean()
+        return float(y_true[order[:n_top]].mean() / base) if base > 0 else float("nan")
+    weight = np.asarray(sample_weight, dtype=float)[order]
+    top = np.cumsum(weight) <= max(fraction * weight.sum(), weight[0])
+    base = np.average(y_true, weights=sample_weight)
+    return float(np.average(y_true[order][top], weights=weight[top]) / base) if base > 0 else float("nan")
 
 
 def classification_metrics(y_true: np.ndarray, score: np.ndarray, top_fraction: float,
-                           is_probability: bool = True) -> dict[str, float]:
-    """ROC AUC, PR AUC and lift for any score; log loss and Brier only for probabilities."""
+                           is_probability: bool = True, sample_weight: np.ndarray | None = None
+                           ) -> dict[str, float]:
+    """ROC AUC, PR AUC and lift for any score; log loss and Brier only for probabilities.
+    ``sample_weight`` weighs customers (a control group standing for the campaign it was drawn from)."""
     y_true = np.asarray(y_true, dtype=int)
     if len(np.unique(y_true)) < 2:
         raise ValueError(f"evaluate: the holdout has a single class ({np.unique(y_true)}); cannot compute AUC")
     metrics = {
-        "roc_auc": float(roc_auc_score(y_true, score)),
-        "pr_auc": float(average_precision_score(y_true, score)),
-        "top_decile_lift": top_fraction_lift(y_true, np.asarray(score), top_fraction),
-        "churn_rate": float(y_true.mean()),
+        "roc_auc": float(roc_auc_score(y_true, score, sample_weight=sample_weight)),
+        "pr_auc": float(average_precision_score(y_true, score, sample_weight=sample_weight)),
+        "top_decile_lift": top_fraction_lift(y_true, np.asarray(score), top_fraction, sample_weight),
+        "churn_rate": float(np.average(y_true, weights=sample_weight)),
         "n": len(y_true),
     }
     if is_probability:
         clipped = np.clip(score, 1e-7, 1 - 1e-7)
-        metrics["log_loss"] = float(log_loss(y_true, clipped, labels=[0, 1]))
-        metrics["brier"] = float(brier_score_loss(y_true, clipped))
-        metrics["ece"] = expected_calibration_error(y_true, np.asarray(score, dtype=float))
+        metrics["log_loss"] = float(log_loss(y_true, clipped, labels=[0, 1], sample_weight=sample_weight))
+        metrics["brier"] = float(brier_score_loss(y_true, clipped, sample_weight=sample_weight))
+        metrics["ece"] = expected_calibration_error(y_true, np.asarray(score, dtype=float),
+                                                    sample_weight=sample_weight)
     return metrics
 
 
-def expected_calibration_error(y_true: np.ndarray, probability: np.ndarray, bins: int = 10) -> float:
+def expected_calibration_error(y_true: np.ndarray, probability: np.ndarray, bins: int = 10,
+                               sample_weight: np.ndarray | None = None) -> float:
     """Mean |observed churn rate - mean probability| over equal-width probability bins, weighted
     by the share of customers in each bin (the reliability plot's gaps, in one number)."""
+    weight = np.ones(len(probability)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
     bucket = np.clip(np.digitize(probability, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
-    gap = sum(abs(float(y_true[bucket == k].sum() - probability[bucket == k].sum())) for k in np.unique(bucket))
-    return gap / len(probability)
+    gap = sum(abs(float((weight * y_true)[bucket == k].sum() - (weight * probability)[bucket == k].sum()))
+              for k in np.unique(bucket))
+    return gap / weight.sum()
 
 
 def curves(y_true: np.ndarray, probability: np.ndarray, bins: int) -> dict[str, pd.DataFrame]:

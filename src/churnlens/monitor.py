@@ -40,12 +40,12 @@ class Window:
 
 
 def label_window(as_of: pd.Timestamp, config: FeaturesConfig, data_end: pd.Timestamp) -> Window:
-    """The run's label window (as_of + lead, as_of + lead + horizon] and how much of it data
-    ending at ``data_end`` covers: the days begun by the last event count (an extract covers the
-    day of its last event)."""
+    """The run's label window (as_of + lead, as_of + lead + horizon] and the whole days of it that
+    data ending at ``data_end`` covers: the window is closed when its end is in the data, the rule
+    training labels by (``features.label_complete``)."""
     start = as_of + pd.Timedelta(days=config.lead_days)
     end = start + pd.Timedelta(days=config.horizon_days)
-    seen = np.ceil((data_end - start) / pd.Timedelta(days=1))
+    seen = (data_end - start) // pd.Timedelta(days=1)
     return Window(start, end, int(min(max(seen, 0), config.horizon_days)), config.horizon_days)
 
 
@@ -55,33 +55,45 @@ def labels_as_of_elapsed(config: FeaturesConfig, window: Window) -> FeaturesConf
     return config.model_copy(update={"horizon_days": window.elapsed_days})
 
 
-def scorecard(scores: pd.DataFrame, churned: pd.Series, config: MonitorConfig, top_fraction: float) -> dict:
-    """The run's figures overall, on the untreated (the control group and everyone the campaign did
-    not select: what the model predicts, churn without an action), per segment and per risk tier
-    (``churned`` aligned with ``scores``); a group smaller than ``min_group_customers`` or with
-    one class gets counts only."""
-    from churnlens import evaluate
+def scorecard(scores: pd.DataFrame, churned: pd.Series, config: MonitorConfig, top_fraction: float,
+              control_share: float) -> dict:
+    """The run's figures (``churned`` aligned with ``scores``): overall, per segment and per risk
+    tier as it happened (the treated included), and ``without_action``: the model's own figures,
+    what it predicts, churn with no action. The treated are left out there and the control group,
+    a random ``control_share`` of the campaign, stands for the whole campaign (weight
+    1 / control_share), so the campaign's high-risk customers still count as often as they were
+    scored. Without a control group a campaign's customers cannot be stood for: no such figures.
+    A group smaller than ``min_group_customers`` or with one class gets counts only."""
+    from churnlens import control, evaluate, portable
 
     y = churned.astype(int).to_numpy()
     probability = scores["churn_probability"].to_numpy(dtype=float)
 
-    def figures(mask: np.ndarray) -> dict:
+    def figures(mask: np.ndarray, weight: np.ndarray | None = None) -> dict:
         n = int(mask.sum())
-        out = {"n": n, "churn_rate": float(y[mask].mean()) if n else None,
-               "mean_probability": float(probability[mask].mean()) if n else None}
+        w = None if weight is None else weight[mask]
+        out = {"n": n, "churn_rate": float(np.average(y[mask], weights=w)) if n else None,
+               "mean_probability": float(np.average(probability[mask], weights=w)) if n else None}
         if n >= config.min_group_customers and 0 < y[mask].sum() < n:
-            metrics = evaluate.classification_metrics(y[mask], probability[mask], top_fraction)
+            metrics = evaluate.classification_metrics(y[mask], probability[mask], top_fraction, sample_weight=w)
             out.update({name: metrics[name] for name in FIGURES})
-        return out
-
-    from churnlens import control
+        # Six significant digits: the report is the same bytes whatever the machine's summation order.
+        return {name: portable.significant(value, 6) if isinstance(value, float) else value
+                for name, value in out.items()}
 
     everyone = np.ones(len(y), dtype=bool)
-    untreated = (control.arms(scores) != "treated").to_numpy()
-    return {"overall": figures(everyone), "untreated": figures(untreated),
-            "per_segment": {str(s): figures((scores["segment"] == s).to_numpy()) for s in sorted(scores["segment"].unique())},
-            "per_risk_tier": {str(t): figures((scores["risk_tier"] == t).to_numpy())
-                              for t in sorted(scores["risk_tier"].unique())}}
+    arm = control.arms(scores).to_numpy()
+    result = {"overall": figures(everyone)}
+    if (arm == "treated").any() and control_share > 0 and (arm == "control").any():
+        weight = np.where(arm == "control", 1.0 / control_share, 1.0)
+        result["without_action"] = figures(arm != "treated", weight)
+    elif not (arm == "treated").any():
+        result["without_action"] = result["overall"]
+    result.update({
+        "per_segment": {str(s): figures((scores["segment"] == s).to_numpy()) for s in sorted(scores["segment"].unique())},
+        "per_risk_tier": {str(t): figures((scores["risk_tier"] == t).to_numpy())
+                          for t in sorted(scores["risk_tier"].unique())}})
+    return result
 
 
 def recommendation(realised: dict, holdout: float | None, config: MonitorConfig, closed: bool) -> dict:
@@ -111,11 +123,9 @@ def estimate_beside_realised(estimate: dict, realised: dict) -> dict:
 
 
 def model_figures(card: dict) -> tuple[dict, dict]:
-    """A scorecard's figures of the model itself and their estimate: the untreated customers'
-    (an action changes the outcome it predicts), else everyone's (a run without a campaign)."""
-    figures = card.get("figures", {})
-    return (figures.get("untreated") or figures.get("overall") or {},
-            card.get("estimate_untreated") or card.get("estimate") or {})
+    """A scorecard's figures of the model itself (churn with no action: :func:`scorecard`'s
+    ``without_action``) and the label-free estimate the run wrote when it scored."""
+    return card.get("figures", {}).get("without_action") or {}, card.get("estimate") or {}
 
 
 def step_of(as_of: pd.Timestamp) -> int:

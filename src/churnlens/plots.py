@@ -86,8 +86,9 @@ def importance_plot(importance: pd.DataFrame, target: Path, top: int = 20) -> Pa
 
 
 def monitor_plot(cards: list[dict], target: Path) -> Path:
-    """ROC AUC and Brier score over scoring dates: realised (closed windows), interim (open ones,
-    hollow) and the label-free estimate written at scoring time, with its 5-95% spread."""
+    """The model's ROC AUC and Brier score over scoring dates, with no action (the control group
+    standing for the campaign): realised (closed windows), interim (open ones, hollow) and the
+    label-free estimate written at scoring time, with its 5-95% spread."""
     from churnlens.monitor import model_figures
 
     figure, (left, right) = _subplots(1, 2, figsize=(11, 4))
@@ -111,7 +112,7 @@ def monitor_plot(cards: list[dict], target: Path) -> Path:
                       if card["status"] == status and figures.get(name) is not None]
             if points:
                 axis.plot(*zip(*points), linestyle="-" if status == "closed" else "none", **style)
-        axis.set(title=f"{title}, customers no action touched", xlabel="Scoring date")
+        axis.set(title=f"{title} with no action", xlabel="Scoring date")
         axis.tick_params(axis="x", labelrotation=30)
         axis.legend(loc="best", fontsize=8)
     return _save(figure, target)

@@ -123,8 +123,9 @@ SCORE_COLUMN_DEFINITIONS = (
     ScoreColumn("control_group", "true / false",
                 "Held out of the campaign: in_campaign, but not to be treated, so `churnlens monitor` can measure what "
                 "the actions do (treated against control, once the label window closes). A `score.control_share` "
-                "of the campaign, drawn from the customer id, the scoring date and `score.control_seed`: a rerun "
-                "holds out the same customers. Treat the rows with in_campaign true and control_group false."),
+                "of the customers, drawn from the customer id and `score.control_seed`: the same customers in "
+                "every run (so no later campaign treats a control customer inside an earlier run's window). "
+                "Treat the rows with in_campaign true and control_group false."),
     ScoreColumn("model_name", "text", "Registered model that produced the probability."),
     ScoreColumn("model_version", "text", "Its registry version (`local` for a model folder outside the registry)."),
 )
@@ -251,8 +252,7 @@ def select_campaign(planned: pd.DataFrame, config: ScoreConfig) -> pd.DataFrame:
     worthwhile = (out["priority"] > 0) & (out["action_cost"] <= config.campaign_budget)
     spent = out["action_cost"].where(worthwhile, 0.0).cumsum()
     out["in_campaign"] = worthwhile & (spent <= config.campaign_budget)
-    as_of = out["as_of"].iloc[0] if len(out) else pd.Timestamp(0)
-    out["control_group"] = out["in_campaign"] & control.held_out(out["customer_id"], as_of, config.control_share,
+    out["control_group"] = out["in_campaign"] & control.held_out(out["customer_id"], config.control_share,
                                                                  config.control_seed)
     return out
 

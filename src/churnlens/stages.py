@@ -42,9 +42,9 @@ def run_simulate(params: Params, raw_dir: Path, truth_path: Path, campaign: Path
         from churnlens import control
         from churnlens.simulate import with_campaign
 
-        scores = pd.read_parquet(Path(campaign) / "scores.parquet", columns=["customer_id", "in_campaign",
-                                                                             "control_group"])
-        manifest = io.read_json(Path(campaign) / "manifest.json")
+        run = kept_run(Path(campaign))
+        scores, manifest = run.scores, {**run.manifest, "label": run.manifest.get("label", label_definition(
+            params.features))}
         treated = scores.loc[control.arms(scores) == "treated", "customer_id"]
         as_of = pd.Timestamp(manifest["as_of"]).tz_convert("UTC").tz_localize(None)
         data = with_campaign(data, treated, as_of, params.simulate, manifest["label"]["lead_days"],
@@ -743,8 +743,9 @@ def expected_performance(scores: pd.DataFrame, loaded: tracking.LoadedModel, par
     holdout_ece = tracking.run_metrics(loaded.contract.run_id).get("holdout/ece") if registered else None
     return {"method": "CBPE: the mean over label sets drawn from the probabilities (p05/p95: their spread)",
             "draws": params.monitor.estimate_draws,
-            "figures": expected_estimate(scores["churn_probability"].to_numpy(dtype=float),
-                                         params.monitor.estimate_draws, params),
+            "figures": {name: portable.significant(value, 6) for name, value in estimate.expected_metrics(
+                scores["churn_probability"].to_numpy(dtype=float), params.evaluate.top_fraction,
+                params.monitor.estimate_draws).items()},
             "holdout_ece": None if holdout_ece is None else portable.significant(holdout_ece, 6),
             "caveats": estimate.caveats(holdout_ece, drift_warnings)}
 
@@ -843,8 +844,7 @@ def scoring_runs(runs_dir: Path) -> list[ScoringRun]:
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"monitor: {runs_dir}: no such folder; score with `churnlens score --archive-dir "
                                 f"{runs_dir}` (the pipeline's score stage does) to keep runs to monitor")
-    runs = [ScoringRun(folder, pd.read_parquet(folder / "scores.parquet"), io.read_json(folder / "manifest.json"))
-            for folder in sorted(runs_dir.iterdir())
+    runs = [kept_run(folder) for folder in sorted(runs_dir.iterdir())
             if (folder / "scores.parquet").is_file() and (folder / "manifest.json").is_file()]
     if not runs:
         raise FileNotFoundError(f"monitor: {runs_dir} holds no scoring run (a folder with scores.parquet and "
@@ -852,8 +852,24 @@ def scoring_runs(runs_dir: Path) -> list[ScoringRun]:
     return sorted(runs, key=lambda run: (run.as_of, run.folder.name))
 
 
+def kept_run(folder: Path) -> ScoringRun:
+    """One kept run, checked: the columns a scorecard reads (control_group may be missing: scores
+    from before control groups, whose campaign was all treated) and the manifest's scoring date."""
+    scores = pd.read_parquet(folder / "scores.parquet")
+    missing = sorted(set(MONITORED_COLUMNS) - {"control_group"} - set(scores.columns))
+    manifest = io.read_json(folder / "manifest.json")
+    if missing or "as_of" not in manifest:
+        raise ValueError(f"monitor: {folder} is not a run `churnlens score --archive-dir` kept: its scores lack "
+                         f"{missing}" if missing else f"monitor: {folder}/manifest.json has no as_of; keep runs "
+                         "with `churnlens score --archive-dir`")
+    if "label" not in manifest:
+        log.warning("monitor: %s's manifest does not say which label its model predicts; reading it by today's "
+                    "features params", folder)
+    return ScoringRun(folder, scores, manifest)
+
+
 def run_monitor(params: Params, runs_dir: Path, canonical_dir: Path, report_path: Path, plot_path: Path,
-                headline_path: Path | None = None, log_to_mlflow: bool = True) -> dict:
+                headline_path: Path | None = None) -> dict:
     """The scorecard of every earlier scoring run against the newer canonical data
     (:mod:`churnlens.monitor`), logged on the model version that scored; a report, a plot of the
     figures over scoring dates and, optionally, the headline numbers of the newest closed run."""
@@ -868,9 +884,9 @@ def run_monitor(params: Params, runs_dir: Path, canonical_dir: Path, report_path
     for card in cards:
         if card["status"] in ("closed", "interim") and card["model_version"] not in UNREGISTERED:
             points = monitor_points(card)
-            logged = tracking.log_monitoring(card["model_name"], card["model_version"], points, plot_path,
-                                             card["recommendation"]) if log_to_mlflow else None
-            card["mlflow_run_id"] = logged
+            # The run id stays out of the report: it is new in every store.
+            tracking.log_monitoring(card["model_name"], card["model_version"], points, plot_path,
+                                    card["recommendation"])
     report = {"data": {"canonical_dir": str(canonical_dir), "first_event": data_start.isoformat(),
                        "last_event": data_end.isoformat()},
               "runs": cards, "markdown": monitor_markdown(cards), "campaign_markdown": campaign_markdown(cards)}
@@ -902,10 +918,13 @@ def scorecard_of(run: ScoringRun, tables: dict, data_start: pd.Timestamp, data_e
             "window": {"start": window.start.isoformat(), "end": window.end.isoformat(),
                        "elapsed_days": window.elapsed_days, "share_elapsed": round(window.share_elapsed, 4)},
             "estimate": estimate}
-    if data_end < run.as_of:
+    # The run's own data ended by its scoring date; an extract ending earlier than that is older.
+    run_data_end = pd.Timestamp(manifest.get("data", {}).get("last_event", run.as_of)).tz_localize(None)
+    if data_end < min(run_data_end, run.as_of):
         return {**card, "status": "unmeasurable", "recommendation": {"retrain": False},
-                "why": (f"the transactions in {tables['transactions']} end {data_end}, before this run's scoring date "
-                        f"{run.as_of}: that extract is older than the run; ingest a later one to monitor it")}
+                "why": (f"the transactions in {tables['transactions']} end {data_end}, before the data this run "
+                        f"scored ({run_data_end}): that extract is older than the run; ingest a later one to "
+                        "monitor it")}
     if data_start >= run.as_of:
         return {**card, "status": "unmeasurable", "recommendation": {"retrain": False},
                 "why": (f"the transactions start {data_start}, after this run's scoring date {run.as_of}: monitor "
@@ -913,6 +932,9 @@ def scorecard_of(run: ScoringRun, tables: dict, data_start: pd.Timestamp, data_e
     if window.elapsed_days == 0:
         return {**card, "status": "waiting", "recommendation": {"retrain": False},
                 "why": f"no day of the label window (from {window.start}) is in the data yet"}
+    if config.label != "no_purchase" and tables.get("customers") is None:
+        log.warning("monitor: the label %s reads cancellations, and %s has no customers table: run %s is judged "
+                    "by purchases alone", config.label, Path(tables["transactions"]).parent, run.folder.name)
     churned, missing = outcomes_of(run, tables, monitor.labels_as_of_elapsed(config, window))
     if missing:
         log.warning("monitor: %d of the %d customers run %s scored are not active at %s in %s: the extract lacks "
@@ -920,38 +942,20 @@ def scorecard_of(run: ScoringRun, tables: dict, data_start: pd.Timestamp, data_e
                     run.as_of, tables["transactions"])
     known = churned.notna().to_numpy()
     scores, labels = run.scores[known].reset_index(drop=True), churned[known].reset_index(drop=True)
-    figures = monitor.scorecard(scores, labels, params.monitor, params.evaluate.top_fraction)
+    control_share = manifest.get("control", {}).get("share", 0.0)
+    figures = monitor.scorecard(scores, labels, params.monitor, params.evaluate.top_fraction, control_share)
     status = "closed" if window.closed else "interim"
     registered = card["model_version"] not in UNREGISTERED
     holdout = (tracking.run_metrics(tracking.version_run_id(card["model_name"], card["model_version"]))
                .get(f"holdout/{params.monitor.metric}") if registered else None)
-    # The model predicts churn without an action: its own figures are the untreated customers'. Their
-    # estimate is the scoring-time one on their rows (label-free, from the run's probabilities).
-    untreated = (control.arms(scores) != "treated").to_numpy()
-    estimate_untreated = (estimate if untreated.all() else
-                          expected_estimate(scores["churn_probability"].to_numpy()[untreated],
-                                            manifest.get("expected_performance", {}).get(
-                                                "draws", params.monitor.estimate_draws), params))
+    model = monitor.model_figures({"figures": figures})[0]
     card.update({"status": status, "customers_not_in_data": missing, "figures": figures,
-                 "estimate_untreated": estimate_untreated,
-                 "estimate_vs_figures": {
-                     "all": monitor.estimate_beside_realised(estimate, figures["overall"]),
-                     "untreated": monitor.estimate_beside_realised(estimate_untreated, figures["untreated"])},
-                 "recommendation": monitor.recommendation(figures["untreated"], holdout, params.monitor,
-                                                          window.closed)})
+                 "estimate_vs_figures": monitor.estimate_beside_realised(estimate, model),
+                 "recommendation": monitor.recommendation(model, holdout, params.monitor, window.closed)})
     if window.closed:
         card["campaign"] = control.campaign_effects(scores, labels, params.monitor.min_group_customers,
                                                     params.monitor.confidence)
     return card
-
-
-def expected_estimate(probability: np.ndarray, draws: int, params: Params) -> dict:
-    """:func:`churnlens.estimate.expected_metrics` as a scoring run computes it, to 6 significant
-    digits: the same bytes on every machine."""
-    from churnlens import estimate, portable
-
-    figures = estimate.expected_metrics(probability, params.evaluate.top_fraction, draws)
-    return {name: portable.significant(value, 6) for name, value in figures.items()}
 
 
 def outcomes_of(run: ScoringRun, tables: dict, label_config: FeaturesConfig) -> tuple[pd.Series, int]:
@@ -982,16 +986,15 @@ def monitor_points(card: dict) -> list[tuple[str, float, int, int]]:
     section = SCORECARD_SECTIONS[card["status"]]
     # Interim figures change as the window fills: each elapsed day is its own point.
     stamp = as_of_ms if card["status"] == "closed" else as_of_ms + card["window"]["elapsed_days"] * 86_400_000
-    groups = [("", card["figures"]["overall"]), ("untreated.", card["figures"]["untreated"])]
+    groups = [("", card["figures"]["overall"]), ("without_action.", card["figures"].get("without_action", {}))]
     for kind in ("segment", "risk_tier"):
         groups += [(f"{kind}.{name}.", figures) for name, figures in card["figures"][f"per_{kind}"].items()]
     points = [(f"{section}/{prefix}{name}", value, step, stamp) for prefix, figures in groups
               for name, value in figures.items() if name in monitor.FIGURES and value is not None]
     points.append((f"{section}/window_elapsed", card["window"]["share_elapsed"], step, stamp))
     estimated = SCORECARD_SECTIONS["estimated"]
-    points += [(f"{estimated}/{prefix}{name}", value, step, as_of_ms)
-               for prefix, estimate in (("", card["estimate"]), ("untreated.", card["estimate_untreated"]))
-               for name, value in estimate.items() if name in monitor.FIGURES]
+    points += [(f"{estimated}/{name}", value, step, as_of_ms) for name, value in card["estimate"].items()
+               if name in monitor.FIGURES]
     for effect in card.get("campaign", []):
         if effect.get("success_rate") is not None:
             points.append((f"{SCORECARD_SECTIONS['campaign']}/{effect['segment']}.{effect['action']}.success_rate",
@@ -1000,20 +1003,20 @@ def monitor_points(card: dict) -> list[tuple[str, float, int, int]]:
 
 
 def monitor_markdown(cards: list[dict]) -> str:
-    """One line per run: its window, the model's realised (or interim) figures on the customers
-    no action touched, and the estimate beside them."""
+    """One line per run: its window, the ROC AUC as it happened, the model's own realised (or
+    interim) figures with no action (:func:`churnlens.monitor.scorecard`) and the estimate beside them."""
     from churnlens import monitor
 
-    lines = ["| scored as of | model | customers | window | ROC AUC, all | untreated: ROC AUC | est. AUC | PR AUC | "
-             "Brier | est. Brier | ECE | lift | retrain |", "|---" * 13 + "|"]
+    lines = ["| scored as of | model | customers | window | ROC AUC as it happened | with no action: ROC AUC | "
+             "est. AUC | PR AUC | Brier | est. Brier | ECE | lift | retrain |", "|---" * 13 + "|"]
 
     def shown(value: object) -> str:
         return f"{value:.3f}" if isinstance(value, float) else "–"
 
     for card in cards:
         figures, estimate = monitor.model_figures(card)
-        window = ("closed" if card["status"] == "closed" else
-                  f"{card['status']} {100 * card['window']['share_elapsed']:.0f}%")
+        window = (f"interim {100 * card['window']['share_elapsed']:.0f}%" if card["status"] == "interim"
+                  else card["status"])
         retrain = {True: "yes", False: "no"}[bool(card["recommendation"].get("retrain"))]
         lines.append(f"| {card['as_of'][:10]} | {card['model_name']} v{card['model_version']} | {card['customers']} | "
                      f"{window} | {shown(card.get('figures', {}).get('overall', {}).get('roc_auc'))} | "

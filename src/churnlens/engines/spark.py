@@ -286,8 +286,7 @@ def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: object, params:
         assigned = segments.assign_segments(batch, config.segments)
         rows = score.score_rows(batch, probability, assigned, config, pd.Timestamp(as_of), name, version, reasons)
         # Held out if selected: the draw is the customer's own, so any partition draws the same.
-        rows["_held_out"] = control.held_out(rows["customer_id"], pd.Timestamp(as_of), config.control_share,
-                                             config.control_seed)
+        rows["_held_out"] = control.held_out(rows["customer_id"], config.control_share, config.control_seed)
         yield rows
 
 
