@@ -43,8 +43,10 @@ def run_simulate(params: Params, raw_dir: Path, truth_path: Path, campaign: Path
         from churnlens.simulate import with_campaign
 
         run = kept_run(Path(campaign))
-        scores, manifest = run.scores, {**run.manifest, "label": run.manifest.get("label", label_definition(
-            params.features))}
+        scores, manifest = run.scores, run.manifest
+        if "label" not in manifest:
+            raise ValueError(f"simulate --campaign {campaign}: its manifest does not say the label window; keep "
+                             "runs with `churnlens score --archive-dir`")
         treated = scores.loc[control.arms(scores) == "treated", "customer_id"]
         as_of = pd.Timestamp(manifest["as_of"]).tz_convert("UTC").tz_localize(None)
         data = with_campaign(data, treated, as_of, params.simulate, manifest["label"]["lead_days"],
