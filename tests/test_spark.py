@@ -138,8 +138,14 @@ def test_spark_scores_equal_single_machine_scores(spark, reviewed_project: dict,
     single = pd.read_parquet(root / "data/scores/scores.parquet")
     as_of = pd.Timestamp(single["as_of"].iloc[0])
     report = run_score(ScoreJob(on_spark, root / "data/canonical", "models:/churnlens@champion", tmp_path / "scores.parquet",
-                       tmp_path / "report.json", as_of=as_of, manifest_path=tmp_path / "manifest.json"))
+                       tmp_path / "report.json", as_of=as_of, manifest_path=tmp_path / "manifest.json",
+                       archive_dir=tmp_path / "runs"))
     assert_same_scores(single, tmp_path / "scores.parquet")
+    # The run kept for monitoring holds the rows a scorecard reads, as the single machine scored them.
+    from churnlens.stages import MONITORED_COLUMNS
+
+    (kept,) = (tmp_path / "runs").iterdir()
+    assert_same_frames(single[list(MONITORED_COLUMNS)], pd.read_parquet(kept / "scores.parquet"), ["customer_id"])
     assert report["customers"] == len(single)
     manifest = pd.read_json(tmp_path / "manifest.json", typ="series")
     assert manifest["engine"] == "spark" and manifest["model_version"] == reviewed_project["trained"]["model_version"]

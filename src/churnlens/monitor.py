@@ -132,3 +132,94 @@ def step_of(as_of: pd.Timestamp) -> int:
     """A scoring date as an MLflow step: days since 1970-01-01, so steps are spaced like the dates."""
     return int((pd.Timestamp(as_of).tz_localize(None).normalize() - pd.Timestamp(0)).days)
 
+
+# MLflow draws one chart section per key prefix (up to the last "/"), sorted by name: one section for
+# each kind of figure, named to follow the training run's holdout, baseline and backtest sections.
+SCORECARD_SECTIONS = {"closed": "scorecard", "interim": "scorecard_interim", "estimated": "scorecard_estimated",
+                      "campaign": "scorecard_campaign"}
+
+
+def mlflow_points(card: dict) -> list[tuple[str, float, int, int]]:
+    """A scorecard as MLflow points (key, value, step, timestamp ms): the scoring date is the
+    step; realised figures at the scoring date's time, interim ones at the window's elapsed day."""
+    step = step_of(pd.Timestamp(card["as_of"]))
+    as_of_ms = int(pd.Timestamp(card["as_of"]).timestamp() * 1000)
+    section = SCORECARD_SECTIONS[card["status"]]
+    # Interim figures change as the window fills: each elapsed day is its own point.
+    stamp = as_of_ms if card["status"] == "closed" else as_of_ms + card["window"]["elapsed_days"] * 86_400_000
+    groups = [("", card["figures"]["overall"]), ("without_action.", card["figures"].get("without_action", {}))]
+    for kind in ("segment", "risk_tier"):
+        groups += [(f"{kind}.{name}.", figures) for name, figures in card["figures"][f"per_{kind}"].items()]
+    points = [(f"{section}/{prefix}{name}", value, step, stamp) for prefix, figures in groups
+              for name, value in figures.items() if name in FIGURES and value is not None]
+    points.append((f"{section}/window_elapsed", card["window"]["share_elapsed"], step, stamp))
+    estimated = SCORECARD_SECTIONS["estimated"]
+    points += [(f"{estimated}/{name}", value, step, as_of_ms) for name, value in card["estimate"].items()
+               if name in FIGURES]
+    for effect in card.get("campaign", []):
+        if effect.get("success_rate") is not None:
+            points.append((f"{SCORECARD_SECTIONS['campaign']}/{effect['segment']}.{effect['action']}.success_rate",
+                           effect["success_rate"], step, as_of_ms))
+    return points
+
+
+def runs_markdown(cards: list[dict]) -> str:
+    """One line per run: its window, the ROC AUC as it happened, the model's own realised (or
+    interim) figures with no action (:func:`scorecard`) and the estimate beside them."""
+    lines = ["| scored as of | model | customers | window | ROC AUC as it happened | with no action: ROC AUC | "
+             "est. AUC | PR AUC | Brier | est. Brier | ECE | lift | retrain |", "|---" * 13 + "|"]
+
+    def shown(value: object) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else "–"
+
+    for card in cards:
+        figures, estimate = model_figures(card)
+        window = (f"interim {100 * card['window']['share_elapsed']:.0f}%" if card["status"] == "interim"
+                  else card["status"])
+        retrain = {True: "yes", False: "no"}[bool(card["recommendation"].get("retrain"))]
+        lines.append(f"| {card['as_of'][:10]} | {card['model_name']} v{card['model_version']} | {card['customers']} | "
+                     f"{window} | {shown(card.get('figures', {}).get('overall', {}).get('roc_auc'))} | "
+                     f"{shown(figures.get('roc_auc'))} | {shown(estimate.get('roc_auc'))} | "
+                     f"{shown(figures.get('pr_auc'))} | {shown(figures.get('brier'))} | "
+                     f"{shown(estimate.get('brier'))} | {shown(figures.get('ece'))} | "
+                     f"{shown(figures.get('top_decile_lift'))} | {retrain} |")
+    return "\n".join(lines)
+
+
+def campaign_markdown(cards: list[dict]) -> str:
+    """Per closed run, segment and action: treated against control, the measured success rate
+    beside the playbook's assumed one."""
+    lines = ["| scored as of | segment | action | treated | control | churn treated | churn control | "
+             "difference [interval] | success rate measured [interval] | assumed |", "|---" * 10 + "|"]
+
+    def rate(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    for card in cards:
+        for row in card.get("campaign", []):
+            if "difference" not in row:
+                lines.append(f"| {card['as_of'][:10]} | {row['segment']} | {row['action']} | {row['treated']} | "
+                             f"{row['control']} | – | – | {row['note']} | – | {rate(row['assumed_success_rate'])} |")
+                continue
+            low, high = row["difference_interval"]
+            measured = ("–" if row["success_rate"] is None else f"{row['success_rate']:.3f} "
+                        f"[{row['success_rate_interval'][0]:.3f}, {row['success_rate_interval'][1]:.3f}]")
+            lines.append(f"| {card['as_of'][:10]} | {row['segment']} | {row['action']} | {row['treated']} | "
+                         f"{row['control']} | {row['churn_rate_treated']:.3f} | {row['churn_rate_control']:.3f} | "
+                         f"{row['difference']:+.3f} [{low:+.3f}, {high:+.3f}] | {measured} | "
+                         f"{rate(row['assumed_success_rate'])} |")
+    return "\n".join(lines)
+
+
+def headline(cards: list[dict]) -> dict:
+    """The DVC metrics of monitoring, a few numbers: how many runs have a closed window and, for
+    the newest, the model's realised ROC AUC and how far the label-free estimate was from it."""
+    closed = [card for card in cards if card["status"] == "closed"]
+    numbers: dict = {"closed_runs": len(closed)}
+    if closed:
+        figures, estimate = model_figures(closed[-1])
+        if figures.get("roc_auc") is not None:
+            numbers["newest_closed_roc_auc"] = round(figures["roc_auc"], 4)
+            if "roc_auc" in estimate:
+                numbers["newest_closed_estimate_gap"] = round(figures["roc_auc"] - estimate["roc_auc"], 4)
+    return numbers

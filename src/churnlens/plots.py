@@ -108,10 +108,10 @@ def monitor_plot(cards: list[dict], target: Path) -> Path:
         for status, style in (("closed", {"marker": "o", "color": "#4C72B0", "label": "realised"}),
                               ("interim", {"marker": "o", "markerfacecolor": "none", "color": "#DD8452",
                                            "label": "interim (window open)"})):
-            points = [(date, figures.get(name)) for date, card, (figures, _) in zip(dates, cards, shown_figures)
+            points = [(date, figures.get(name)) for date, card, (figures, _) in zip(dates, cards, shown_figures, strict=True)
                       if card["status"] == status and figures.get(name) is not None]
             if points:
-                axis.plot(*zip(*points), linestyle="-" if status == "closed" else "none", **style)
+                axis.plot(*zip(*points, strict=True), linestyle="-" if status == "closed" else "none", **style)
         axis.set(title=f"{title} with no action", xlabel="Scoring date")
         axis.tick_params(axis="x", labelrotation=30)
         axis.legend(loc="best", fontsize=8)

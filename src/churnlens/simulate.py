@@ -530,7 +530,7 @@ def with_campaign(data: SimulatedData, treated: Iterable[str], as_of: pd.Timesta
     ``as_of`` changes, so a run scored then stands; the untreated (the control group, everyone
     not selected) are untouched. The ground truth records who was treated, who would have churned
     and who was kept, so a test knows the campaign's true effect."""
-    as_of = pd.Timestamp(as_of).tz_localize(None) if pd.Timestamp(as_of).tzinfo else pd.Timestamp(as_of)
+    as_of = pd.Timestamp(as_of).tz_localize(None)  # the simulated tables are naive UTC
     start, end = as_of + pd.Timedelta(days=lead_days), as_of + pd.Timedelta(days=lead_days + horizon_days)
     tx, truth = data.transactions, data.ground_truth
     treated_ids = np.array(sorted(set(treated)), dtype=object)

@@ -48,8 +48,7 @@ def run_simulate(params: Params, raw_dir: Path, truth_path: Path, campaign: Path
             raise ValueError(f"simulate --campaign {campaign}: its manifest does not say the label window; keep "
                              "runs with `churnlens score --archive-dir`")
         treated = scores.loc[control.arms(scores) == "treated", "customer_id"]
-        as_of = pd.Timestamp(manifest["as_of"]).tz_convert("UTC").tz_localize(None)
-        data = with_campaign(data, treated, as_of, params.simulate, manifest["label"]["lead_days"],
+        data = with_campaign(data, treated, run.as_of, params.simulate, manifest["label"]["lead_days"],
                              manifest["label"]["horizon_days"])
     counts = {}
     for name in CANONICAL_TABLES:
@@ -757,15 +756,15 @@ def archive_run(scored: Scored, manifest: dict, archive_dir: Path) -> Path:
     own, named by the scoring day and the model version (a rerun of both replaces it)."""
     day = pd.Timestamp(manifest["as_of"]).strftime("%Y-%m-%d")
     folder = archive_dir / f"{day}_{manifest['model_name']}_v{manifest['model_version']}"
-    rows = pd.read_parquet(scored.output, columns=list(MONITORED_COLUMNS))
-    io.write_parquet(rows, folder / "scores.parquet")
+    io.write_parquet(scored.scores[list(MONITORED_COLUMNS)], folder / "scores.parquet")
     io.write_json(manifest, folder / "manifest.json")
     return folder
 
 
 # What a scorecard reads of a run's scores (the rest is for the people acting on them).
-MONITORED_COLUMNS = ("customer_id", "as_of", "churn_probability", "risk_tier", "segment", "action",
-                     "action_success_rate", "in_campaign", "control_group", "model_name", "model_version")
+# The scoring date and the model are the manifest's.
+MONITORED_COLUMNS = ("customer_id", "churn_probability", "risk_tier", "segment", "action", "action_success_rate",
+                     "in_campaign", "control_group")
 
 
 def timings_path(manifest_path: Path | str) -> Path:
@@ -834,7 +833,8 @@ class ScoringRun:
 
     @property
     def as_of(self) -> pd.Timestamp:
-        return score.utc(self.manifest["as_of"]).tz_localize(None)
+        """The scoring instant, naive UTC as the engines take it (the manifest writes it in UTC)."""
+        return pd.Timestamp(self.manifest["as_of"]).tz_convert("UTC").tz_localize(None)
 
 
 # A run scored by a model folder outside the registry has no version to log its scorecard on.
@@ -860,10 +860,12 @@ def kept_run(folder: Path) -> ScoringRun:
     scores = pd.read_parquet(folder / "scores.parquet")
     missing = sorted(set(MONITORED_COLUMNS) - {"control_group"} - set(scores.columns))
     manifest = io.read_json(folder / "manifest.json")
-    if missing or "as_of" not in manifest:
+    if missing:
         raise ValueError(f"monitor: {folder} is not a run `churnlens score --archive-dir` kept: its scores lack "
-                         f"{missing}" if missing else f"monitor: {folder}/manifest.json has no as_of; keep runs "
-                         "with `churnlens score --archive-dir`")
+                         f"{missing}")
+    if "as_of" not in manifest:
+        raise ValueError(f"monitor: {folder}/manifest.json has no as_of; keep runs with `churnlens score "
+                         "--archive-dir`")
     if "label" not in manifest:
         log.warning("monitor: %s's manifest does not say which label its model predicts; reading it by today's "
                     "features params", folder)
@@ -885,13 +887,14 @@ def run_monitor(params: Params, runs_dir: Path, canonical_dir: Path, report_path
     plots.monitor_plot(cards, plot_path)
     for card in cards:
         if card["status"] in ("closed", "interim") and card["model_version"] not in UNREGISTERED:
-            points = monitor_points(card)
+            points = monitor.mlflow_points(card)
             # The run id stays out of the report: it is new in every store.
             tracking.log_monitoring(card["model_name"], card["model_version"], points, plot_path,
                                     card["recommendation"])
     report = {"data": {"canonical_dir": str(canonical_dir), "first_event": data_start.isoformat(),
                        "last_event": data_end.isoformat()},
-              "runs": cards, "markdown": monitor_markdown(cards), "campaign_markdown": campaign_markdown(cards)}
+              "runs": cards, "markdown": monitor.runs_markdown(cards),
+              "campaign_markdown": monitor.campaign_markdown(cards)}
     log.info("monitor: %d scoring runs against data up to %s:\n%s", len(cards), data_end, report["markdown"])
     if any(card.get("campaign") for card in cards):
         log.info("monitor: treated against control, once the window closed:\n%s", report["campaign_markdown"])
@@ -900,7 +903,7 @@ def run_monitor(params: Params, runs_dir: Path, canonical_dir: Path, report_path
             log.warning("monitor: %s v%s: %s", card["model_name"], card["model_version"], card["recommendation"]["why"])
     io.write_json(report, report_path)
     if headline_path is not None:
-        io.write_json(monitor_headline(cards), headline_path)
+        io.write_json(monitor.headline(cards), headline_path)
     return report
 
 
@@ -923,17 +926,15 @@ def scorecard_of(run: ScoringRun, tables: dict, data_start: pd.Timestamp, data_e
     # The run's own data ended by its scoring date; an extract ending earlier than that is older.
     run_data_end = pd.Timestamp(manifest.get("data", {}).get("last_event", run.as_of)).tz_localize(None)
     if data_end < min(run_data_end, run.as_of):
-        return {**card, "status": "unmeasurable", "recommendation": {"retrain": False},
-                "why": (f"the transactions in {tables['transactions']} end {data_end}, before the data this run "
-                        f"scored ({run_data_end}): that extract is older than the run; ingest a later one to "
-                        "monitor it")}
+        return unjudged(card, "unmeasurable", f"the transactions in {tables['transactions']} end {data_end}, before "
+                        f"the data this run scored ({run_data_end}): that extract is older than the run; ingest a "
+                        "later one to monitor it")
     if data_start >= run.as_of:
-        return {**card, "status": "unmeasurable", "recommendation": {"retrain": False},
-                "why": (f"the transactions start {data_start}, after this run's scoring date {run.as_of}: monitor "
-                        "needs the history up to the run too (a full extract, not only the new rows)")}
+        return unjudged(card, "unmeasurable", f"the transactions start {data_start}, after this run's scoring date "
+                        f"{run.as_of}: monitor needs the history up to the run too (a full extract, not only the new "
+                        "rows)")
     if window.elapsed_days == 0:
-        return {**card, "status": "waiting", "recommendation": {"retrain": False},
-                "why": f"no day of the label window (from {window.start}) is in the data yet"}
+        return unjudged(card, "waiting", f"no day of the label window (from {window.start}) is in the data yet")
     if config.label != "no_purchase" and tables.get("customers") is None:
         log.warning("monitor: the label %s reads cancellations, and %s has no customers table: run %s is judged "
                     "by purchases alone", config.label, Path(tables["transactions"]).parent, run.folder.name)
@@ -960,6 +961,11 @@ def scorecard_of(run: ScoringRun, tables: dict, data_start: pd.Timestamp, data_e
     return card
 
 
+def unjudged(card: dict, status: str, why: str) -> dict:
+    """A scorecard without figures: the run is waiting for its window, or the data cannot judge it."""
+    return {**card, "status": status, "recommendation": {"retrain": False}, "why": why}
+
+
 def outcomes_of(run: ScoringRun, tables: dict, label_config: FeaturesConfig) -> tuple[pd.Series, int]:
     """Each scored customer's label after the run (aligned with its scores; missing where the
     data does not show the customer active at the run's date), and how many are missing."""
@@ -970,101 +976,3 @@ def outcomes_of(run: ScoringRun, tables: dict, label_config: FeaturesConfig) -> 
     labels, _ = compute_snapshots(tables, [run.as_of], label_config, with_labels=True, features=recency)
     churned = run.scores[["customer_id"]].merge(labels[["customer_id", "churned"]], on="customer_id", how="left")
     return churned["churned"].astype("boolean"), int(churned["churned"].isna().sum())
-
-
-# MLflow draws one chart section per key prefix (up to the last "/"), sorted by name: one section for
-# each kind of figure, named to follow the training run's holdout, baseline and backtest sections.
-SCORECARD_SECTIONS = {"closed": "scorecard", "interim": "scorecard_interim", "estimated": "scorecard_estimated",
-                      "campaign": "scorecard_campaign"}
-
-
-def monitor_points(card: dict) -> list[tuple[str, float, int, int]]:
-    """A scorecard as MLflow points (key, value, step, timestamp ms): the scoring date is the
-    step; realised figures at the scoring date's time, interim ones at the window's elapsed day."""
-    from churnlens import monitor
-
-    step = monitor.step_of(pd.Timestamp(card["as_of"]))
-    as_of_ms = int(pd.Timestamp(card["as_of"]).timestamp() * 1000)
-    section = SCORECARD_SECTIONS[card["status"]]
-    # Interim figures change as the window fills: each elapsed day is its own point.
-    stamp = as_of_ms if card["status"] == "closed" else as_of_ms + card["window"]["elapsed_days"] * 86_400_000
-    groups = [("", card["figures"]["overall"]), ("without_action.", card["figures"].get("without_action", {}))]
-    for kind in ("segment", "risk_tier"):
-        groups += [(f"{kind}.{name}.", figures) for name, figures in card["figures"][f"per_{kind}"].items()]
-    points = [(f"{section}/{prefix}{name}", value, step, stamp) for prefix, figures in groups
-              for name, value in figures.items() if name in monitor.FIGURES and value is not None]
-    points.append((f"{section}/window_elapsed", card["window"]["share_elapsed"], step, stamp))
-    estimated = SCORECARD_SECTIONS["estimated"]
-    points += [(f"{estimated}/{name}", value, step, as_of_ms) for name, value in card["estimate"].items()
-               if name in monitor.FIGURES]
-    for effect in card.get("campaign", []):
-        if effect.get("success_rate") is not None:
-            points.append((f"{SCORECARD_SECTIONS['campaign']}/{effect['segment']}.{effect['action']}.success_rate",
-                           effect["success_rate"], step, as_of_ms))
-    return points
-
-
-def monitor_markdown(cards: list[dict]) -> str:
-    """One line per run: its window, the ROC AUC as it happened, the model's own realised (or
-    interim) figures with no action (:func:`churnlens.monitor.scorecard`) and the estimate beside them."""
-    from churnlens import monitor
-
-    lines = ["| scored as of | model | customers | window | ROC AUC as it happened | with no action: ROC AUC | "
-             "est. AUC | PR AUC | Brier | est. Brier | ECE | lift | retrain |", "|---" * 13 + "|"]
-
-    def shown(value: object) -> str:
-        return f"{value:.3f}" if isinstance(value, float) else "–"
-
-    for card in cards:
-        figures, estimate = monitor.model_figures(card)
-        window = (f"interim {100 * card['window']['share_elapsed']:.0f}%" if card["status"] == "interim"
-                  else card["status"])
-        retrain = {True: "yes", False: "no"}[bool(card["recommendation"].get("retrain"))]
-        lines.append(f"| {card['as_of'][:10]} | {card['model_name']} v{card['model_version']} | {card['customers']} | "
-                     f"{window} | {shown(card.get('figures', {}).get('overall', {}).get('roc_auc'))} | "
-                     f"{shown(figures.get('roc_auc'))} | {shown(estimate.get('roc_auc'))} | "
-                     f"{shown(figures.get('pr_auc'))} | {shown(figures.get('brier'))} | "
-                     f"{shown(estimate.get('brier'))} | {shown(figures.get('ece'))} | "
-                     f"{shown(figures.get('top_decile_lift'))} | {retrain} |")
-    return "\n".join(lines)
-
-
-def campaign_markdown(cards: list[dict]) -> str:
-    """Per closed run, segment and action: treated against control, the measured success rate
-    beside the playbook's assumed one."""
-    lines = ["| scored as of | segment | action | treated | control | churn treated | churn control | "
-             "difference [interval] | success rate measured [interval] | assumed |", "|---" * 10 + "|"]
-
-    def rate(value: float | None) -> str:
-        return "–" if value is None else f"{value:.3f}"
-
-    for card in cards:
-        for row in card.get("campaign", []):
-            if "difference" not in row:
-                lines.append(f"| {card['as_of'][:10]} | {row['segment']} | {row['action']} | {row['treated']} | "
-                             f"{row['control']} | – | – | {row['note']} | – | {rate(row['assumed_success_rate'])} |")
-                continue
-            low, high = row["difference_interval"]
-            measured = ("–" if row["success_rate"] is None else f"{row['success_rate']:.3f} "
-                        f"[{row['success_rate_interval'][0]:.3f}, {row['success_rate_interval'][1]:.3f}]")
-            lines.append(f"| {card['as_of'][:10]} | {row['segment']} | {row['action']} | {row['treated']} | "
-                         f"{row['control']} | {row['churn_rate_treated']:.3f} | {row['churn_rate_control']:.3f} | "
-                         f"{row['difference']:+.3f} [{low:+.3f}, {high:+.3f}] | {measured} | "
-                         f"{rate(row['assumed_success_rate'])} |")
-    return "\n".join(lines)
-
-
-def monitor_headline(cards: list[dict]) -> dict:
-    """The DVC metrics of monitoring, a few numbers: how many runs have a closed window and, for
-    the newest, the model's realised ROC AUC and how far the label-free estimate was from it."""
-    from churnlens import monitor
-
-    closed = [card for card in cards if card["status"] == "closed"]
-    headline: dict = {"closed_runs": len(closed)}
-    if closed:
-        figures, estimate = monitor.model_figures(closed[-1])
-        if figures.get("roc_auc") is not None:
-            headline["newest_closed_roc_auc"] = round(figures["roc_auc"], 4)
-            if "roc_auc" in estimate:
-                headline["newest_closed_estimate_gap"] = round(figures["roc_auc"] - estimate["roc_auc"], 4)
-    return headline

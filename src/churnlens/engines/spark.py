@@ -372,10 +372,11 @@ class SparkEngine:
         if job.csv_output is not None:
             scores.coalesce(1).write.mode("overwrite").option("header", True).csv(str(job.csv_output))
         laps.lap("features_score_and_write")
-        # Everything the segment report and the manifest read (score.segment_report, playbook.actions_replaced).
+        # Everything the segment report, the manifest and the kept run read (score.segment_report,
+        # playbook.actions_replaced, stages.MONITORED_COLUMNS).
         needed = ["customer_id", "segment", "low_confidence", "segment_evidence", "churn_probability", "risk_tier",
                   "customer_value", "customer_value_basis", "in_campaign", "control_group", "action_cost", "action_premise_missing",
-                  "priority", "top_reasons"]
+                  "priority", "top_reasons", "action", "action_success_rate"]
         local_scores = self.session.read.parquet(output).select(*needed).toPandas()
         total = len(local_scores)
         sample = snapshot.sample(fraction=min(1.0, 100_000 / max(total, 1)), seed=0).toPandas()  # drift on a sample
