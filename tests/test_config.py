@@ -124,12 +124,3 @@ def test_tuning_budget_is_a_number_of_trials_not_seconds() -> None:
 
     with pytest.raises(ValueError, match="max_seconds"):
         TrainConfig(tuning={"n_trials": 2, "max_seconds": 60})
-
-
-def test_campaign_reasons_are_refused_on_spark_before_any_stage_runs() -> None:
-    raw = project_params_dict()
-    raw["score"]["reasons_for"] = "campaign"
-    assert parse_params(raw).score.reasons_for == "campaign"  # DuckDB ranks the campaign before the reasons
-    raw["engine"]["name"] = "spark"
-    with pytest.raises(ConfigError, match=r"score\.reasons_for: campaign needs engine\.name: duckdb \(got 'spark'\)"):
-        parse_params(raw)

@@ -140,6 +140,8 @@ def test_spark_scores_equal_single_machine_scores(spark, reviewed_project: dict,
     report = run_score(ScoreJob(on_spark, root / "data/canonical", "models:/churnlens@champion", tmp_path / "scores.parquet",
                        tmp_path / "report.json", as_of=as_of, manifest_path=tmp_path / "manifest.json",
                        archive_dir=tmp_path / "runs"))
+    # The default reasons are the campaign's (score.reasons_for): Spark explains its rows after the ranking.
+    assert on_spark.score.reasons_for == "campaign" and 0 < single["in_campaign"].sum() < len(single)
     assert_same_scores(single, tmp_path / "scores.parquet")
     # The run kept for monitoring holds the rows a scorecard reads, as the single machine scored them.
     from churnlens.stages import MONITORED_COLUMNS

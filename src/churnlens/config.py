@@ -454,13 +454,13 @@ class ScoreConfig(_Section):
         "Saabas path attributions (~50x faster, top reason agrees ~3 in 4)"
     )
     other_reasons: Literal["approximate", "exact", "none"] = Field(
-        "approximate", description="reasons of the low-risk customers: Saabas path attributions, exact TreeSHAP, or "
+        "approximate", description="reasons of everyone else: Saabas path attributions, exact TreeSHAP, or "
         "none (an empty top_reasons for them: the fastest job)"
     )
     reasons_for: Literal["at_risk", "campaign"] = Field(
-        "at_risk", description="who gets `reasons` (everyone else gets `other_reasons`): at_risk = the medium/high "
-        "risk tiers; campaign = the customers in this run's campaign, the rows someone acts on today (exact "
-        "TreeSHAP for a few hundred rows instead of every at-risk customer)"
+        "campaign", description="who gets `reasons` (everyone else gets `other_reasons`): campaign = the customers "
+        "in this run's campaign, the rows someone acts on today (exact TreeSHAP for a few hundred rows); at_risk = "
+        "every customer in the medium/high risk tiers (several times the job's time on a large base)"
     )
     drift_warning_psi: float = Field(
         0.25, gt=0, description="warn when a feature's population stability index vs training exceeds this"
@@ -539,16 +539,6 @@ class Params(_Section):
             raise ValueError(f"features.windows_days must include 365 (got {list(self.features.windows_days)}): "
                              "the customer value and the RFM baselines read the 365-day window (purchases_365d, "
                              "and spend_365d where transactions have an amount)")
-        return self
-
-    @model_validator(mode="after")
-    def _campaign_reasons_on_one_machine(self) -> Params:
-        # The campaign is a ranking of every customer under one budget; the Spark engine writes each
-        # partition's reasons before that ranking exists.
-        if self.score.reasons_for == "campaign" and self.engine.name != "duckdb":
-            raise ValueError(f"score.reasons_for: campaign needs engine.name: duckdb (got {self.engine.name!r}): "
-                             "Spark computes reasons per partition, before the campaign is chosen; use "
-                             "reasons_for: at_risk there")
         return self
 
 

@@ -76,8 +76,9 @@ SCORE_COLUMN_DEFINITIONS = (
                 "purchase, a missing value unless its absence is the news, as no complaint on record) is skipped "
                 "for the next feature. Worded by `churnlens.reasons`, one phrase per model feature. From the "
                 "model's SHAP contributions: exact TreeSHAP or path attributions, by "
-                "`score.reasons_for` (`score.reasons` for medium/high risk, or for the campaign only; "
-                "`score.other_reasons` for the rest); empty for the rest when `score.other_reasons` is `none`."),
+                "`score.reasons_for` (`score.reasons` for this run's campaign by default, or for every "
+                "medium/high-risk customer; `score.other_reasons` for the rest); empty for the rest when "
+                "`score.other_reasons` is `none`."),
     ScoreColumn("segment", "text",
                 "Loyalty segment: brand_advocate, brand_user, brand_comparer, or insufficient_history "
                 "(fewer than two loyalty indices observable, or no index reaching `score.segments.min_index`; "

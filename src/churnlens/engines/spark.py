@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from pyspark import StorageLevel
@@ -281,8 +282,12 @@ def _score_partitions(batches: Iterator[pd.DataFrame], pipeline: object, params:
     for batch in batches:
         batch = batch.reset_index(drop=True)
         probability = model.churn_probability(pipeline, batch, numeric, categorical)
-        reasons = score.customer_reasons(pipeline, batch, probability, numeric, categorical, config,
-                                         params.features.windows_days)
+        if config.reasons_for == "campaign":  # the campaign is not chosen yet: its rows are redone later
+            methods = np.full(len(batch), config.other_reasons)
+        else:
+            methods = score.reason_methods(probability, config)
+        reasons = score.customer_reasons_by_method(pipeline, batch, methods, numeric, categorical,
+                                                   params.features.windows_days)
         assigned = segments.assign_segments(batch, config.segments)
         rows = score.score_rows(batch, probability, assigned, config, pd.Timestamp(as_of), name, version, reasons)
         # Held out if selected: the draw is the customer's own, so any partition draws the same.
@@ -334,8 +339,41 @@ def score(spark: SparkSession, tables: dict[str, DataFrame], as_of: pd.Timestamp
                           .over(ranking))
               .withColumn("in_campaign", F.col("_worthwhile") & (F.col("_spent") <= budget))
               .withColumn("control_group", F.col("in_campaign") & F.col("_held_out")))
+    if params.score.reasons_for == "campaign" and params.score.reasons != params.score.other_reasons:
+        ranked = _with_campaign_reasons(ranked, snapshot, arguments)
     scores = ranked.select(*single_machine.SCORE_COLUMNS).orderBy(F.col("priority").desc(), F.col("customer_id"))
     return scores, snapshot, loaded
+
+
+def _campaign_reason_partitions(batches: Iterator[pd.DataFrame], pipeline: object, params: Params,
+                                numeric: list[str], categorical: list[str]) -> Iterator[pd.DataFrame]:
+    """Per Spark partition of the campaign's feature rows: their ``score.reasons`` (the method for
+    the rows someone acts on), as the single-machine job computes them for its campaign."""
+    from churnlens import score
+
+    for batch in batches:
+        batch = batch.reset_index(drop=True)
+        methods = np.full(len(batch), params.score.reasons)
+        reasons = score.customer_reasons_by_method(pipeline, batch, methods, numeric, categorical,
+                                                   params.features.windows_days)
+        yield pd.DataFrame({"customer_id": batch["customer_id"], "_campaign_reasons": reasons.to_numpy()})
+
+
+def _with_campaign_reasons(ranked: DataFrame, snapshot: DataFrame, arguments: tuple) -> DataFrame:
+    """``score.reasons_for: campaign`` on Spark: the partitions gave everyone ``other_reasons``
+    (the campaign is a ranking of every row, chosen after them); the campaign's rows, a few
+    hundred, get ``score.reasons`` here, from their feature rows."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    pipeline, params, _, _, _, numeric, categorical = arguments
+    chosen = ranked.filter(F.col("in_campaign")).select("customer_id")
+    schema = T.StructType([T.StructField("customer_id", T.StringType()),
+                           T.StructField("_campaign_reasons", T.StringType())])
+    explained = snapshot.join(chosen, "customer_id").mapInPandas(
+        lambda batches: _campaign_reason_partitions(batches, pipeline, params, numeric, categorical), schema)
+    return (ranked.join(explained, "customer_id", "left")
+            .withColumn("top_reasons", F.coalesce(F.col("_campaign_reasons"), F.col("top_reasons"))))
 
 
 class SparkEngine:
