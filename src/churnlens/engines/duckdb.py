@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -355,17 +356,26 @@ def write_snapshots(tables: dict[str, pd.DataFrame | str | None], cutoffs: list[
         writer.close()
         if fit_inputs:
             fits = bgnbd.fits_per_cutoff(_cutoff_frame(pa.concat_tables(inputs)))
-            writer = None
-            for table in _in_batches(scratch, SNAPSHOT_ROW_GROUP):
-                rows = _cutoff_frame(table.select(fit_inputs))
-                fitted = with_fitted_features(rows, engine.plan, config, fits)[list(bgnbd.BTYD_FEATURES)]
-                for name in bgnbd.BTYD_FEATURES:
-                    table = table.append_column(name, pa.array(fitted[name].to_numpy(dtype=np.float64)))
-                # Same column order as compute_snapshots (and the Spark engine): the flag comes last.
-                table = table.select([c for c in table.column_names if c != "label_complete"] + ["label_complete"])
-                if writer is None:
-                    writer = pq.ParquetWriter(temporary, table.schema, compression="zstd")
-                writer.write_table(table)
+            writer, written = None, None
+            # One thread compresses and writes each row group while the next batch's fitted features
+            # are computed (Arrow releases the GIL): the zstd writes were 6.5 s of a 43 s sweep at 10M
+            # lines. One worker writes in submission order, so the file's bytes do not change.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="churnlens-write") as pool:
+                for table in _in_batches(scratch, SNAPSHOT_ROW_GROUP):
+                    rows = _cutoff_frame(table.select(fit_inputs))
+                    fitted = with_fitted_features(rows, engine.plan, config, fits)[list(bgnbd.BTYD_FEATURES)]
+                    for name in bgnbd.BTYD_FEATURES:
+                        table = table.append_column(name, pa.array(fitted[name].to_numpy(dtype=np.float64)))
+                    # Same column order as compute_snapshots (and the Spark engine): the flag comes last.
+                    table = table.select([c for c in table.column_names if c != "label_complete"]
+                                         + ["label_complete"])
+                    if writer is None:
+                        writer = pq.ParquetWriter(temporary, table.schema, compression="zstd")
+                    if written is not None:
+                        written.result()  # at most one row group waits: memory stays one batch
+                    written = pool.submit(writer.write_table, table)
+                if written is not None:
+                    written.result()
             writer.close()
         return engine.plan
 
@@ -472,8 +482,6 @@ class DuckDBEngine:
     def score(self, tables: Tables, instant: pd.Timestamp, model: ResolvedModel, job: ScoreJob, laps: Laps) -> Scored:
         from churnlens import io, score, segments, tracking
         from churnlens.engines import Scored
-
-        from concurrent.futures import ThreadPoolExecutor
 
         from churnlens import bgnbd  # noqa: F401  (imported here, before the loader thread starts importing)
         from churnlens.single_date import compute_snapshot  # one date: one query, not the sweep
