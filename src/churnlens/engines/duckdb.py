@@ -389,19 +389,14 @@ def _in_batches(path: Path, rows: int) -> Iterator[pa.Table]:
     group. Batches are read one at a time, not memory-mapped, so the file never sits in memory."""
     with pa.OSFile(str(path)) as source:
         reader = pa.ipc.open_file(source)
-        pending: list[pa.RecordBatch] = []
-        held = 0
+        pending = reader.schema.empty_table()
         for index in range(reader.num_record_batches):
-            batch = reader.get_batch(index)
-            pending.append(batch)
-            held += batch.num_rows
-            while held >= rows or (index == reader.num_record_batches - 1 and held > 0):
-                table = pa.Table.from_batches(pending).combine_chunks()
-                yield table.slice(0, rows).combine_chunks()
-                rest = table.slice(rows)
-                pending, held = rest.to_batches(), rest.num_rows
-                if rest.num_rows == 0:
-                    break
+            pending = pa.concat_tables([pending, pa.Table.from_batches([reader.get_batch(index)])])
+            while pending.num_rows >= rows:
+                yield pending.slice(0, rows).combine_chunks()
+                pending = pending.slice(rows)
+        if pending.num_rows:
+            yield pending.combine_chunks()
 
 
 def _cutoff_frame(table: pa.Table) -> pd.DataFrame:
