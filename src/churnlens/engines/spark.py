@@ -367,6 +367,9 @@ def _with_campaign_reasons(ranked: DataFrame, snapshot: DataFrame, arguments: tu
     from pyspark.sql import types as T
 
     pipeline, params, _, _, _, numeric, categorical = arguments
+    # Read twice (the campaign's ids, then every row): kept, so the model runs over the base once.
+    ranked = ranked.persist(StorageLevel.MEMORY_AND_DISK)
+    _cached.append(ranked)
     chosen = ranked.filter(F.col("in_campaign")).select("customer_id")
     schema = T.StructType([T.StructField("customer_id", T.StringType()),
                            T.StructField("_campaign_reasons", T.StringType())])
