@@ -121,3 +121,22 @@ def test_fit_is_a_maximum_of_the_likelihood() -> None:
     rng = np.random.default_rng(0)
     for step in rng.normal(0, 1e-3, (40, 4)):
         assert log_likelihood(np.exp(fitted + step), x, t_x, t).sum() <= best + 1e-9
+
+
+def test_a_fit_with_parameters_on_a_bound_ends_at_the_same_point_from_wherever_the_optimiser_stopped() -> None:
+    """A short history where nobody drops out leaves a and b on their bounds. The rate parameters
+    must still be the constrained optimum's, not wherever L-BFGS-B stopped (which moves with the
+    CPU's vector unit), so the polished point is the same from nearby stopping points."""
+    from churnlens.bgnbd import LOG_BOUNDS, fit_objective, newton_polished
+
+    x, t_x, t, _ = simulate_bgnbd(3000, r=0.5, alpha=2.0, a=1e-6, b=1e4, weeks=17, seed=5)
+    fitted = fit_bgnbd(x, t_x, t)
+    assert set(at_bound(fitted)) >= {"a", "b"} and "r" not in at_bound(fitted)
+    optimum = np.log(list(vars(fitted).values()))
+    gradient = lambda point: fit_objective(x, t_x, t)(point)[1]  # noqa: E731
+    rng = np.random.default_rng(0)
+    polished = [newton_polished(optimum + np.where(np.isin(np.round(optimum, 6), LOG_BOUNDS),
+                                                   -np.sign(optimum) * 1e-4, rng.normal(0, 1e-5, 4)), gradient)
+                for _ in range(3)]
+    assert all(np.isin(p[2:], LOG_BOUNDS).all() for p in polished)  # on the bounds exactly
+    assert np.max(np.abs(polished[1] - polished[0])) < 1e-10 and np.max(np.abs(polished[2] - polished[0])) < 1e-10
