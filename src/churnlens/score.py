@@ -184,19 +184,12 @@ def reason_methods(probability: np.ndarray, config: ScoreConfig, in_campaign: np
     return np.where(acted_on, config.reasons, config.other_reasons)
 
 
-def customer_reasons(pipeline: object, frame: pd.DataFrame, probability: np.ndarray, numeric: list[str],
-                     categorical: list[str], config: ScoreConfig, windows_days: tuple[int, ...]) -> pd.Series:
-    """Every row's top reasons in plain words (indexed like ``frame``), each row by its
-    :func:`reason_methods` method from its own probability (so any batch gets the same answer):
-    exact TreeSHAP, the ~50x cheaper path attributions (enough to name what matters), or none (an
-    empty text). The campaign's reasons need the ranking first: :func:`customer_reasons_by_method`."""
-    return customer_reasons_by_method(pipeline, frame, reason_methods(probability, config), numeric, categorical,
-                                      windows_days)
-
-
 def customer_reasons_by_method(pipeline: object, frame: pd.DataFrame, methods: np.ndarray, numeric: list[str],
                                categorical: list[str], windows_days: tuple[int, ...]) -> pd.Series:
-    """:func:`customer_reasons` with each row's method given (exact, approximate or none)."""
+    """Every row's top reasons in plain words (indexed like ``frame``), each row by its method
+    (:func:`reason_methods`): exact TreeSHAP, the ~50x cheaper path attributions (enough to name
+    what matters), or none (an empty text). A row's text depends on its own features and method
+    only, so any batch or partition gives the same answer."""
     from churnlens import model
 
     parts = [model.contributions(pipeline, frame[methods == method], numeric, categorical,
