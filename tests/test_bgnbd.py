@@ -133,10 +133,11 @@ def test_a_fit_with_parameters_on_a_bound_ends_at_the_same_point_from_wherever_t
     fitted = fit_bgnbd(x, t_x, t)
     assert set(at_bound(fitted)) >= {"a", "b"} and "r" not in at_bound(fitted)
     optimum = np.log(list(vars(fitted).values()))
-    gradient = lambda point: fit_objective(x, t_x, t)(point)[1]  # noqa: E731
+    bounded = np.isin(list(vars(fitted)), at_bound(fitted))
+    objective = fit_objective(x, t_x, t)
     rng = np.random.default_rng(0)
-    polished = [newton_polished(optimum + np.where(np.isin(np.round(optimum, 6), LOG_BOUNDS),
-                                                   -np.sign(optimum) * 1e-4, rng.normal(0, 1e-5, 4)), gradient)
-                for _ in range(3)]
-    assert all(np.isin(p[2:], LOG_BOUNDS).all() for p in polished)  # on the bounds exactly
+    # Stopping points: the free parameters a little off the optimum, the bounded ones 1e-4 inside their bound.
+    starts = [optimum + np.where(bounded, -np.sign(optimum) * 1e-4, rng.normal(0, 1e-5, 4)) for _ in range(3)]
+    polished = [newton_polished(start, lambda point: objective(point)[1]) for start in starts]
+    assert all(np.isin(p[bounded], LOG_BOUNDS).all() for p in polished)  # on the bounds exactly
     assert np.max(np.abs(polished[1] - polished[0])) < 1e-10 and np.max(np.abs(polished[2] - polished[0])) < 1e-10
